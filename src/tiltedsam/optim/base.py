@@ -1,0 +1,376 @@
+"""The shell every perturbation-based optimizer (SAM, TSAM, the baselines) is built on.
+
+A perturbation optimizer wraps a *base* optimizer (SGD, Adam, ...) and shares its ``param_groups``,
+so LR schedulers and ``zero_grad`` behave as usual. One step is a small program that moves the
+parameters to a few points, asks for the loss and gradient at each, combines the gradients, restores
+the parameters bit-exactly from a snapshot and lets the base optimizer step.
+
+That program is written once per optimizer as a generator, :meth:`PerturbationOptimizer._algorithm`,
+which ``yield``s a label whenever it needs an evaluation at the current parameters and receives the
+loss back. Two drivers run it:
+
+* :meth:`step` (``closure``): calls the closure at each point — the usual PyTorch API;
+* :meth:`manual_step`: hands each evaluation to the caller's own loop (mixed precision with a
+  ``GradScaler``, gradient accumulation, Lightning manual optimisation).
+
+Both drive the same generator, so they give the same update by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .functional import global_norm
+
+__all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats"]
+
+_STATE_FORMAT = "tiltedsam.optimizer/1"
+
+
+@dataclass
+class Evaluation:
+    """One loss/gradient evaluation requested by the optimizer in :meth:`PerturbationOptimizer.manual_step`.
+
+    When the loop body runs, the parameters are already at the point to evaluate and their ``.grad``
+    are cleared. Compute the loss, call ``backward()`` (scaled, accumulated over micro-batches, as
+    you like), then :meth:`record` the (unscaled) loss value.
+    """
+
+    index: int
+    label: str
+    loss: Tensor | float | None = None
+
+    def record(self, loss: Tensor | float) -> None:
+        """Hand the loss at this point back to the optimizer (its value is used for tilting/logging)."""
+        self.loss = loss
+
+
+@dataclass
+class StepDiagnostics:
+    """What happened in the last step, for logging (not saved in ``state_dict``)."""
+
+    objective: float = float("nan")  # the optimizer's estimate of its own objective at this step
+    losses: list[float] = field(default_factory=list)  # losses at the points whose gradients are combined
+    weights: list[float] = field(default_factory=list)  # their weights in the combined gradient
+    effective_sample_size: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)  # optimizer-specific (noise losses, acceptance, ...)
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module | None) -> Iterator[None]:
+    """Context in which BatchNorm layers of ``model`` use batch statistics but do not update their
+    running mean/variance or ``num_batches_tracked`` (in train mode). Exact: the buffers are untouched.
+
+    Implemented by clearing ``track_running_stats`` for the duration, which makes the layer normalise
+    with the batch statistics and skip the buffer update, then restoring it.
+    """
+    if model is None:
+        yield
+        return
+    touched = [m for m in model.modules() if _is_batchnorm(m) and m.track_running_stats]
+    for m in touched:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in touched:
+            m.track_running_stats = True
+
+
+def _check_base_optimizer(base_optimizer: Any) -> None:
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)) and not callable(base_optimizer):
+        raise TypeError(
+            f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
+        )
+    if isinstance(base_optimizer, Optimizer):
+        raise TypeError(
+            "base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword arguments, "
+            f"not an instance: got {type(base_optimizer).__name__} instance"
+        )
+
+
+class PerturbationOptimizer(Optimizer):
+    """Base class: a wrapped base optimizer plus a per-step perturbation program.
+
+    Subclasses set ``hyperparameters`` (a dict of their own settings, saved in ``state_dict``),
+    implement :meth:`_algorithm` and :attr:`grad_evals_per_step`.
+
+    Args:
+        params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
+        base_optimizer: the base optimizer *class* (``torch.optim.SGD``, ``torch.optim.AdamW``, ...).
+        model: optional module; if given, its BatchNorm running statistics are updated only during the
+            first evaluation of each step (so once per step, not once per evaluation).
+        seed: seed of the optimizer's own noise generator. ``None`` draws one from torch's global RNG,
+            so ``torch.manual_seed`` before construction makes runs reproducible.
+        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer: type[Optimizer] | Callable[..., Optimizer],
+        hyperparameters: dict[str, Any],
+        *,
+        model: nn.Module | None = None,
+        seed: int | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        _check_base_optimizer(base_optimizer)
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self.hyperparameters = dict(hyperparameters)
+        # Our own settings stay optimizer-level (weights are global across groups), not per group.
+        super().__init__(params, {})
+        # The base optimizer is built on *our* groups: the dicts are shared, so its defaults (lr,
+        # momentum, ...) land in them and an LR scheduler on either optimizer changes both.
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self._link_base()
+        self.model = model
+        self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
+        self._generator: torch.Generator | None = None
+        self._pending_generator_state: dict[str, Any] | None = None
+        self.last_step = StepDiagnostics()
+        self.step_count = 0
+
+    # ------------------------------------------------------------------ plumbing
+    def _link_base(self) -> None:
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self.defaults = {**self.base_optimizer.defaults, **self.hyperparameters}
+
+    def __getstate__(self) -> dict[str, Any]:  # pickling (copy.deepcopy): keep the links
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not hasattr(self, "base_optimizer"):  # called from Optimizer.__init__
+            return super().add_param_group(param_group)
+        self.base_optimizer.add_param_group(param_group)
+
+    @property
+    def grad_evals_per_step(self) -> int:
+        """Loss/gradient evaluations (closure calls) one :meth:`step` makes."""
+        raise NotImplementedError
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The optimizer's own noise generator, on the device of the first parameter."""
+        if self._generator is None:
+            params = self._params()
+            device = params[0].device if params else torch.device("cpu")
+            gen = torch.Generator(device=device)
+            pending = self._pending_generator_state
+            if pending is not None and pending["device_type"] == device.type:
+                gen.set_state(pending["state"])
+            elif pending is not None:
+                # A state from another device type (CUDA <-> CPU) cannot be loaded; reseed
+                # deterministically from it so resumed runs stay reproducible.
+                digest = hashlib.sha256(pending["state"].numpy().tobytes()).digest()
+                gen.manual_seed(int.from_bytes(digest[:8], "little") >> 2)
+                warnings.warn(
+                    f"noise generator state was saved on {pending['device_type']!r} but the parameters are on "
+                    f"{device.type!r}; the generator was reseeded deterministically from the saved state",
+                    stacklevel=2,
+                )
+            else:
+                gen.manual_seed(self.seed)
+            self._pending_generator_state = None
+            self._generator = gen
+        return self._generator
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Base optimizer state, own hyper-parameters, step count and the noise generator state.
+
+        Holds no copy of the weights (the snapshot lives only inside a step).
+        """
+        if self._generator is not None:
+            gen_state = {"device_type": self._generator.device.type, "state": self._generator.get_state()}
+        elif self._pending_generator_state is not None:
+            gen_state = dict(self._pending_generator_state)
+        else:
+            gen_state = None
+        return {
+            "format": _STATE_FORMAT,
+            "optimizer": type(self).__name__,
+            "base_optimizer": self.base_optimizer.state_dict(),
+            "hyperparameters": dict(self.hyperparameters),
+            "seed": self.seed,
+            "generator": gen_state,
+            "step_count": self.step_count,
+            "extra": self._extra_state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or state_dict.get("format") != _STATE_FORMAT:
+            raise ValueError(
+                f"not a {type(self).__name__} state dict (expected format {_STATE_FORMAT!r}, got "
+                f"{state_dict.get('format') if isinstance(state_dict, dict) else type(state_dict).__name__!r})"
+            )
+        if state_dict.get("optimizer") != type(self).__name__:
+            raise ValueError(
+                f"state dict was saved by {state_dict.get('optimizer')!r}, cannot load it into {type(self).__name__}"
+            )
+        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        self.hyperparameters.update(state_dict["hyperparameters"])
+        self._link_base()  # load_state_dict rebuilt the base's group list: share it again
+        self.seed = state_dict["seed"]
+        self.step_count = state_dict["step_count"]
+        gen = state_dict["generator"]
+        self._generator = None
+        self._pending_generator_state = None if gen is None else {
+            "device_type": gen["device_type"],
+            "state": gen["state"].detach().to("cpu", torch.uint8),
+        }
+        self._load_extra_state_dict(state_dict.get("extra", {}))
+
+    def _extra_state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _snapshot(self) -> tuple[list[Tensor], list[Tensor]]:
+        params = self._params()
+        return params, [p.detach().clone() for p in params]
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore(params: list[Tensor], snapshot: list[Tensor]) -> None:
+        """Copy the snapshot back: bit-exact, unlike subtracting the perturbation again."""
+        torch._foreach_copy_(params, snapshot)
+
+    @staticmethod
+    def _grads(params: list[Tensor]) -> list[Tensor | None]:
+        return [p.grad for p in params]
+
+    @staticmethod
+    @torch.no_grad()
+    def _write_grads(params: list[Tensor], grads: list[Tensor | None]) -> None:
+        for p, g in zip(params, grads):
+            if g is None:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = g
+            else:
+                p.grad.copy_(g)
+
+    def _loss_value(self, loss: Tensor | float) -> float:
+        """The scalar loss used for weights and logging. A hook: the distributed wrapper all-reduces it."""
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"the closure must return a scalar loss, got a tensor of shape {tuple(loss.shape)}")
+            return float(loss.detach())
+        if isinstance(loss, (int, float)):
+            return float(loss)
+        raise TypeError(f"the loss must be a scalar tensor or a number, got {type(loss).__name__}")
+
+    # ------------------------------------------------------------------ the algorithm and its drivers
+    def _algorithm(self) -> Generator[str, Tensor | float, float]:
+        """Yield a label for each evaluation needed at the current parameters; receive its loss.
+
+        Must leave the parameters restored and the combined gradient in ``.grad``; returns the
+        objective estimate. Must restore the parameters if closed early (``try/finally``).
+        """
+        raise NotImplementedError
+
+    def manual_step(self, apply: bool = True) -> Iterator[Evaluation]:
+        """Run one step with the caller doing each forward/backward::
+
+            for evaluation in optimizer.manual_step():
+                loss = loss_fn(model(x), y)
+                loss.backward()                 # or scaler.scale(loss).backward(), or several micro-batches
+                evaluation.record(loss)
+
+        The optimizer moves the parameters and clears the gradients before each body. After the
+        loop the parameters are restored and the combined gradient is in ``.grad``; with
+        ``apply=True`` the base optimizer then steps. With ``apply=False`` the caller steps it, e.g.
+        ``scaler.step(optimizer.base_optimizer); scaler.update()`` for mixed precision.
+        Leaving the loop early restores the parameters and skips the base step.
+        """
+        program = self._algorithm()
+        try:
+            label = next(program)
+            index = 0
+            while True:
+                self.zero_grad(set_to_none=True)
+                evaluation = Evaluation(index=index, label=label)
+                context = frozen_batchnorm_stats(self.model) if index > 0 else contextlib.nullcontext()
+                with context:
+                    yield evaluation
+                if evaluation.loss is None:
+                    raise RuntimeError(
+                        f"evaluation {index} ({label!r}) ended without evaluation.record(loss): the optimizer "
+                        "needs the loss value at every point"
+                    )
+                try:
+                    label = program.send(evaluation.loss)
+                except StopIteration as done:
+                    objective = done.value
+                    break
+                index += 1
+        finally:
+            program.close()  # restores the parameters if the program did not finish
+        self.step_count += 1
+        self.last_step.objective = objective
+        if apply:
+            self.base_step()
+
+    @torch.no_grad()
+    def base_step(self) -> None:
+        """Let the base optimizer step with the combined gradient now in ``.grad``."""
+        self.base_optimizer.step()
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """One optimizer step. ``closure`` must clear nothing, compute the loss, call ``backward()`` and
+        return the loss; it is called :attr:`grad_evals_per_step` times. Returns the objective estimate."""
+        if closure is None or not callable(closure):
+            raise ValueError(
+                f"{type(self).__name__}.step needs a closure that computes the loss, calls backward() and "
+                "returns the loss (it is evaluated at several perturbed points); for loops that run their own "
+                f"forward/backward use {type(self).__name__}.manual_step() instead"
+            )
+        for evaluation in self.manual_step(apply=True):
+            with torch.enable_grad():
+                evaluation.record(closure())
+        return torch.tensor(self.last_step.objective)
+
+    # ------------------------------------------------------------------ shared math
+    @staticmethod
+    def _grad_norm(grads: list[Tensor | None]) -> Tensor:
+        """Global L2 norm over all parameters (one number for the whole model, as in SAM)."""
+        return global_norm(grads)
+
+    @staticmethod
+    def _check_nonnegative(name: str, value: Any, allow_inf: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if math.isnan(value) or value < 0 or (math.isinf(value) and not allow_inf):
+            allowed = ">= 0 (inf allowed)" if allow_inf else "a finite number >= 0"
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        return value

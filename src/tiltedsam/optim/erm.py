@@ -1,0 +1,41 @@
+"""ERM: the base optimizer alone, inside the same shell as SAM/TSAM (one evaluation per step)."""
+
+from __future__ import annotations
+
+from typing import Any, Generator
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .base import PerturbationOptimizer, StepDiagnostics
+
+__all__ = ["ERM"]
+
+
+class ERM(PerturbationOptimizer):
+    r"""Empirical risk minimisation with the base optimizer: ``theta <- base_step(theta, grad L(theta))``.
+
+    Exists so that the harness, the registry and the shared tests treat every optimizer alike
+    (closure calls, ``manual_step``, diagnostics, ``state_dict`` format). One evaluation per step.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer: type[Optimizer] = torch.optim.SGD,
+        *,
+        model: nn.Module | None = None,
+        seed: int | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(params, base_optimizer, {}, model=model, seed=seed, **base_kwargs)
+
+    @property
+    def grad_evals_per_step(self) -> int:
+        return 1
+
+    def _algorithm(self) -> Generator[str, Any, float]:
+        loss = self._loss_value((yield "clean"))
+        self.last_step = StepDiagnostics(objective=loss, losses=[loss], weights=[1.0], effective_sample_size=1.0)
+        return loss

@@ -1,0 +1,24 @@
+"""Perturbation samplers for TSAM (strategies): ``ascent`` (Algorithm 2), plus a name registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ascent import AscentSampler
+from .base import DrawResult, Sampler, SamplingContext
+
+__all__ = ["Sampler", "SamplingContext", "DrawResult", "AscentSampler", "SAMPLERS", "make_sampler"]
+
+#: name -> sampler class; every class takes keyword settings only.
+SAMPLERS: dict[str, type[Sampler]] = {"ascent": AscentSampler}
+
+
+def make_sampler(sampler: str | Sampler, **settings: Any) -> Sampler:
+    """Build a sampler from its registry name and settings, or pass an instance through."""
+    if isinstance(sampler, Sampler):
+        if settings:
+            raise ValueError(f"sampler settings {sorted(settings)} given together with a sampler instance")
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known samplers: {sorted(SAMPLERS)}")
+    return SAMPLERS[sampler](**settings)

@@ -1,0 +1,74 @@
+"""How TSAM draws its perturbations: the sampler strategy interface.
+
+A sampler turns the current parameters ``theta`` into one perturbed point ``theta + eps_j`` and
+returns the loss and gradient there, which TSAM folds into its tilted average (Algorithm 1). It is a
+generator in the same style as the optimizers' step program: it moves ``ctx.params`` and ``yield``s
+a label whenever it needs the loss and gradient at the current parameters, then receives the loss;
+after the evaluation the gradient is in ``p.grad``.
+
+When :meth:`Sampler.draw` starts, the parameters equal ``ctx.origin`` (the snapshot of theta).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+
+import torch
+from torch import Tensor
+
+__all__ = ["Sampler", "SamplingContext", "DrawResult"]
+
+#: What :meth:`Sampler.draw` returns: the loss at ``theta + eps_j`` and the gradient there (one entry
+#: per parameter, ``None`` where a parameter got no gradient).
+DrawResult = tuple[float, list[Tensor | None]]
+
+
+@dataclass
+class SamplingContext:
+    """Everything a sampler may use during one optimizer step."""
+
+    params: list[Tensor]  # the live parameters (moved in place)
+    origin: list[Tensor]  # the snapshot of theta taken at the start of the step
+    rho: float  # radius of the perturbation ball ||eps|| <= rho
+    sample_tilt: float  # delta in Algorithm 1: the sampler targets p(eps) ~ exp(delta * L(theta + eps))
+    generator: torch.Generator  # the optimizer's noise generator (seeded, saved in state_dict)
+    loss_value: Callable[[Any], float]  # turns a received loss into a float (all-reduced under DDP)
+    diagnostics: dict[str, list[Any]] = field(default_factory=dict)  # per-sample extras for logging
+
+    def record(self, key: str, value: Any) -> None:
+        self.diagnostics.setdefault(key, []).append(value)
+
+    def grads(self) -> list[Tensor | None]:
+        return [p.grad for p in self.params]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Move the parameters back to theta exactly."""
+        torch._foreach_copy_(self.params, self.origin)
+
+
+class Sampler:
+    """Base class of perturbation samplers (strategies that TSAM takes as ``sampler=``)."""
+
+    #: registry name
+    name: str = "base"
+
+    def evaluations_per_sample(self) -> int:
+        """Loss/gradient evaluations one call of :meth:`draw` makes."""
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for bad settings (called by the optimizer at construction)."""
+
+    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
+        """Move to ``theta + eps_j``, yielding for each evaluation; return its loss and gradient."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Settings, for logging and ``state_dict``."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,337 @@
+r"""Pure, numerically stable math of exponential tilting (the TSAM paper, Sec. 3, Def. 1-3, Eq. 3-4).
+
+Everything here is a function of loss *values* (and, for the accumulator, gradients); nothing holds
+optimizer state. Every tilt goes through a log-sum-exp shifted by the largest loss, so ``t`` may be
+anything in ``[0, inf]``: ``t = 0`` is the plain mean, ``t = inf`` is the max, and ``t = 1e6`` with
+losses of ``1e4`` neither overflows nor loses the small-``t`` limit.
+
+Scalar statistics are computed in float64 and returned in the input's floating dtype.
+
+Non-finite losses (NaN, +-inf) raise :class:`NonFiniteLossError` unless ``nonfinite="ignore"`` is
+passed, in which case those entries get weight zero (and an all-non-finite input still raises).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NonFiniteLossError",
+    "check_tilt",
+    "tilted_mean",
+    "tilted_weights",
+    "tilted_log_weights",
+    "tilted_stats",
+    "TiltedStats",
+    "effective_sample_size",
+    "TiltedGradientAccumulator",
+]
+
+NonFinitePolicy = Literal["raise", "ignore"]
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A loss that enters a tilted average is NaN or infinite."""
+
+
+def check_tilt(tilt: float, name: str = "tilt") -> float:
+    """Return ``tilt`` as a float after checking ``tilt >= 0`` (``inf`` allowed, NaN not)."""
+    if isinstance(tilt, Tensor):
+        tilt = float(tilt)
+    if isinstance(tilt, bool) or not isinstance(tilt, (int, float)):
+        raise TypeError(f"{name} must be a real number >= 0 or float('inf'), got {tilt!r}")
+    tilt = float(tilt)
+    if math.isnan(tilt) or tilt < 0:
+        raise ValueError(f"{name} must be >= 0 (or float('inf')), got {tilt!r}")
+    return tilt
+
+
+def _as_tensor(values: Tensor | Sequence[float]) -> Tensor:
+    if not isinstance(values, Tensor):
+        values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() == 0:
+        values = values.reshape(1)
+    if values.shape[-1] == 0:
+        raise ValueError("need at least one loss value, got an empty input")
+    if not values.is_floating_point():
+        values = values.to(torch.float64)
+    return values
+
+
+def _finite_mask(values: Tensor, nonfinite: NonFinitePolicy) -> Tensor | None:
+    """Return None if all finite; else a boolean mask of finite entries (or raise)."""
+    if nonfinite not in ("raise", "ignore"):
+        raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
+    finite = torch.isfinite(values.detach())
+    if bool(finite.all()):
+        return None
+    if nonfinite == "raise":
+        bad = (~finite).nonzero().flatten().tolist()[:10]
+        raise NonFiniteLossError(
+            f"non-finite loss values at positions {bad} (values {values.detach().flatten()[bad].tolist()}); "
+            "pass nonfinite='ignore' to give them zero weight instead"
+        )
+    if not bool(finite.any(dim=-1).all()):
+        raise NonFiniteLossError("every loss value is non-finite; nothing to average")
+    return finite
+
+
+def tilted_log_weights(
+    losses: Tensor | Sequence[float], tilt: float, *, nonfinite: NonFinitePolicy = "raise"
+) -> Tensor:
+    r"""Log of the normalised tilted weights of Def. 1 (a log-softmax of ``t * L`` over the last dim).
+
+    .. math:: \log w_j = t L_j - \log \sum_k e^{t L_k}
+
+    ``t = 0`` gives ``-log n`` everywhere; ``t = inf`` puts equal mass on the entries equal to the max
+    (``-inf`` elsewhere), the limit of the softmax.
+    """
+    tilt = check_tilt(tilt)
+    values = _as_tensor(losses)
+    out_dtype = values.dtype
+    values = values.to(torch.float64)
+    mask = _finite_mask(values, nonfinite)
+    if mask is not None:
+        values = values.masked_fill(~mask, -math.inf)
+    if math.isinf(tilt):
+        is_max = values == values.max(dim=-1, keepdim=True).values
+        count = is_max.sum(dim=-1, keepdim=True).to(torch.float64)
+        logw = torch.where(is_max, -torch.log(count), torch.full_like(values, -math.inf))
+    elif tilt == 0.0:
+        if mask is None:
+            logw = torch.full_like(values, -math.log(values.shape[-1]))
+        else:
+            count = mask.sum(dim=-1, keepdim=True).to(torch.float64)
+            logw = torch.where(mask, -torch.log(count), torch.full_like(values, -math.inf))
+    else:
+        scaled = values * tilt
+        if mask is not None:
+            scaled = scaled.masked_fill(~mask, -math.inf)
+        logw = torch.log_softmax(scaled, dim=-1)
+    return logw.to(out_dtype)
+
+
+def tilted_weights(
+    losses: Tensor | Sequence[float], tilt: float, *, nonfinite: NonFinitePolicy = "raise"
+) -> Tensor:
+    r"""Normalised t-tilted weights (Def. 1), estimated over the given samples.
+
+    .. math:: w_j = \frac{e^{t L_j}}{\sum_k e^{t L_k}} = \operatorname{softmax}(t L)_j
+
+    They sum to one over the last dimension (the paper's ``w^t`` is ``n`` times this, so that its
+    expectation is one). ``t = 0`` is uniform; ``t = inf`` is uniform over the argmax set.
+    """
+    return tilted_log_weights(losses, tilt, nonfinite=nonfinite).exp()
+
+
+def tilted_mean(
+    losses: Tensor | Sequence[float], tilt: float, *, nonfinite: NonFinitePolicy = "raise"
+) -> Tensor:
+    r"""Monte-Carlo estimate of the TSAM objective (Eq. 3) over the last dimension.
+
+    .. math:: \hat L^t = \frac1t \log \frac1n \sum_j e^{t L_j}
+
+    with ``t = 0`` the mean and ``t = inf`` the max. Computed as
+    ``c + log1p(mean(expm1(t (L - c)))) / t`` with ``c = max L``: no term exceeds one (no overflow for
+    any ``t``), and for small ``t`` the ``expm1``/``log1p`` pair keeps the answer accurate instead of
+    cancelling to ``c``. Differentiable: its gradient is the tilted average of the per-sample
+    gradients (Lemma 1, Eq. 4).
+    """
+    tilt = check_tilt(tilt)
+    values = _as_tensor(losses)
+    out_dtype = values.dtype
+    values = values.to(torch.float64)
+    mask = _finite_mask(values, nonfinite)
+    if mask is not None:
+        # non-finite entries get zero weight: replace them by a harmless value, then mask them out
+        values = torch.where(mask, values, torch.zeros_like(values))
+    count = values.shape[-1] if mask is None else mask.sum(dim=-1).to(torch.float64)
+
+    def masked_mean(x: Tensor) -> Tensor:
+        if mask is None:
+            return x.mean(dim=-1)
+        return torch.where(mask, x, torch.zeros_like(x)).sum(dim=-1) / count
+
+    if tilt == 0.0:
+        result = masked_mean(values)
+    else:
+        finite_values = values if mask is None else values.masked_fill(~mask, -math.inf)
+        shift = finite_values.detach().max(dim=-1, keepdim=True).values
+        if math.isinf(tilt):
+            result = finite_values.max(dim=-1).values
+        else:
+            scaled = torch.clamp(tilt * (values - shift), max=0.0)  # <= 0 already; clamp guards rounding
+            result = shift.squeeze(-1) + torch.log1p(masked_mean(torch.expm1(scaled))) / tilt
+    return result.to(out_dtype)
+
+
+class TiltedStats(NamedTuple):
+    """t-weighted mean and variance of Def. 2, and the effective sample size of the weights."""
+
+    mean: Tensor
+    variance: Tensor
+    effective_sample_size: Tensor
+
+
+def tilted_stats(
+    values: Tensor | Sequence[float],
+    tilt: float,
+    *,
+    weights_from: Tensor | Sequence[float] | None = None,
+    nonfinite: NonFinitePolicy = "raise",
+) -> TiltedStats:
+    r"""t-weighted mean and variance (Def. 2) of samples of ``X`` over the last dimension.
+
+    .. math::
+        \mu_t = \frac{\mathbb E[e^{tX} X]}{\mathbb E[e^{tX}]},\qquad
+        \sigma^2_t = \frac{\mathbb E[e^{tX} X^2]}{\mathbb E[e^{tX}]} - \mu_t^2
+
+    computed as ``sum_j w_j X_j`` and ``sum_j w_j (X_j - mu_t)^2`` with ``w = softmax(t X)`` (the
+    centred form cannot go negative by cancellation). ``t = 0`` gives the ordinary mean and the
+    population (``1/n``) variance; the t-sharpness of Def. 3 compares these variances. Pass
+    ``weights_from`` to tilt by one quantity and average another.
+    """
+    x = _as_tensor(values)
+    out_dtype = x.dtype
+    x = x.to(torch.float64)
+    logw = tilted_log_weights(x if weights_from is None else _as_tensor(weights_from), tilt, nonfinite=nonfinite)
+    w = logw.to(torch.float64).exp()
+    safe_x = torch.where(w > 0, x, torch.zeros_like(x))
+    mean = (w * safe_x).sum(dim=-1)
+    variance = (w * (safe_x - mean.unsqueeze(-1)) ** 2).sum(dim=-1)
+    return TiltedStats(mean.to(out_dtype), variance.to(out_dtype), effective_sample_size(w).to(out_dtype))
+
+
+def effective_sample_size(weights: Tensor | Sequence[float]) -> Tensor:
+    r"""Kish's effective sample size of (possibly unnormalised, non-negative) weights.
+
+    .. math:: \mathrm{ESS} = \frac{(\sum_j w_j)^2}{\sum_j w_j^2} \in [1, n]
+
+    ``n`` for uniform weights (``t = 0``), ``1`` when one sample takes all the weight (``t = inf``).
+    """
+    w = _as_tensor(weights).to(torch.float64)
+    if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
+    total = w.sum(dim=-1)
+    if bool((total == 0).any()):
+        raise ValueError("weights sum to zero; the effective sample size is undefined")
+    return total**2 / (w**2).sum(dim=-1)
+
+
+@dataclass
+class _Running:
+    shift: float  # the largest tilted log-weight seen so far (the log-sum-exp shift)
+    total: float  # sum_j exp(a_j - shift)
+
+
+class TiltedGradientAccumulator:
+    r"""Streaming tilted average of gradients: ``sum_j w_j g_j`` with ``w = softmax(tilt * L)``.
+
+    Gradients arrive one sample at a time (Algorithm 1's ``s`` perturbations); only one running
+    weighted sum is kept, so memory does not grow with ``s``. It is an online log-sum-exp: with
+    ``a_j = tilt * L_j`` and ``m`` the largest ``a`` so far,
+
+    .. math:: S = \sum_j e^{a_j - m},\qquad G = \sum_j e^{a_j - m} g_j,\qquad \text{result} = G / S
+
+    and when a larger ``a`` arrives, ``S`` and ``G`` are rescaled by ``e^{m_{old} - m_{new}}``. The
+    result equals the batch formula for any arrival order (up to float rounding). ``tilt = inf``
+    keeps the gradient(s) of the largest loss (ties averaged); ``tilt = 0`` is the plain mean.
+
+    In TSAM the tilt passed here is ``t - delta`` (the part of the tilt not already realised by the
+    sampler, Algorithm 1).
+    """
+
+    def __init__(self, tilt: float, *, nonfinite: NonFinitePolicy = "raise") -> None:
+        self.tilt = check_tilt(tilt)
+        if nonfinite not in ("raise", "ignore"):
+            raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.losses: list[float] = []  # every loss offered, in arrival order (skipped ones included)
+        self._sum: list[Tensor | None] | None = None
+        self._running: _Running | None = None
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    def _log_weight(self, loss: float) -> float:
+        if math.isinf(self.tilt):
+            return loss  # compared only for equality/order: the hard-max limit
+        return self.tilt * loss
+
+    def add(self, loss: float | Tensor, grads: Sequence[Tensor | None]) -> None:
+        """Fold in one sample: its (scalar) loss and its gradients (``None`` entries count as zero)."""
+        loss = float(loss)
+        self.losses.append(loss)
+        if not math.isfinite(loss):
+            if self.nonfinite == "raise":
+                raise NonFiniteLossError(
+                    f"loss of sample {len(self.losses) - 1} is {loss}; the tilted average is undefined "
+                    "(pass nonfinite='ignore' to skip such samples)"
+                )
+            return
+        a = self._log_weight(loss)
+        if self._sum is None:
+            self._sum = [None if g is None else g.detach().clone() for g in grads]
+            self._running = _Running(shift=a, total=1.0)
+            return
+        if len(grads) != len(self._sum):
+            raise ValueError(f"expected {len(self._sum)} gradient tensors, got {len(grads)}")
+        run = self._running
+        assert run is not None
+        if math.isinf(self.tilt):
+            if a < run.shift:
+                return
+            if a > run.shift:  # a new maximum replaces the running sum
+                for i, g in enumerate(grads):
+                    self._sum[i] = None if g is None else g.detach().clone()
+                self._running = _Running(shift=a, total=1.0)
+                return
+            weight = 1.0
+        elif a > run.shift:
+            rescale = math.exp(run.shift - a)
+            for acc in self._sum:
+                if acc is not None:
+                    acc.mul_(rescale)
+            run.total *= rescale
+            run.shift = a
+            weight = 1.0
+        else:
+            weight = math.exp(a - run.shift)
+        run.total += weight
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            if self._sum[i] is None:
+                self._sum[i] = g.detach() * weight
+            else:
+                self._sum[i].add_(g.detach(), alpha=weight)
+
+    @property
+    def num_used(self) -> int:
+        """Number of samples that entered the average (finite losses)."""
+        return sum(math.isfinite(x) for x in self.losses)
+
+    def result(self) -> list[Tensor | None]:
+        """The normalised tilted average ``G / S``, one tensor per gradient slot (``None`` if never set).
+
+        Finalises the accumulator: the running sums are divided in place, so call it once.
+        """
+        if self._sum is None or self._running is None:
+            if self.losses:
+                raise NonFiniteLossError(f"every loss was non-finite: {self.losses}")
+            raise ValueError("no sample was added; nothing to average")
+        if self._running.total != 1.0:  # one effective sample is returned exactly, without a division
+            for g in self._sum:
+                if g is not None:
+                    g.div_(self._running.total)
+            self._running.total = 1.0
+        return list(self._sum)
+
+    def weights(self) -> Tensor:
+        """Normalised weights of the samples added so far (zero for skipped, non-finite ones)."""
+        return tilted_weights(torch.tensor(self.losses, dtype=torch.float64), self.tilt, nonfinite="ignore")
