@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["global_norm", "ascent_step", "draw_noise", "NOISE_KINDS"]
+__all__ = ["global_norm", "global_dot", "ascent_step", "draw_noise", "standard_normal_like", "NOISE_KINDS"]
 
 NOISE_KINDS = ("gaussian", "uniform")
 NoiseKind = Literal["gaussian", "uniform"]
@@ -99,3 +99,19 @@ def draw_noise(
     for z in noise:
         z.mul_(scale)
     return noise
+
+
+def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) -> float:
+    """Inner product of two parameter-shaped lists read as flat vectors (``None`` counts as zero), in float64."""
+    total = 0.0
+    for a, b in zip(first, second):
+        if a is not None and b is not None:
+            total += float(torch.sum(a * b, dtype=torch.float64))
+    return total
+
+
+@torch.no_grad()
+def standard_normal_like(params: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
+    """One ``N(0, I)`` tensor per parameter, drawn from ``generator`` on its device, then moved to the parameter's."""
+    device = generator.device
+    return [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]

@@ -97,6 +97,11 @@ class TSAM(PerturbationOptimizer):
                                         **(sampler_options or {}))
         else:
             self.sampler = make_sampler(sampler, **(sampler_options or {}))
+        if not self.sampler.targets_tilted_density and sample_tilt not in (None, 0.0):
+            raise ValueError(
+                f"sample_tilt={sample_tilt!r} given, but the {self.sampler.name!r} sampler draws eps from mu, not from "
+                "exp(delta L): its samples are weighted by exp(t L) (delta = 0, Eq. 75); leave sample_tilt unset or 0"
+            )
         hyper = {
             "tilt": tilt,
             "num_samples": num_samples,
@@ -129,7 +134,10 @@ class TSAM(PerturbationOptimizer):
 
     @property
     def sample_tilt(self) -> float:
-        """``delta``: the explicit value, or ``tilt / 2`` when constructed with ``sample_tilt=None``."""
+        """``delta``: the explicit value, or ``tilt / 2`` when constructed with ``sample_tilt=None``; always
+        ``0`` for a sampler that draws from ``mu`` itself (``targets_tilted_density = False``, e.g. ``"naive"``)."""
+        if not self.sampler.targets_tilted_density:
+            return 0.0  # samples from mu itself: the whole tilt goes into the weights
         value = self.hyperparameters["sample_tilt"]
         return self.tilt / 2 if value is None else value
 

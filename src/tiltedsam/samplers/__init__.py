@@ -1,4 +1,5 @@
-"""Perturbation samplers for TSAM (strategies): ``ascent`` (Algorithm 2), plus a name registry."""
+"""Perturbation samplers for TSAM (strategies): ``ascent`` (Algorithm 2), ``hmc`` (Eq. 11), ``naive``
+(App. C.3, Eq. 75), plus a name registry."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from typing import Any
 
 from .ascent import AscentSampler
 from .base import DrawResult, Sampler, SamplingContext
+from .hmc import HMCSampler
+from .naive import NaiveSampler
 
-__all__ = ["Sampler", "SamplingContext", "DrawResult", "AscentSampler", "SAMPLERS", "make_sampler"]
+__all__ = ["Sampler", "SamplingContext", "DrawResult", "AscentSampler", "HMCSampler", "NaiveSampler", "SAMPLERS", "make_sampler"]
 
 #: name -> sampler class; every class takes keyword settings only.
-SAMPLERS: dict[str, type[Sampler]] = {"ascent": AscentSampler}
+SAMPLERS: dict[str, type[Sampler]] = {"ascent": AscentSampler, "hmc": HMCSampler, "naive": NaiveSampler}
 
 
 def make_sampler(sampler: str | Sampler, **settings: Any) -> Sampler:

@@ -53,6 +53,10 @@ class Sampler:
 
     #: registry name
     name: str = "base"
+    #: ``True`` when the samples follow ``p(eps) ~ exp(delta L(theta + eps))`` (Algorithm 1), so TSAM
+    #: weights them by ``exp((t - delta) L)``; ``False`` when they follow ``mu`` itself (the naive
+    #: sampler, Eq. 75), so TSAM weights them by ``exp(t L)``, i.e. ``delta = 0``.
+    targets_tilted_density: bool = True
 
     def evaluations_per_sample(self) -> int:
         """Loss/gradient evaluations one call of :meth:`draw` makes."""

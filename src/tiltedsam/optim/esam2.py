@@ -1,0 +1,101 @@
+"""ESAM2 (TSAM paper, Sec. 5.1): SAM that tries several ascent step sizes and keeps the worst point."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Generator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .base import PerturbationOptimizer, StepDiagnostics
+from .functional import ascent_step
+
+__all__ = ["ESAM2"]
+
+
+class ESAM2(PerturbationOptimizer):
+    r"""Expanded SAM #2: search the ascent direction for the step size with the largest loss.
+
+    .. math::
+        g = \nabla L(\theta),\quad \epsilon_k = r_k \frac{g}{\lVert g\rVert},\quad
+        k^* = \arg\max_k L(\theta + \epsilon_k),\quad
+        \theta \leftarrow \mathrm{base\_step}\big(\theta, \nabla L(\theta + \epsilon_{k^*})\big)
+
+    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first;
+    a NaN loss is never chosen unless all are NaN). The TSAM paper uses it as a SAM variant given
+    TSAM's compute budget ("we try different step sizes along the gradient ascent directions and
+    pick the one incurring the biggest loss"). With one multiplier ``1.0`` the update is exactly SAM's.
+
+    **Gradient evaluations per step:** ``1 + len(multipliers)`` (one at theta, one per step size;
+    each evaluation returns the gradient too, so the chosen point's gradient is kept, not
+    recomputed). The default five multipliers make 6, TSAM's default budget (``s = 3``, Algorithm 2).
+    Memory: the normalised direction and the best gradient so far (two parameter-sized copies).
+
+    Args:
+        rho: base ascent radius (``>= 0``).
+        multipliers: positive factors of ``rho``, at least one.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer: type[Optimizer] = torch.optim.SGD,
+        *,
+        rho: float = 0.05,
+        multipliers: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 2.5),
+        model: nn.Module | None = None,
+        seed: int | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        rho = self._check_nonnegative("rho", rho)
+        if isinstance(multipliers, (str, bytes)) or not isinstance(multipliers, Sequence) or len(multipliers) == 0:
+            raise ValueError(f"multipliers must be a non-empty sequence of numbers > 0, got {multipliers!r}")
+        for m in multipliers:
+            if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0:
+                raise ValueError(f"multipliers must be finite numbers > 0, got {multipliers!r}")
+        hyper = {"rho": rho, "multipliers": [float(m) for m in multipliers]}
+        super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
+
+    @property
+    def rho(self) -> float:
+        return self.hyperparameters["rho"]
+
+    @property
+    def step_sizes(self) -> list[float]:
+        return [self.rho * m for m in self.hyperparameters["multipliers"]]
+
+    @property
+    def grad_evals_per_step(self) -> int:
+        return 1 + len(self.hyperparameters["multipliers"])
+
+    def _algorithm(self) -> Generator[str, Any, float]:
+        params, origin = self._snapshot()
+        losses: list[float] = []
+        best: int | None = None
+        best_grads: list[Tensor | None] = []
+        try:
+            clean_loss = self._loss_value((yield "clean"))
+            clean_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
+            for k, radius in enumerate(self.step_sizes):
+                if k > 0:
+                    self._restore(params, origin)
+                ascent_step(params, clean_grads, radius)  # same arithmetic as SAM's ascent
+                loss = self._loss_value((yield f"step_size_{k}"))
+                losses.append(loss)
+                if best is None or loss > losses[best] or (math.isnan(losses[best]) and not math.isnan(loss)):
+                    best = k
+                    best_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
+        finally:
+            self._restore(params, origin)
+        assert best is not None
+        self._write_grads(params, best_grads)
+        self.last_step = StepDiagnostics(
+            objective=losses[best],
+            losses=losses,
+            weights=[1.0 if k == best else 0.0 for k in range(len(losses))],
+            effective_sample_size=1.0,
+            extra={"clean_loss": clean_loss, "chosen_index": best, "chosen_step_size": self.step_sizes[best]},
+        )
+        return losses[best]

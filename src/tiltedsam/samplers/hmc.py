@@ -1,0 +1,272 @@
+r"""The exact sampler of Sec. 4.2 (Eq. 11): Hamiltonian Monte Carlo on ``p(eps) ~ exp(delta L(theta + eps))``.
+
+Energy ``U(eps) = -delta L(theta + eps)``, kinetic energy ``||p||^2 / (2 sigma^2)``. One *transition*:
+
+1. draw the momentum ``p_0 ~ N(0, sigma^2 I)`` (or ``p_0 = 0``);
+2. run ``N`` integrator steps of size ``beta`` on the dynamics
+   ``dp/dtau = delta grad L(theta + eps)``, ``deps/dtau = p / sigma^2``
+   (``"euler"`` is Eq. 11 verbatim: ``p <- p + beta delta grad L; eps <- eps + beta p / sigma^2``;
+   ``"leapfrog"`` splits the momentum update in two halves around the position update);
+3. accept the end point with probability (Sec. 4.2)
+   ``min{1, exp(delta L(theta+eps) - ||p||^2/2sigma^2) / exp(delta L(theta+eps_0) - ||p_0||^2/2sigma^2)}``,
+   else go back to ``eps_0``.
+
+A sample is ``num_transitions`` such transitions from a start ``eps_0`` drawn uniformly in the ball.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Generator
+
+import torch
+from torch import Tensor
+
+from ..optim.functional import draw_noise, global_dot, standard_normal_like
+from .base import DrawResult, Sampler, SamplingContext
+
+__all__ = ["HMCSampler", "INTEGRATORS"]
+
+INTEGRATORS = ("leapfrog", "euler")
+_MOMENTUM_KINDS = ("gaussian", "zero")
+_INIT_KINDS = ("uniform", "zero")
+#: A trajectory that hits the sphere more often than this within one position update stops there.
+_MAX_REFLECTIONS = 64
+
+
+def _check_positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return value
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+@torch.no_grad()
+def _drift(eps: list[Tensor], momentum: list[Tensor], scale: float, radius: float) -> int:
+    r"""Move ``eps <- eps + scale * p`` inside the ball ``||eps|| <= radius``, reflecting off its sphere.
+
+    When the straight move would leave the ball, ``eps`` stops where it meets the sphere, the
+    momentum's normal component is flipped (``p <- p - 2 (p.n) n``, ``n = eps / radius``) and the
+    remaining part of the move continues along the reflected momentum. Reflection keeps ``||p||``
+    and, as in reflective HMC (Afshar & Domke 2015), the map stays volume-preserving and
+    reversible, so the Metropolis test stays exact. Returns the number of reflections.
+    """
+    remaining = 1.0
+    for reflections in range(_MAX_REFLECTIONS + 1):
+        step = scale * remaining
+        a = step * step * global_dot(momentum, momentum)
+        if a == 0.0:
+            return reflections
+        b = step * global_dot(eps, momentum)
+        c = global_dot(eps, eps) - radius * radius
+        # first tau in (0, 1] with ||eps + tau * step * p|| = radius (eps is inside, so c <= 0 up to rounding)
+        tau = (-b + math.sqrt(max(b * b - a * c, 0.0))) / a
+        if tau >= 1.0 or reflections == _MAX_REFLECTIONS:
+            torch._foreach_add_(eps, momentum, alpha=step * min(tau, 1.0))
+            return reflections
+        torch._foreach_add_(eps, momentum, alpha=step * max(tau, 0.0))
+        norm = math.sqrt(global_dot(eps, eps))
+        if norm > 0:
+            torch._foreach_mul_(eps, radius / norm)  # exactly on the sphere, against rounding drift
+        normal_component = global_dot(momentum, eps) / (radius * radius)
+        torch._foreach_add_(momentum, eps, alpha=-2.0 * normal_component)
+        remaining *= 1.0 - max(tau, 0.0)
+    return _MAX_REFLECTIONS
+
+
+class HMCSampler(Sampler):
+    r"""Hamiltonian Monte Carlo for ``p(eps) ~ exp(delta L(theta + eps))`` on ``||eps|| <= radius`` (Eq. 11).
+
+    Per sample: ``eps_0`` uniform in the ball (``init="uniform"``; ``"zero"`` starts at theta), one
+    evaluation there, then ``num_transitions`` HMC transitions of ``num_steps`` integrator steps
+    each (see the module docstring), each step one evaluation. The loss and gradient returned are
+    those of the point the chain ends on: on rejection the start point's, whose gradient is kept
+    (one parameter-sized copy) so nothing is evaluated twice.
+
+    **Cost:** ``1 + num_transitions * num_steps`` loss/gradient evaluations per sample, so a TSAM
+    step makes ``num_samples * (1 + num_transitions * num_steps)``; with the defaults (``N = 1``,
+    one transition) that is ``2 s``, the same as Algorithm 2. Memory: the perturbation, the
+    momentum and, with ``accept=True``, a copy of the start point and of its gradient.
+
+    **Integrator.** ``"leapfrog"`` (default) costs the same evaluations as Eq. 11's ``"euler"``
+    (the gradient at each new point is needed anyway, for the acceptance test and the next step)
+    and is reversible, which is what makes the Metropolis test exact. ``"euler"`` is Eq. 11 as
+    printed; it is not reversible, so with ``accept=True`` its samples follow the target only up to
+    an ``O(beta)`` error.
+
+    **Ball constraint.** ``eps`` never leaves the ball: a position update that would cross the
+    sphere ``||eps|| = radius`` is reflected off it (the momentum's normal component flips; see
+    :func:`_drift`). Reflection keeps the Hamiltonian map volume-preserving and reversible, so with
+    ``accept=True`` and the leapfrog integrator the chain leaves the target density restricted to
+    the ball exactly invariant; no candidate is wasted by leaving the ball.
+
+    **Special cases.** ``accept=False`` accepts every candidate, as in the paper's main runs. With
+    ``num_steps=1``, ``momentum="zero"`` and ``accept=False``, a sample is one gradient-ascent step
+    from ``eps_0``: ``eps = eps_0 + c beta^2 delta / sigma^2 grad L(theta + eps_0)`` with ``c = 1``
+    (Euler) or ``1/2`` (leapfrog), the update Algorithm 2 is derived from (Sec. 4.2).
+
+    Args:
+        num_steps: ``N``, integrator steps per transition (``>= 1``).
+        step_size: ``beta > 0``. ``None`` (default) picks ``beta = sigma * radius / (N sqrt(d))``,
+            ``d`` the number of parameters, so the free flight of a typical momentum over one
+            transition is about one ball radius.
+        momentum_std: ``sigma > 0``.
+        accept: apply the Metropolis test (``True``, exact) or accept always (``False``, the
+            paper's main setting).
+        num_transitions: transitions per sample (``>= 1``); more transitions move the sample from
+            the uniform start towards the target ("repeating the above ... gives a sample from the
+            exact distribution", Sec. 4.2).
+        integrator: ``"leapfrog"`` or ``"euler"``.
+        momentum: ``"gaussian"`` (``N(0, sigma^2 I)``) or ``"zero"``.
+        init: ``"uniform"`` (``eps_0`` uniform in the ball) or ``"zero"`` (``eps_0 = 0``).
+        radius: radius of the ball; ``None`` uses TSAM's ``rho``.
+
+    Needs a finite ``delta`` (TSAM's ``sample_tilt``): with ``tilt=inf`` pass a finite
+    ``sample_tilt`` explicitly, otherwise the first step raises ``ValueError``.
+
+    Diagnostics (in TSAM's ``last_step.extra``): ``hmc_accept_prob`` and ``hmc_accepted`` per
+    transition, ``hmc_acceptance_rate`` over the step, ``hmc_reflections`` per transition.
+    """
+
+    name = "hmc"
+
+    def __init__(
+        self,
+        num_steps: int = 1,
+        step_size: float | None = None,
+        momentum_std: float = 1.0,
+        accept: bool = True,
+        num_transitions: int = 1,
+        integrator: str = "leapfrog",
+        momentum: str = "gaussian",
+        init: str = "uniform",
+        radius: float | None = None,
+    ) -> None:
+        self.num_steps = num_steps
+        self.step_size = step_size
+        self.momentum_std = momentum_std
+        self.accept = accept
+        self.num_transitions = num_transitions
+        self.integrator = integrator
+        self.momentum = momentum
+        self.init = init
+        self.radius = radius
+        self.validate()
+
+    def validate(self) -> None:
+        _check_count("num_steps", self.num_steps)
+        _check_count("num_transitions", self.num_transitions)
+        if self.step_size is not None:
+            _check_positive_number("step_size", self.step_size)
+        _check_positive_number("momentum_std", self.momentum_std)
+        if self.radius is not None:
+            _check_positive_number("radius", self.radius, allow_zero=True)
+        if not isinstance(self.accept, bool):
+            raise ValueError(f"accept must be True or False, got {self.accept!r}")
+        for name, value, allowed in (("integrator", self.integrator, INTEGRATORS),
+                                     ("momentum", self.momentum, _MOMENTUM_KINDS),
+                                     ("init", self.init, _INIT_KINDS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+    def evaluations_per_sample(self) -> int:
+        return 1 + self.num_transitions * self.num_steps
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "num_steps": self.num_steps, "step_size": self.step_size,
+                "momentum_std": self.momentum_std, "accept": self.accept, "num_transitions": self.num_transitions,
+                "integrator": self.integrator, "momentum": self.momentum, "init": self.init, "radius": self.radius}
+
+    def resolved_step_size(self, ctx: SamplingContext) -> float:
+        """``beta``: the explicit ``step_size``, or ``sigma * radius / (N sqrt(d))``."""
+        if self.step_size is not None:
+            return float(self.step_size)
+        dim = max(1, sum(p.numel() for p in ctx.params))
+        return self.momentum_std * self._radius(ctx) / (self.num_steps * math.sqrt(dim))
+
+    def _radius(self, ctx: SamplingContext) -> float:
+        return float(ctx.rho if self.radius is None else self.radius)
+
+    def _initial_perturbation(self, ctx: SamplingContext, radius: float) -> list[Tensor]:
+        """``eps_0``: uniform in the ball (or zero)."""
+        if self.init == "zero" or radius == 0:
+            return [torch.zeros_like(p) for p in ctx.params]
+        return draw_noise(ctx.params, "uniform", radius, ctx.generator)
+
+    @staticmethod
+    @torch.no_grad()
+    def _move_to(ctx: SamplingContext, eps: list[Tensor]) -> None:
+        torch._foreach_copy_(ctx.params, ctx.origin)
+        torch._foreach_add_(ctx.params, eps)
+
+    @staticmethod
+    @torch.no_grad()
+    def _kick(momentum: list[Tensor], grads: list[Tensor | None], amount: float) -> None:
+        """``p <- p + amount * grad L`` (a missing gradient counts as zero)."""
+        for p, g in zip(momentum, grads):
+            if g is not None:
+                p.add_(g, alpha=amount)
+
+    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
+        delta = float(ctx.sample_tilt)
+        if not math.isfinite(delta):
+            raise ValueError(
+                f"the hmc sampler needs a finite sample_tilt (delta), got {delta!r}: with tilt=inf pass an explicit "
+                "finite sample_tilt to TSAM"
+            )
+        radius = self._radius(ctx)
+        beta = self.resolved_step_size(ctx)
+        sigma2 = self.momentum_std**2
+        leapfrog = self.integrator == "leapfrog"
+        first_kick = 0.5 if leapfrog else 1.0
+
+        eps = self._initial_perturbation(ctx, radius)
+        self._move_to(ctx, eps)
+        loss = ctx.loss_value((yield "hmc_start"))
+        grads = ctx.grads()
+        for transition in range(self.num_transitions):
+            start_loss = loss
+            if self.accept:  # kept to go back to on rejection, without evaluating again
+                start_eps = [e.clone() for e in eps]
+                start_grads = [None if g is None else g.detach().clone() for g in grads]
+            if self.momentum == "gaussian":
+                momentum = standard_normal_like(ctx.params, ctx.generator)
+                torch._foreach_mul_(momentum, self.momentum_std)
+            else:
+                momentum = [torch.zeros_like(p) for p in ctx.params]
+            start_kinetic = global_dot(momentum, momentum) / (2 * sigma2)
+            reflections = 0
+            for step in range(self.num_steps):
+                self._kick(momentum, grads, first_kick * beta * delta)
+                if radius > 0:
+                    reflections += _drift(eps, momentum, beta / sigma2, radius)
+                self._move_to(ctx, eps)
+                loss = ctx.loss_value((yield f"hmc_{transition}_{step}"))
+                grads = ctx.grads()
+                if leapfrog:
+                    self._kick(momentum, grads, 0.5 * beta * delta)
+            kinetic = global_dot(momentum, momentum) / (2 * sigma2)
+            log_ratio = delta * (loss - start_loss) - (kinetic - start_kinetic)
+            accept_prob = math.exp(min(0.0, log_ratio)) if math.isfinite(log_ratio) else 0.0
+            if self.accept:
+                u = float(torch.rand((), generator=ctx.generator, device=ctx.generator.device, dtype=torch.float64))
+                accepted = math.isfinite(loss) and u < accept_prob
+                if not accepted:
+                    eps, grads, loss = start_eps, start_grads, start_loss
+                    self._move_to(ctx, eps)  # the parameters end on the returned point
+            else:
+                accepted = True
+            ctx.record("hmc_accept_prob", accept_prob)
+            ctx.record("hmc_accepted", accepted)
+            ctx.record("hmc_reflections", reflections)
+        decisions = ctx.diagnostics["hmc_accepted"]
+        ctx.diagnostics["hmc_acceptance_rate"] = sum(decisions) / len(decisions)  # type: ignore[assignment]
+        return loss, grads
