@@ -12,6 +12,7 @@ from scipy import integrate, stats
 from torch import nn
 
 from tiltedsam import TSAM
+from tiltedsam.optim.functional import draw_noise
 from tiltedsam.samplers import SAMPLERS, HMCSampler, NaiveSampler, SamplingContext, make_sampler
 from tiltedsam.samplers.hmc import _drift
 
@@ -194,6 +195,26 @@ def test_drift_reflects_inside_the_ball_and_keeps_the_momentum_norm() -> None:
         _drift(eps, momentum, 3.0, 1.0)
         assert sum(float((e**2).sum()) for e in eps) <= 1.0 + 1e-9
         assert sum(float((m**2).sum()) for m in momentum) == pytest.approx(speed)
+
+
+def test_drift_in_high_dimension_and_from_the_centre() -> None:
+    # a grazing path along the sphere of a 500000-dim ball (eps uniform in the ball: on the sphere up
+    # to float32 rounding, perhaps a hair outside) reflects about sqrt(d) times per radius travelled
+    gen = torch.Generator().manual_seed(1)
+    dim = 500_000
+    eps = draw_noise([torch.zeros(dim)], "uniform", 0.05, gen)
+    momentum = [torch.randn(dim, generator=gen)]
+    speed = float(momentum[0].norm())
+    reflections = _drift(eps, momentum, 0.05 / speed, 0.05)
+    assert 50 < reflections < 100 * math.sqrt(dim)  # finished well before the safety cap
+    assert float(eps[0].norm()) <= 0.05 * (1 + 1e-5)
+    assert float(momentum[0].norm()) == pytest.approx(speed, rel=1e-5)
+    # from eps = 0 the path is the line through p: out to the sphere and back
+    eps = [torch.zeros(3, dtype=torch.float64)]
+    momentum = [torch.tensor([0.0, 3.0, 4.0], dtype=torch.float64)]
+    assert _drift(eps, momentum, 0.3, 1.0) == 1  # travels 1.5: 1 out, 0.5 back
+    assert torch.allclose(eps[0], torch.tensor([0.0, 0.3, 0.4], dtype=torch.float64))
+    assert torch.allclose(momentum[0], torch.tensor([0.0, -3.0, -4.0], dtype=torch.float64))
 
 
 def test_hmc_reversible_drift_returns_with_flipped_momentum() -> None:

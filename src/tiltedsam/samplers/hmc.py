@@ -30,8 +30,9 @@ __all__ = ["HMCSampler", "INTEGRATORS"]
 INTEGRATORS = ("leapfrog", "euler")
 _MOMENTUM_KINDS = ("gaussian", "zero")
 _INIT_KINDS = ("uniform", "zero")
-#: A trajectory that hits the sphere more often than this within one position update stops there.
-_MAX_REFLECTIONS = 64
+#: Safety cap on reflections within one position update (a grazing path along the sphere of a
+#: d-dimensional ball makes about sqrt(d) of them per radius travelled; each costs a few float ops).
+_MAX_REFLECTIONS = 10**6
 
 
 def _check_positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -49,37 +50,92 @@ def _check_count(name: str, value: Any) -> int:
     return value
 
 
+def _billiard_2d(position: list[float], velocity: list[float], momentum: list[float], radius: float) -> int:
+    """Fly ``position`` for unit time at ``velocity`` inside the disc of ``radius``, reflecting specularly
+    off its circle; ``velocity`` and ``momentum`` (parallel vectors) are reflected alike. In place.
+
+    A start a rounding error outside the circle is first put on it (radially), so the path never
+    starts with a spurious near-tangent reflection."""
+    norm = math.hypot(position[0], position[1])
+    if norm > radius:
+        position[0], position[1] = position[0] * radius / norm, position[1] * radius / norm
+    remaining = 1.0
+    for reflections in range(_MAX_REFLECTIONS + 1):
+        a = velocity[0] ** 2 + velocity[1] ** 2
+        if a == 0.0:
+            return reflections
+        b = position[0] * velocity[0] + position[1] * velocity[1]
+        c = position[0] ** 2 + position[1] ** 2 - radius * radius
+        # first time tau > 0 on the circle (the position is inside, so c <= 0 up to rounding)
+        tau = max((-b + math.sqrt(max(b * b - a * c, 0.0))) / a, 0.0)
+        if tau >= remaining or reflections == _MAX_REFLECTIONS:
+            position[0] += remaining * velocity[0]
+            position[1] += remaining * velocity[1]
+            return reflections
+        position[0] += tau * velocity[0]
+        position[1] += tau * velocity[1]
+        norm = math.hypot(position[0], position[1])
+        position[0], position[1] = position[0] * radius / norm, position[1] * radius / norm
+        nx, ny = position[0] / radius, position[1] / radius
+        for vector in (velocity, momentum):
+            along = vector[0] * nx + vector[1] * ny
+            vector[0] -= 2 * along * nx
+            vector[1] -= 2 * along * ny
+        remaining -= tau
+    return _MAX_REFLECTIONS
+
+
 @torch.no_grad()
 def _drift(eps: list[Tensor], momentum: list[Tensor], scale: float, radius: float) -> int:
     r"""Move ``eps <- eps + scale * p`` inside the ball ``||eps|| <= radius``, reflecting off its sphere.
 
     When the straight move would leave the ball, ``eps`` stops where it meets the sphere, the
     momentum's normal component is flipped (``p <- p - 2 (p.n) n``, ``n = eps / radius``) and the
-    remaining part of the move continues along the reflected momentum. Reflection keeps ``||p||``
-    and, as in reflective HMC (Afshar & Domke 2015), the map stays volume-preserving and
-    reversible, so the Metropolis test stays exact. Returns the number of reflections.
+    rest of the move continues along the reflected momentum. Reflection keeps ``||p||`` and, as in
+    reflective HMC (Afshar & Domke 2015), the map stays volume-preserving and reversible, so the
+    Metropolis test stays exact.
+
+    The whole path stays in the plane spanned by ``eps`` and ``p`` (every normal ``eps / radius``
+    lies in it), so it is computed in 2-D coordinates of that plane and mapped back with two
+    vector operations, however often it reflects. Returns the number of reflections.
     """
-    remaining = 1.0
-    for reflections in range(_MAX_REFLECTIONS + 1):
-        step = scale * remaining
-        a = step * step * global_dot(momentum, momentum)
-        if a == 0.0:
-            return reflections
-        b = step * global_dot(eps, momentum)
-        c = global_dot(eps, eps) - radius * radius
-        # first tau in (0, 1] with ||eps + tau * step * p|| = radius (eps is inside, so c <= 0 up to rounding)
-        tau = (-b + math.sqrt(max(b * b - a * c, 0.0))) / a
-        if tau >= 1.0 or reflections == _MAX_REFLECTIONS:
-            torch._foreach_add_(eps, momentum, alpha=step * min(tau, 1.0))
-            return reflections
-        torch._foreach_add_(eps, momentum, alpha=step * max(tau, 0.0))
-        norm = math.sqrt(global_dot(eps, eps))
-        if norm > 0:
-            torch._foreach_mul_(eps, radius / norm)  # exactly on the sphere, against rounding drift
-        normal_component = global_dot(momentum, eps) / (radius * radius)
-        torch._foreach_add_(momentum, eps, alpha=-2.0 * normal_component)
-        remaining *= 1.0 - max(tau, 0.0)
-    return _MAX_REFLECTIONS
+    eps_sq = global_dot(eps, eps)
+    cross = global_dot(eps, momentum)
+    p_sq = global_dot(momentum, momentum)
+    if p_sq == 0.0 or scale == 0.0:
+        return 0
+    eps_norm = math.sqrt(eps_sq)
+    if eps_norm > 0.0:
+        # basis: e1 = eps / |eps|, e2 = (p - (p.e1) e1) / |p_perp|
+        along = cross / eps_norm
+        perp = math.sqrt(max(p_sq - along * along, 0.0))
+        if perp <= 1e-12 * math.sqrt(p_sq):
+            perp = 0.0
+        position, mom = [eps_norm, 0.0], [along, perp]
+    else:
+        # eps = 0: the path is the line through p; e1 = p / |p|
+        along, perp = math.sqrt(p_sq), 0.0
+        position, mom = [0.0, 0.0], [along, 0.0]
+    velocity = [scale * mom[0], scale * mom[1]]
+    reflections = _billiard_2d(position, velocity, mom, radius)
+    # back to parameter space: x e1 + y e2 as a combination a eps + b p
+    if eps_norm > 0.0 and perp > 0.0:
+        def combination(x: float, y: float) -> tuple[float, float]:
+            return x / eps_norm - y * along / (eps_norm * perp), y / perp
+    elif eps_norm > 0.0:
+        def combination(x: float, y: float) -> tuple[float, float]:
+            return x / eps_norm, 0.0
+    else:
+        def combination(x: float, y: float) -> tuple[float, float]:
+            return 0.0, x / along
+    eps_a, eps_b = combination(*position)
+    mom_a, mom_b = combination(*mom)
+    old_eps = [e.clone() for e in eps]
+    torch._foreach_mul_(eps, eps_a)
+    torch._foreach_add_(eps, momentum, alpha=eps_b)
+    torch._foreach_mul_(momentum, mom_b)
+    torch._foreach_add_(momentum, old_eps, alpha=mom_a)
+    return reflections
 
 
 class HMCSampler(Sampler):
