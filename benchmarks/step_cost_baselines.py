@@ -1,10 +1,13 @@
 """Per-step cost of every optimizer of the paper's Table 1 and of TSAM's three samplers, side by side.
 
-Runs the measurement of ``benchmarks/step_cost.py`` (same small CNN, batch of 64 random 3x32x32
-images, median wall time of one step after warm-up, ratio to the SGD step of the same run) on
+Uses the setup of ``benchmarks/step_cost.py`` (same small CNN, batch of 64 random 3x32x32 images,
+median wall time of one step after warm-up, ratio to the SGD step of the same run) on
 ERM (sgd), SAM, ESAM2, PGN, RSAM, TSAM with Algorithm 2 (``tsam``), HMC (``tsam-hmc``, N = 1 and
 N = 2) and naive sampling (``tsam-naive``). ESAM1 is SAM's step run for more steps, so its step
 cost is SAM's; its budget multiplier against TSAM is printed below the table.
+
+The steps of all optimizers are timed round-robin (one step of each, repeated), so a machine whose
+load changes during the run (a shared CPU) slows all of them alike and the ratios stay meaningful.
 
     python benchmarks/step_cost_baselines.py                 # CPU, ~1-2 minutes
     python benchmarks/step_cost_baselines.py --device cuda
@@ -15,12 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_cost import small_cnn, time_steps  # noqa: E402  (the shared measurement)
+from step_cost import build, small_cnn, sync  # noqa: E402  (the shared setup)
 
 BASELINES = [
     "sgd", "sam", "esam2", "pgn", "rsam", "tsam", 'tsam-hmc',
@@ -38,16 +43,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = args.optimizers if args.optimizers[0] == "sgd" else ["sgd", *args.optimizers]
-    rows = []
-    for spec in specs:
-        median, evals, _ = time_steps(spec, args.device, args.warmup, args.repeats)
-        rows.append({"spec": spec, "ms": median * 1e3, "evals": evals})
-        print(f"  measured {spec}: {median * 1e3:.1f} ms/step", file=sys.stderr)
+    runs = [build(spec, args.device) for spec in specs]
+    for optimizer, closure in runs:
+        for _ in range(args.warmup):
+            optimizer.step(closure)
+    times: list[list[float]] = [[] for _ in specs]
+    for _ in range(args.repeats):
+        for k, (optimizer, closure) in enumerate(runs):
+            sync(args.device)
+            start = time.perf_counter()
+            optimizer.step(closure)
+            sync(args.device)
+            times[k].append(time.perf_counter() - start)
+    rows = [{"spec": spec, "ms": statistics.median(t) * 1e3, "evals": opt.grad_evals_per_step}
+            for spec, t, (opt, _) in zip(specs, times, runs)]
     base = rows[0]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     params = sum(p.numel() for p in small_cnn().parameters())
     print(f"device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"median of {args.repeats} steps after {args.warmup} warm-up; small CNN, {params} parameters, batch 64")
+          f"median of {args.repeats} round-robin steps after {args.warmup} warm-up; small CNN, {params} parameters, "
+          "batch 64")
     print("| optimizer | gradient evaluations / step | ms / step | ratio to SGD | ratio / evaluations |")
     print("|---|---|---|---|---|")
     for r in rows:

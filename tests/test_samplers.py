@@ -42,25 +42,29 @@ class _FixedStart(HMCSampler):
         return [torch.tensor(self.starts.pop(), dtype=torch.float32)]
 
 
+def _draw_2d(sampler: HMCSampler, weights: torch.Tensor, generator: torch.Generator):
+    """One ``sampler.draw`` on the 2-D problem at theta = 0; returns its context and (loss, grads)."""
+    ctx = SamplingContext(params=[weights], origin=[torch.zeros(2)], rho=RADIUS, sample_tilt=DELTA,
+                          generator=generator, loss_value=float)
+    program = sampler.draw(ctx)
+    try:
+        next(program)
+        while True:
+            loss, grad = _loss_and_grad_2d(weights.detach())
+            weights.grad = grad
+            program.send(loss)
+    except StopIteration as done:
+        return ctx, done.value
+
+
 def _run_2d(sampler: HMCSampler, count: int, seed: int = 0) -> tuple[np.ndarray, list[bool]]:
-    """Drive ``sampler.draw`` on the 2-D problem (theta = 0) ``count`` times; return the eps and decisions."""
+    """Drive ``sampler.draw`` ``count`` times; return the eps (the parameters end on them) and decisions."""
     generator = torch.Generator().manual_seed(seed)
     weights = torch.zeros(2, requires_grad=True)
-    origin = [torch.zeros(2)]
     points = np.empty((count, 2))
     decisions: list[bool] = []
     for i in range(count):
-        ctx = SamplingContext(params=[weights], origin=origin, rho=RADIUS, sample_tilt=DELTA,
-                              generator=generator, loss_value=float)
-        program = sampler.draw(ctx)
-        try:
-            next(program)
-            while True:
-                loss, grad = _loss_and_grad_2d(weights.detach())
-                weights.grad = grad
-                program.send(loss)
-        except StopIteration:
-            pass
+        ctx, _ = _draw_2d(sampler, weights, generator)
         points[i] = weights.detach().numpy()
         decisions += ctx.diagnostics["hmc_accepted"]
     return points, decisions
@@ -130,17 +134,7 @@ def test_hmc_rejection_returns_the_start_point_and_its_gradient() -> None:
     weights = torch.zeros(2, requires_grad=True)
     rejected = 0
     for _ in range(40):
-        ctx = SamplingContext(params=[weights], origin=[torch.zeros(2)], rho=RADIUS, sample_tilt=DELTA,
-                              generator=generator, loss_value=float)
-        program = sampler.draw(ctx)
-        try:
-            next(program)
-            while True:
-                loss, grad = _loss_and_grad_2d(weights.detach())
-                weights.grad = grad
-                program.send(loss)
-        except StopIteration as done:
-            loss, grads = done.value
+        ctx, (loss, grads) = _draw_2d(sampler, weights, generator)
         if not ctx.diagnostics["hmc_accepted"][0]:
             rejected += 1
             expected_loss, expected_grad = _loss_and_grad_2d(torch.tensor(start, dtype=torch.float32))
