@@ -172,7 +172,7 @@ register(OptimizerSpec("esam1", SAM, "ESAM1: plain SAM run for more steps, to TS
                        {"rho": 0.05}, lambda s: 2, budget_reference="tsam"))
 register(OptimizerSpec("esam2", ESAM2, "ESAM2: SAM trying several ascent step sizes, stepping at the largest loss",
                        {"rho": 0.05, "multipliers": (0.5, 1.0, 1.5, 2.0, 2.5)},
-                       lambda s: 1 + len(s.get("multipliers", ()))))
+                       lambda s: 1 + len(s["multipliers"]) if isinstance(s.get("multipliers"), (list, tuple)) else 1))
 register(OptimizerSpec("pgn", PGN, "PGN (Zhao et al. 2022): (1-alpha) grad L(theta) + alpha grad L(theta + r g/|g|)",
                        {"rho": 0.1, "alpha": 0.8}, lambda s: 2))
 register(OptimizerSpec("rsam", RSAM, "RSAM (Liu et al. 2022): filter-wise random noise, then SAM along lambda*g + noise",
