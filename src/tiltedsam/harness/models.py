@@ -7,7 +7,8 @@
 * ``small_cnn``  four 3x3 conv blocks (BatchNorm, ReLU, 2x2 max-pool after all but the last), global
                  average pool, Linear; about 99k parameters with the default widths (16, 32, 64, 128).
 * ``resnet18``   the CIFAR ResNet18 (He et al., 2016, as used for CIFAR in the SAM literature): 3x3 stem
-                 with stride 1 and no max-pool, BasicBlocks [2, 2, 2, 2] with 64-128-256-512 channels.
+                 with stride 1 and no max-pool, BasicBlocks [2, 2, 2, 2] with 64-128-256-512 channels
+                 (``base_width`` scales them: w, 2w, 4w, 8w).
 * ``wrn16_8``    WideResNet-16-8 (Zagoruyko & Komodakis, 2016): pre-activation basic blocks, two per
                  group, widths 16 -> 128, 256, 512, optional dropout between the convolutions.
 * ``text_cnn``   word embeddings -> 1-D convolutions of widths 3, 4, 5 -> max over time -> Linear (Kim, 2014).
@@ -313,8 +314,11 @@ def _build_small_cnn(data: Any, *, channels: Sequence[int] = (16, 32, 64, 128), 
     return SmallCNN(_image_shape(data, "small_cnn")[0], data.num_classes, tuple(channels), batch_norm)
 
 
-def _build_resnet18(data: Any) -> nn.Module:
-    return _init_resnet_weights(CifarResNet(_image_shape(data, "resnet18")[0], data.num_classes))
+def _build_resnet18(data: Any, *, base_width: int = 64) -> nn.Module:
+    if base_width < 1:
+        raise ValueError(f"base_width must be >= 1, got {base_width}")
+    widths = (base_width, 2 * base_width, 4 * base_width, 8 * base_width)
+    return _init_resnet_weights(CifarResNet(_image_shape(data, "resnet18")[0], data.num_classes, (2, 2, 2, 2), widths))
 
 
 def _build_wrn16_8(data: Any, *, depth: int = 16, widen_factor: int = 8, dropout: float = 0.0) -> nn.Module:
