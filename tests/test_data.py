@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tiltedsam.harness import DATASETS, DataSplits, apply_label_noise, load_dataset
 from tiltedsam.harness.data import build_vocabulary, encode_texts, read_cifar100, split_indices, tokenize
@@ -134,6 +136,21 @@ def test_label_noise_is_exact_and_changes_only_the_flipped(num_labels, rate, num
     assert torch.equal((noisy != labels).nonzero().flatten(), flipped)  # every chosen label changed, no other
     assert int(noisy.min()) >= 0 and int(noisy.max()) < num_classes
     assert torch.equal(labels, torch.arange(num_labels) % num_classes)  # input untouched
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_labels=st.integers(0, 400),
+    rate=st.floats(0.0, 1.0),
+    num_classes=st.integers(2, 30),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_label_noise_count_is_exact_for_any_size_rate_and_classes(num_labels, rate, num_classes, seed):
+    labels = torch.randint(0, num_classes, (num_labels,), generator=torch.Generator().manual_seed(seed))
+    noisy, flipped = apply_label_noise(labels, rate, num_classes, seed=seed)
+    assert flipped.numel() == round(rate * num_labels)
+    assert int((noisy != labels).sum()) == flipped.numel()
+    assert flipped.unique().numel() == flipped.numel()
 
 
 def test_label_noise_is_reproducible_and_seeded():
