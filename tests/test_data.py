@@ -28,15 +28,6 @@ needs_scattertext = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: one intra-op thread avoids spin-waiting (20 ms vs 2 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def expected_sizes(total: int, val_fraction: float = 0.1, test_fraction: float = 0.2) -> dict[str, int]:
     num_test, num_val = round(test_fraction * total), round(val_fraction * total)
     return {"train": total - num_test - num_val, "val": num_val, "test": num_test}
@@ -301,6 +292,14 @@ def test_flip_and_identity_resized_crop():
     assert smaller.shape == (3, 2, 4, 4)
 
 
+def test_image_transform_scales_then_normalises_per_channel():
+    images = torch.randint(0, 256, (4, 2, 3, 3), dtype=torch.uint8)
+    transform = ImageTransform(scale=1 / 255, mean=(0.5, 0.25), std=(0.2, 0.1))
+    expected = (images.float() / 255 - torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)) / torch.tensor([0.2, 0.1]).view(1, 2, 1, 1)
+    torch.testing.assert_close(transform(images), expected)
+    assert not transform.augments and ImageTransform(crop_padding=4).augments
+
+
 def test_augmented_digits_are_one_pixel_shifts(digits):
     data = load_dataset("digits", augment=True)
     assert data.info["augmentation"] == {"crop_padding": 1}
@@ -311,6 +310,16 @@ def test_augmented_digits_are_one_pixel_shifts(digits):
         windows = [padded[index, :, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
         assert any(torch.equal(x[index], window) for window in windows)
     assert data.val.transform is None and data.test.transform is None  # no augmentation outside training
+    assert data.train.to("cpu") is data.train
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_and_augmentation_on_the_gpu(tmp_path):
+    _write_cifar(tmp_path / "cifar-100-python")
+    data = load_dataset("cifar100", data_dir=str(tmp_path), augment=True)
+    data.train.to("cuda")
+    x, y = data.train.get_batch(torch.arange(8))
+    assert x.is_cuda and y.is_cuda and x.shape == (8, 3, 32, 32)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -122,6 +122,16 @@ class InMemoryDataset(Dataset):
             batch = self.transform(batch) if generator is None else self.transform(batch, generator)
         return batch, self.labels[index]
 
+    def to(self, device: torch.device | str) -> "InMemoryDataset":
+        """Move inputs and labels to ``device`` in place (e.g. a GPU, so batches need no copies); returns self.
+
+        The transforms follow the data: their random draws are made on the CPU and applied on ``device``.
+        """
+        self.inputs = self.inputs.to(device)
+        self.labels = self.labels.to(device)
+        self.clean_labels = self.clean_labels.to(device)
+        return self
+
     @property
     def noisy_mask(self) -> torch.Tensor:
         """Boolean mask of the examples whose label differs from the clean label."""
