@@ -23,6 +23,7 @@ from tiltedsam.analysis import (
     take_batches,
     write_flatness_report,
 )
+from tiltedsam.analysis.neighborhood import bootstrap_standard_errors
 from tiltedsam.analysis.report import ReportSettings
 
 torch.set_num_threads(1)
@@ -105,6 +106,13 @@ def test_neighborhood_mean_and_variance_match_gaussian_formulas(sigma):
     assert abs(stats.mean - mean) < 4 * stats.mean_se
     assert abs(stats.variance - variance) < 4 * stats.variance_se
     assert result.clean_loss == pytest.approx(float(0.5 * theta @ matrix @ theta), rel=1e-12)
+    # the closed-form standard errors agree with a bootstrap of the same draws
+    draws = torch.tensor(stats.losses, dtype=torch.float64).unsqueeze(-1)
+    boot = bootstrap_standard_errors(
+        draws, lambda v: torch.stack([v[..., 0].mean(-1), v[..., 0].var(-1)], dim=-1), 2000,
+        torch.Generator().manual_seed(0))
+    assert stats.mean_se == pytest.approx(float(boot[0]), rel=0.15)
+    assert stats.variance_se == pytest.approx(float(boot[1]), rel=0.25)
 
 
 def test_sigma_zero_gives_zero_variance_and_tilted_statistics_are_consistent():
@@ -286,6 +294,17 @@ def test_cross_objective_ordering_erm_tsam_sam_and_monotone_in_tilt():
     assert values[0.0].tsam_se > 0
 
 
+def test_ascent_sampler_without_noise_lands_on_the_sam_point():
+    # Algorithm 2 with zero noise radius: every draw is theta + rho g/||g||, SAM's single ascent point
+    model, loss_fn, data = _isotropic_regression()
+    result = cross_objective(model, loss_fn, data, rho=0.2, ascent_steps=1, radius=0.0, sampler="ascent",
+                             tilt=3.0, num_draws=3)
+    assert result.sampler == "ascent" and result.tsam == pytest.approx(result.sam, rel=1e-12)
+    noisy = cross_objective(model, loss_fn, data, rho=0.2, radius=0.5, sampler="ascent", num_draws=5, tilt=0.0)
+    ball = cross_objective(model, loss_fn, data, rho=0.2, radius=0.5, sampler="ball", num_draws=6, tilt=0.0)
+    assert noisy.tsam > ball.tsam  # ascending from the noise raises the loss above the plain noise average
+
+
 def test_cross_objective_table_has_rows_per_model_and_both_splits():
     model_a, loss_fn, data = _isotropic_regression()
     model_b, _, _ = _isotropic_regression(scale=1.0)
@@ -369,10 +388,10 @@ def test_write_flatness_report_end_to_end(tmp_path):
     assert len(erm["hessian"]["eigenvalues"]) == 3 and erm["hessian"]["mode"] == "eval"
     assert [s["sigma"] for s in erm["neighborhood"]["statistics"]] == [0.0, 0.05, 0.1]
     assert set(erm["cross_objective"]) == {"train", "test"}
-    assert set(erm["timings_s"]) == {"neighborhood", "hessian", "trace", "cross_objective", "total"}
+    assert set(erm["timings_s"]) == set(erm["cpu_timings_s"]) == {"neighborhood", "hessian", "trace", "cross_objective", "total"}
     markdown = (out / "report.md").read_text()
     for heading in ("Neighbourhood loss (Fig. 2)", "Top-3 Hessian eigenvalues", "Hessian trace",
-                    "Cross-objective losses (Table 3)", "Wall-clock time"):
+                    "Cross-objective losses (Table 3)", "Time per analysis"):
         assert heading in markdown
     assert report["files"]["figure"].endswith("fig2.png")
 

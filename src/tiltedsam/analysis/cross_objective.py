@@ -19,6 +19,17 @@ For a model at :math:`\theta` and data :math:`D`:
   convex loss each pair averages to at least :math:`L(\theta)`, so the estimate is never below ERM,
   and in general the linear term cancels, which lowers the variance.
 
+  ``sampler="ascent"`` instead draws the points TSAM trains on (Algorithm 2): noise :math:`\delta_j`
+  of norm at most ``radius``, then one normalised ascent step from there,
+  :math:`\epsilon_j = \delta_j + \rho\,\nabla L(\theta+\delta_j)/\lVert\nabla L(\theta+\delta_j)\rVert`
+  (gradient over all of ``data``), and reports the tilted mean of :math:`L(\theta+\epsilon_j)`. Random
+  directions of a small radius barely change the loss of a network with many parameters (a random
+  direction is nearly orthogonal to the few sharp ones), so the ball estimate of a trained network
+  is often indistinguishable from ERM; the ascent points are where TSAM's objective is actually
+  probed in training, and this is the default of the flatness report. It costs one gradient more per
+  draw and has no ordering guarantee against the SAM column (its points may lie outside the
+  :math:`\rho`-ball).
+
 Because :math:`L^t` is non-decreasing in :math:`t` (App. B.3), :math:`L^0 = \mathbb E[L(\theta+\epsilon)]
 \le L^t \le \max_j L(\theta+\epsilon_j) \le \max_{\lVert\epsilon\rVert\le\rho} L(\theta+\epsilon)`.
 """
@@ -49,9 +60,11 @@ from ._common import (
 )
 from .neighborhood import bootstrap_standard_errors
 
-__all__ = ["cross_objective", "ObjectiveLosses", "cross_objective_table", "CrossObjectiveTable", "OBJECTIVES"]
+__all__ = ["cross_objective", "ObjectiveLosses", "cross_objective_table", "CrossObjectiveTable", "OBJECTIVES",
+           "TSAM_SAMPLERS"]
 
 OBJECTIVES = ("ERM", "SAM", "TSAM")
+TSAM_SAMPLERS = ("ball", "ascent")
 
 
 @dataclass
@@ -68,9 +81,16 @@ class ObjectiveLosses:
     gradient_norm: float  # ||grad L(theta)|| over the data
     num_loss_evaluations: int
     seconds: float
+    sampler: str = "ball"  # how the TSAM draws were made: "ball" (Eq. 3's mu) or "ascent" (Algorithm 2)
 
     def value(self, objective: str) -> float:
         return {"ERM": self.erm, "SAM": self.sam, "TSAM": self.tsam}[objective]
+
+
+def _check_sampler(sampler: str) -> str:
+    if sampler not in TSAM_SAMPLERS:
+        raise ValueError(f"sampler must be one of {TSAM_SAMPLERS}, got {sampler!r}")
+    return sampler
 
 
 def _check_noise(noise: str) -> str:
@@ -89,6 +109,7 @@ def cross_objective(
     tilt: float = 20.0,
     radius: float | None = None,
     noise: str = "uniform",
+    sampler: str = "ball",
     num_draws: int = 32,
     antithetic: bool = True,
     seed: int = 0,
@@ -100,7 +121,8 @@ def cross_objective(
 ) -> ObjectiveLosses:
     r"""ERM, SAM and TSAM losses of ``model`` on ``data`` (see the module docstring for the definitions).
 
-    Costs one gradient and ``1 + ascent_steps + num_draws`` loss evaluations over ``data``.
+    Costs one gradient and ``1 + ascent_steps + num_draws`` loss evaluations over ``data`` (plus one
+    gradient per draw with ``sampler="ascent"``, where ``antithetic`` does not apply).
     ``data``/``mode``/``params``/``max_batches`` as in :func:`neighborhood_loss`; the model is restored.
     """
     check_mode(mode)
@@ -109,11 +131,13 @@ def cross_objective(
     tilt = check_tilt(tilt)
     radius = rho if radius is None else check_nonnegative_float("radius", radius)
     _check_noise(noise)
+    _check_sampler(sampler)
+    if not isinstance(antithetic, bool):
+        raise ValueError(f"antithetic must be True or False, got {antithetic!r}")
+    antithetic = antithetic and sampler == "ball"
     num_draws = check_positive_int("num_draws", num_draws, minimum=2 if antithetic else 1)
     if antithetic and num_draws % 2:
         raise ValueError(f"num_draws must be even with antithetic=True (draws come in +/- pairs), got {num_draws}")
-    if not isinstance(antithetic, bool):
-        raise ValueError(f"antithetic must be True or False, got {antithetic!r}")
     batches = as_batches(data, max_batches)
     start = time.perf_counter()
     with preserved_model_state(model, mode):
@@ -144,6 +168,13 @@ def cross_objective(
         try:
             for j in range(units):
                 epsilon = draw_noise(chosen, noise, radius, generator)
+                if sampler == "ascent":  # Algorithm 2: ascend from theta + delta_j
+                    with torch.no_grad():
+                        torch._foreach_copy_(chosen, origin)
+                        torch._foreach_add_(chosen, epsilon)
+                    at_noise = mean_gradient(model, loss_fn, batches, chosen)
+                    scale = rho / (float(global_norm(at_noise)) + NORM_EPS)
+                    torch._foreach_add_(epsilon, at_noise, alpha=scale)
                 losses[j, 0] = evaluate_at(epsilon)
                 bar.update(1)
                 if antithetic:
@@ -167,6 +198,7 @@ def cross_objective(
         sam_step=sam_step,
         gradient_norm=gradient_norm,
         num_loss_evaluations=1 + (ascent_steps if gradient_norm > 0 and rho > 0 else 0) + num_draws,
+        sampler=sampler,
         seconds=time.perf_counter() - start,
     )
 

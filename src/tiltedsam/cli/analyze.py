@@ -52,6 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tsam-tilt", type=float, default=defaults.tsam_tilt, help="t of the TSAM column (default %(default)s)")
     p.add_argument("--tsam-radius", type=float, default=None, help="TSAM noise radius (default: --sam-rho)")
     p.add_argument("--tsam-noise", choices=["uniform", "gaussian"], default=defaults.tsam_noise)
+    p.add_argument("--tsam-sampler", choices=["ascent", "ball"], default=defaults.tsam_sampler,
+                   help="TSAM draws: Algorithm 2's noisy ascent points, or the plain noise ball of Eq. 3 "
+                   "(default %(default)s)")
     p.add_argument("--cross-draws", type=int, default=defaults.cross_draws,
                    help="Monte-Carlo draws of the TSAM loss, even (default %(default)s)")
     p.add_argument("--max-batches", type=int, default=None, help="use only the first N batches of each loader")
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
             tilts=tuple(args.tilt) if args.tilt else ReportSettings.tilts, k=args.k, smallest=args.smallest,
             lanczos_max_iter=args.lanczos_iters, lanczos_tol=args.lanczos_tol, trace_samples=args.trace_samples,
             trace_method=args.trace_method, sam_rho=args.sam_rho, tsam_tilt=args.tsam_tilt,
-            tsam_radius=args.tsam_radius, tsam_noise=args.tsam_noise, cross_draws=args.cross_draws,
+            tsam_radius=args.tsam_radius, tsam_noise=args.tsam_noise,
+            tsam_sampler=args.tsam_sampler, cross_draws=args.cross_draws,
             max_batches=args.max_batches, mode=args.mode, seed=args.seed, analyses=args.only,
             progress=False if args.no_progress else None,
         )
