@@ -9,6 +9,7 @@ and the train/eval flag of every sub-module, sets the requested mode, and restor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -111,6 +112,13 @@ def preserved_model_state(model: nn.Module, mode: str = "eval") -> Iterator[nn.M
                     original.copy_(copy)
         for module, flag in flags:
             module.training = flag
+
+
+class ResultMixin:
+    """``to_dict()`` for the result dataclasses (plain values, ready for JSON)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
 # ---------------------------------------------------------------------------------------------- data

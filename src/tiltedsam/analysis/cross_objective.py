@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from ..optim.functional import NOISE_KINDS, NORM_EPS, draw_noise, global_norm
 from ..tilt import check_tilt, effective_sample_size, tilted_mean, tilted_weights
 from ._common import (
+    ResultMixin,
     LossFn,
     as_batches,
     check_mode,
@@ -68,7 +69,7 @@ TSAM_SAMPLERS = ("ball", "ascent")
 
 
 @dataclass
-class ObjectiveLosses:
+class ObjectiveLosses(ResultMixin):
     """One model on one data split under the three objectives."""
 
     erm: float
@@ -213,7 +214,7 @@ class CrossObjectiveTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "settings": dict(self.settings),
-            "rows": {label: {split: asdict(v) for split, v in splits.items()} for label, splits in self.rows.items()},
+            "rows": {label: {split: v.to_dict() for split, v in splits.items()} for label, splits in self.rows.items()},
         }
 
     def splits(self) -> list[str]:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ._common import (
+    ResultMixin,
     LossFn,
     _scalar_loss,
     as_batches,
@@ -45,6 +47,15 @@ __all__ = [
 ]
 
 TRACE_METHODS = ("hutchinson", "hutch++")
+
+
+def _warn_if_dropout(model: nn.Module, mode: str) -> None:
+    if mode == "train" and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        warnings.warn(
+            "mode='train' with active dropout: the Hessian is that of a random loss (with several batches every "
+            "product draws new masks); use mode='eval' for a well-defined spectrum",
+            stacklevel=3,
+        )
 
 
 class HessianOperator:
@@ -226,7 +237,7 @@ def lanczos(
 
 
 @dataclass
-class HessianEigenResult:
+class HessianEigenResult(ResultMixin):
     eigenvalues: list[float]  # top-k, descending
     residuals: list[float]  # ||H x - lambda x|| of each returned pair, recomputed with one product each
     relative_residuals: list[float]  # residual / max(|lambda|) over the returned spectrum
@@ -244,7 +255,7 @@ class HessianEigenResult:
     smallest_eigenvectors: Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = super().to_dict()
         out.pop("eigenvectors")
         out.pop("smallest_eigenvectors")
         return out
@@ -280,6 +291,7 @@ def hessian_eigenvalues(
     check_mode(mode)
     k = check_positive_int("k", k)
     smallest = check_positive_int("smallest", smallest, minimum=0)
+    _warn_if_dropout(model, mode)
     start = time.perf_counter()
     with preserved_model_state(model, mode):
         operator = HessianOperator(model, loss_fn, data, params, max_batches)
@@ -324,7 +336,7 @@ def hessian_eigenvalues(
 
 
 @dataclass
-class HessianTraceResult:
+class HessianTraceResult(ResultMixin):
     estimate: float
     standard_error: float
     method: str
@@ -333,9 +345,6 @@ class HessianTraceResult:
     seed: int
     num_parameters: int
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _rademacher(dim: int, count: int, generator: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
@@ -373,6 +382,7 @@ def hessian_trace(
     if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
     num_samples = check_positive_int("num_samples", num_samples, minimum=3 if method == "hutch++" else 2)
+    _warn_if_dropout(model, mode)
     start = time.perf_counter()
     with preserved_model_state(model, mode):
         operator = HessianOperator(model, loss_fn, data, params, max_batches)

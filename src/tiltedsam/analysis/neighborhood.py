@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..optim.functional import draw_noise
 from ..tilt import check_tilt, tilted_mean, tilted_stats
 from ._common import (
+    ResultMixin,
     LossFn,
     as_batches,
     check_mode,
@@ -68,7 +69,7 @@ class SigmaStatistics:
 
 
 @dataclass
-class NeighborhoodLossResult:
+class NeighborhoodLossResult(ResultMixin):
     clean_loss: float  # L(theta*) without noise
     statistics: list[SigmaStatistics]
     num_draws: int
@@ -76,9 +77,6 @@ class NeighborhoodLossResult:
     seed: int
     num_parameters: int
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def by_sigma(self, sigma: float) -> SigmaStatistics:
         for stats in self.statistics:

@@ -15,7 +15,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +24,7 @@ import torch
 
 from .._version import __version__
 from ._common import _batch_size, check_mode, check_positive_int, take_batches
-from .cross_objective import OBJECTIVES, CrossObjectiveTable, ObjectiveLosses, cross_objective, _check_noise, _check_sampler
+from .cross_objective import CrossObjectiveTable, ObjectiveLosses, cross_objective, _check_noise, _check_sampler
 from .hessian import TRACE_METHODS, hessian_eigenvalues, hessian_trace
 from .neighborhood import _check_sigmas, _check_tilts, neighborhood_loss
 
@@ -204,7 +204,7 @@ def analyze_models(
                     sampler=settings.tsam_sampler,
                     num_draws=settings.cross_draws, **common,
                 )
-                entry_report["cross_objective"][split] = asdict(losses)
+                entry_report["cross_objective"][split] = losses.to_dict()
                 timings["cross_objective"] += losses.seconds
             tick("cross_objective")
         timings["total"] = sum(timings.values())
