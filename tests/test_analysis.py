@@ -462,3 +462,13 @@ def test_cli_rejects_bad_sigmas_and_duplicate_labels(tmp_path, fake_loader, caps
                  "--trace-samples", "3", "--max-batches", "1"])
     assert code == 0
     assert list(json.loads((tmp_path / "dup" / "report.json").read_text())["models"]) == ["ERM", "ERM (2)"]
+
+
+def test_cli_without_the_harness_says_what_is_missing(tmp_path, monkeypatch):
+    from tiltedsam.cli import main
+
+    monkeypatch.setitem(sys.modules, "tiltedsam.harness", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "tiltedsam.harness.checkpoints", None)
+    with pytest.raises(SystemExit, match="needs tiltedsam.harness"):
+        main(["analyze", "ckpt.pt", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
