@@ -163,9 +163,9 @@ def descend_many(
     """Several :func:`descend` runs from the same start, stepped together (same results, less time).
 
     Runs of a kind are evaluated in one vectorised call per step (all exact TSAM tilts together).
-    Every sampled run draws from its own generator seeded with ``seed``, so a run's trajectory
-    does not depend on what else is in the batch, and runs with the same ``num_samples`` see the
-    same perturbations (common random numbers).
+    Every sampled run draws its perturbations from a generator seeded with ``seed``, so a run's
+    trajectory does not depend on what else is in the batch, and runs with the same
+    ``num_samples`` see the same perturbations (common random numbers).
     """
     problem = as_problem(problem)
     runs = [_check_run(Run(*r)) for r in runs]
@@ -199,8 +199,9 @@ def descend_many(
     for num_samples in sorted({runs[i].num_samples for i in sampled}):
         group = np.array([i for i in sampled if runs[i].num_samples == num_samples], dtype=np.intp)
         group_tilts = np.array([math.inf if runs[i].kind == "sam" else runs[i].tilt for i in group])
-        group_generators = [torch.Generator().manual_seed(int(seed)) for _ in group]
-        sampled_groups.append((group, group_tilts, group_generators))
+        # every run would seed its own generator with `seed`, so all runs of a group draw the same
+        # perturbations: one generator per group gives identical results with one draw per step
+        sampled_groups.append((group, group_tilts, torch.Generator().manual_seed(int(seed))))
 
     thetas = np.empty((steps + 1, len(runs)), dtype=np.float64)
     thetas[0] = start
@@ -219,8 +220,8 @@ def descend_many(
                 step_gradient[sam] = _sam_gradient(problem, theta[sam], rho)
             if len(tsam):
                 step_gradient[tsam] = _tsam_gradient(problem, theta[tsam], rho, tsam_tilts, measure)
-            for group, group_tilts, group_generators in sampled_groups:
-                eps = np.stack([sample_perturbations(runs[group[0]].num_samples, rho, measure, g) for g in group_generators])
+            for group, group_tilts, generator in sampled_groups:
+                eps = sample_perturbations(runs[group[0]].num_samples, rho, measure, generator)
                 step_gradient[group] = _sampled_gradients(problem, theta[group], group_tilts, eps)
             thetas[k + 1] = theta - lr * step_gradient
             if not np.all(np.isfinite(thetas[k + 1])):
@@ -260,17 +261,20 @@ def descend_many(
 def _sampled_gradients(problem: ToyProblem, theta: np.ndarray, tilt: np.ndarray, eps: np.ndarray) -> np.ndarray:
     r"""The naive sampled TSAM gradient per row: :math:`\sum_j w_j L'(\theta+\epsilon_j)`, ``w = softmax(t L)``.
 
-    ``theta`` and ``tilt`` have shape ``(R,)``, ``eps`` ``(R, s)``. The weights are the core's
+    ``theta`` and ``tilt`` have shape ``(R,)``; ``eps`` (shape ``(s,)``) is shared by the rows. The weights are the core's
     :func:`tiltedsam.tilt.tilted_weights`; rows of different finite tilts go through it at once as
     ``tilted_weights(t L, 1)`` (the same softmax), rows with ``t = inf`` separately.
     """
-    points = theta[:, None] + eps
+    points = theta[:, None] + eps[None, :]
     values, slopes = problem.value_and_grad(points)
     values = torch.from_numpy(values)
-    weights = torch.empty_like(values)
-    finite = torch.from_numpy(np.isfinite(tilt))
-    if bool(finite.any()):
-        weights[finite] = tilted_weights(values[finite] * torch.from_numpy(tilt[np.isfinite(tilt)])[:, None], 1.0)
-    if not bool(finite.all()):
-        weights[~finite] = tilted_weights(values[~finite], math.inf)
+    finite = np.isfinite(tilt)
+    if finite.all():
+        weights = tilted_weights(values * torch.from_numpy(tilt)[:, None], 1.0)
+    else:
+        weights = torch.empty_like(values)
+        if finite.any():
+            mask = torch.from_numpy(finite)
+            weights[mask] = tilted_weights(values[mask] * torch.from_numpy(tilt[finite])[:, None], 1.0)
+        weights[torch.from_numpy(~finite)] = tilted_weights(values[torch.from_numpy(~finite)], math.inf)
     return (weights.numpy() * slopes).sum(axis=1)
