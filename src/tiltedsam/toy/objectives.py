@@ -8,11 +8,15 @@ With :math:`\mu` a distribution of the perturbation :math:`\epsilon` on :math:`[
   the mean :math:`\mathbb E[L(\theta+\epsilon)]` at ``t = 0`` and the SAM objective at ``t = inf``.
 
 Expectations are computed by quadrature, not by sampling: composite Gauss-Legendre rules
-(:data:`PANELS` panels of :data:`ORDER` nodes) on every piece of :math:`[\theta-\rho, \theta+\rho]`
-between the problem's breakpoints, so piecewise-smooth losses are integrated to ~1e-14. The
-measure is ``"uniform"`` on :math:`[-\rho, \rho]` (the paper's choice) or ``"gaussian"``: a normal
-with standard deviation :math:`\rho/2`, truncated to :math:`[-\rho, \rho]` (so it lives on the same
-ball, as Eq. 3 asks) and renormalised.
+(:data:`PANELS` panels of :data:`ORDER` nodes, with :data:`GRADED_LEVELS` geometrically shrinking
+panels at each end) on every piece of :math:`[\theta-\rho, \theta+\rho]` between the problem's
+breakpoints, so piecewise-smooth losses are integrated to ~1e-14. Against adaptive quadrature on
+the Fig. 1 loss (``rho = 0.2``) ``L^t`` agrees to 1e-13 for ``t <= 300``, 1e-9 at ``t = 1000`` and
+1e-4 at ``t = 1e4`` (a peak of width ~``(t L'')^{-1/2}`` inside the window is then barely
+resolved; ``t = inf`` goes to the SAM maximiser instead). The measure is ``"uniform"`` on
+:math:`[-\rho, \rho]` (the paper's choice) or ``"gaussian"``: a normal with standard deviation
+:math:`\rho/2`, truncated to :math:`[-\rho, \rho]` (so it lives on the same ball, as Eq. 3 asks)
+and renormalised.
 
 The SAM maximum is found on a dense grid (:data:`SAM_GRID_POINTS` points) followed by
 :data:`ZOOM_ROUNDS` rounds of local refinement (a 17-point grid on the bracket around the best point,
@@ -53,9 +57,11 @@ Kind = Literal["erm", "sam", "tsam"]
 KINDS = ("erm", "sam", "tsam")
 MEASURES = ("uniform", "gaussian")
 
-#: Gauss-Legendre panels per smooth piece of the neighbourhood, and nodes per panel
+#: Gauss-Legendre panels per smooth piece of the neighbourhood, nodes per panel, and extra panels
+#: halving in width towards each end of a piece (10 levels: the smallest is 1/16384 of the piece)
 PANELS = 16
 ORDER = 16
+GRADED_LEVELS = 10
 #: the truncated Gaussian measure's standard deviation, as a fraction of rho
 GAUSSIAN_STD_FRACTION = 0.5
 #: SAM inner maximisation: starting grid size, refinement rounds, points per refinement grid
@@ -133,7 +139,8 @@ def quadrature(
     ``theta`` has shape ``(m,)``; both outputs have shape ``(m, K)``. Each row's interval
     :math:`[\theta-\rho, \theta+\rho]` is cut at the problem's breakpoints (a breakpoint outside the
     interval gives a piece of length zero, whose nodes get weight zero), and each piece gets
-    ``PANELS`` Gauss-Legendre panels of ``ORDER`` nodes. ``rho`` must be > 0.
+    ``PANELS`` Gauss-Legendre panels of ``ORDER`` nodes, graded towards its ends (576 nodes per
+    piece). ``rho`` must be > 0.
     """
     lo, hi = theta - rho, theta + rho
     breaks = [b for b in problem.breakpoints if lo.min() < b < hi.max()]
@@ -147,13 +154,27 @@ def quadrature(
     return x, q / q.sum(axis=1, keepdims=True)
 
 
+@lru_cache(maxsize=1)
+def _panel_fractions() -> np.ndarray:
+    """Panel edges on [0, 1]: ``PANELS`` equal panels, the end ones split geometrically.
+
+    With a large tilt the integrand ``e^{tL}`` is a boundary layer of width ~``1/(t |L'|)`` wherever
+    the maximum sits at an end of the window or at a jump (common: it is SAM's regime); the graded
+    panels resolve it, equal panels alone lose 1e-3 at ``t = 300``.
+    """
+    graded = 2.0 ** -np.arange(1, GRADED_LEVELS + 1) / PANELS
+    fractions = np.unique(np.concatenate([np.linspace(0.0, 1.0, PANELS + 1), graded, 1.0 - graded]))
+    fractions.flags.writeable = False
+    return fractions
+
+
 def _composite_rule(start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes and weights (Lebesgue measure) of ``PANELS`` panels on each ``[start, stop]``.
 
-    ``start`` and ``stop`` have shape ``(m, pieces)``; the outputs ``(m, pieces * PANELS * ORDER)``.
+    ``start`` and ``stop`` have shape ``(m, pieces)``; the outputs ``(m, pieces * panels * ORDER)``.
     """
     nodes01, weights01 = _gauss_legendre(ORDER)
-    fractions = np.linspace(0.0, 1.0, PANELS + 1)
+    fractions = _panel_fractions()
     edges = start[..., None] + (stop - start)[..., None] * fractions  # (m, pieces, PANELS + 1)
     centre = 0.5 * (edges[..., 1:] + edges[..., :-1])
     half = 0.5 * (edges[..., 1:] - edges[..., :-1])
