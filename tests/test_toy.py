@@ -320,6 +320,20 @@ def test_toy_command_writes_figures_and_tables(tmp_path, capsys):
     assert [round(float(r["argmin θ*"]), 6) for r in sweep] == [1.0, 3.0]
 
 
+def test_repeated_sampled_runs_are_summarised_per_tilt_and_sample_size(tmp_path):
+    from tiltedsam.toy.figures import run_fig1
+
+    report = run_fig1(tmp_path, steps=15, tilts=(0.0, 3.0), samples=(4,), seed=2, repeats=3)
+    with open(tmp_path / "fig1_sampled_repeats.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["t"], r["s"], r["seeds"]) for r in rows] == [("0.0", "4", "2..4"), ("3.0", "4", "2..4")]
+    variances = [descend("fig1", "tsam", 0.5, 0.005, 15, 0.2, 3.0, num_samples=4, seed=k).neighbourhood_variance
+                 for k in (2, 3, 4)]
+    assert float(rows[1]["median neighbourhood variance"]) == pytest.approx(float(np.median(variances)), rel=1e-12)
+    assert float(rows[1]["max variance"]) == pytest.approx(max(variances), rel=1e-12)
+    assert any("3 seeds" in title for title in report.tables)
+
+
 def test_toy_command_rejects_bad_lists():
     with pytest.raises(SystemExit):
         main(["toy", "fig1", "--tilts", "1,-2"])

@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=_sample_list, default=None,
                    help="fig1: sample sizes s of the sampled TSAM runs, comma-separated, or 'none' (default 10,1000)")
     p.add_argument("--seed", type=int, default=0, help="fig1: seed of the sampled runs (default 0)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fig1: repeat the sampled runs with seeds seed..seed+N-1 and tabulate where they end "
+                   "(default 1: no repeats)")
     p.add_argument("--measure", choices=("uniform", "gaussian"), default="uniform",
                    help="distribution μ of ε on [-ρ, ρ] (gaussian: std ρ/2, truncated; default uniform)")
     p.set_defaults(run=run)
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--lr must be a finite number > 0, got {args.lr}")
     if args.steps < 0:
         raise SystemExit(f"--steps must be >= 0, got {args.steps}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(1)  # tiny tensors: threads only add contention
     figures = ("fig1", "fig5", "fig6") if args.figure == "all" else (args.figure,)
     for name in figures:
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 tilts=FIG1_TILTS if args.tilts is None else args.tilts,
                 samples=FIG1_SAMPLES if args.samples is None else args.samples,
                 seed=args.seed,
+                repeats=args.repeats,
                 measure=args.measure,
                 progress=True,
             )

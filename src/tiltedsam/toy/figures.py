@@ -198,6 +198,7 @@ def run_fig1(
     tilts: Sequence[float] = FIG1_TILTS,
     samples: Sequence[int] = FIG1_SAMPLES,
     seed: int = 0,
+    repeats: int = 1,
     measure: str = "uniform",
     progress: bool = False,
 ) -> ToyReport:
@@ -208,8 +209,12 @@ def run_fig1(
     (the sampled TSAM runs, one panel per ``(s, t)``, exact path in grey), the trajectory table
     (final θ, ``L``, objective, neighbourhood mean and variance under ``mu`` with the same ``rho``,
     i.e. Def. 3 with ``t = 0``, and the range of θ over the last 10% of steps) and the table of
-    global minimisers of every objective.
+    global minimisers of every objective. With ``repeats > 1`` the sampled runs are repeated with
+    seeds ``seed .. seed + repeats - 1`` and ``fig1_sampled_repeats.{md,csv}`` summarises where
+    they end (median final θ; median, min and max neighbourhood variance per ``(s, t)``).
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     began = time.perf_counter()
     problem = as_problem(problem)
     folder = Path(out_dir)
@@ -272,6 +277,26 @@ def run_fig1(
     _write_table(folder, "fig1_trajectories", header, rows, report,
                  f"Fig. 1 trajectories ({problem.name}, ρ={rho:g}, lr={lr:g}, {steps} steps from θ={start:g}, "
                  f"μ {measure}, seed {seed})")
+
+    if repeats > 1 and sampled_runs:
+        finals = {run: [] for run in sampled_runs}
+        variances = {run: [] for run in sampled_runs}
+        for extra_seed in range(seed, seed + repeats):
+            batch = sampled if extra_seed == seed else descend_many(
+                problem, sampled_runs, start, lr, steps, rho, measure=measure, seed=extra_seed, progress=progress
+            )
+            for run, trajectory in zip(sampled_runs, batch):
+                finals[run].append(trajectory.final_theta)
+                variances[run].append(trajectory.neighbourhood_variance)
+        header = ["t", "s", "seeds", "median final θ", "median neighbourhood variance", "min variance", "max variance"]
+        rows = [
+            [run.tilt, run.num_samples, f"{seed}..{seed + repeats - 1}", float(np.median(finals[run])),
+             float(np.median(variances[run])), float(np.min(variances[run])), float(np.max(variances[run]))]
+            for run in sampled_runs
+        ]
+        _write_table(folder, "fig1_sampled_repeats", header, rows, report,
+                     f"Sampled TSAM over {repeats} seeds ({problem.name}, ρ={rho:g}, lr={lr:g}, {steps} steps "
+                     f"from θ={start:g}, μ {measure})")
 
     header = ["objective", "t", "argmin θ*", "objective(θ*)", "L(θ*)", "neighbourhood variance at θ*"]
     variances = np.atleast_1d(neighbourhood_stats(problem, [minimisers[k].theta for k in objectives], rho, 0.0, measure)[1])
