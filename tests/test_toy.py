@@ -310,8 +310,8 @@ def test_toy_command_writes_figures_and_tables(tmp_path, capsys):
     with open(out / "fig1_trajectories.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["objective"], r["t"], r["s"]) for r in rows] == [
-        ("ERM", "", ""), ("SAM", "", ""), ("SAM (ascent step)", "", ""), ("TSAM", "0.0", ""), ("TSAM", "5.0", ""),
-        ("TSAM", "0.0", "8"), ("TSAM", "5.0", "8")]
+        ("ERM", "", ""), ("SAM", "", ""), ("SAM (ascent step)", "", ""), ("TSAM", "0", ""), ("TSAM", "5", ""),
+        ("TSAM", "0", "8"), ("TSAM", "5", "8")]
     erm = descend("fig1", "erm", 0.5, 0.005, 40, 0.2)
     assert float(rows[0]["final θ"]) == erm.final_theta
     assert float(rows[0]["neighbourhood variance"]) == pytest.approx(erm.neighbourhood_variance, rel=1e-12)
@@ -326,7 +326,7 @@ def test_repeated_sampled_runs_are_summarised_per_tilt_and_sample_size(tmp_path)
     report = run_fig1(tmp_path, steps=15, tilts=(0.0, 3.0), samples=(4,), seed=2, repeats=3)
     with open(tmp_path / "fig1_sampled_repeats.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["t"], r["s"], r["seeds"]) for r in rows] == [("0.0", "4", "2..4"), ("3.0", "4", "2..4")]
+    assert [(r["t"], r["s"], r["seeds"]) for r in rows] == [("0", "4", "2..4"), ("3", "4", "2..4")]
     variances = [descend("fig1", "tsam", 0.5, 0.005, 15, 0.2, 3.0, num_samples=4, seed=k).neighbourhood_variance
                  for k in (2, 3, 4)]
     assert float(rows[1]["median neighbourhood variance"]) == pytest.approx(float(np.median(variances)), rel=1e-12)

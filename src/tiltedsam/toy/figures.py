@@ -137,6 +137,11 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _tilt_cell(tilt: float | None) -> str | None:
+    """Tilts are labels, shown as written: ``0``, ``0.01``, ``5``, ``inf``."""
+    return None if tilt is None else _format_number(tilt)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A GitHub Markdown table; floats shown with 4 decimals (scientific below 1e-3)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -270,7 +275,7 @@ def run_fig1(
     header = ["objective", "t", "s", "final θ", "L(θ)", "objective(θ)", "neighbourhood mean",
               "neighbourhood variance", "θ range, last 10%"]
     rows = [
-        [_KIND_NAMES[tr.kind], tr.tilt, tr.num_samples, tr.final_theta, tr.final_loss, tr.final_objective, tr.neighbourhood_mean,
+        [_KIND_NAMES[tr.kind], _tilt_cell(tr.tilt), tr.num_samples, tr.final_theta, tr.final_loss, tr.final_objective, tr.neighbourhood_mean,
          tr.neighbourhood_variance, tr.converged_spread]
         for tr in trajectories
     ]
@@ -290,7 +295,7 @@ def run_fig1(
                 variances[run].append(trajectory.neighbourhood_variance)
         header = ["t", "s", "seeds", "median final θ", "median neighbourhood variance", "min variance", "max variance"]
         rows = [
-            [run.tilt, run.num_samples, f"{seed}..{seed + repeats - 1}", float(np.median(finals[run])),
+            [_tilt_cell(run.tilt), run.num_samples, f"{seed}..{seed + repeats - 1}", float(np.median(finals[run])),
              float(np.median(variances[run])), float(np.min(variances[run])), float(np.max(variances[run]))]
             for run in sampled_runs
         ]
@@ -301,7 +306,7 @@ def run_fig1(
     header = ["objective", "t", "argmin θ*", "objective(θ*)", "L(θ*)", "neighbourhood variance at θ*"]
     variances = np.atleast_1d(neighbourhood_stats(problem, [minimisers[k].theta for k in objectives], rho, 0.0, measure)[1])
     rows = [
-        [key[0].upper(), key[1], minimisers[key].theta, minimisers[key].value, minimisers[key].loss, variance]
+        [key[0].upper(), _tilt_cell(key[1]), minimisers[key].theta, minimisers[key].value, minimisers[key].loss, variance]
         for key, variance in zip(objectives, variances)
     ]
     _write_table(folder, "fig1_minimisers", header, rows, report,
@@ -354,7 +359,7 @@ def run_objective_sweep(
             best = global_minimiser(problem, kind, rho, tilt, measure)
             ax.plot(best.theta, best.value, "o", color=_COLOURS["path"], mec="black", ms=7,
                     label="global minimiser" if index == 0 else None)
-            rows.append([rho, label, best.theta, best.value, best.loss, erm.theta])
+            rows.append([f"{rho:g}", label, best.theta, best.value, best.loss, erm.theta])
         ax.set_title(f"ρ = {rho:g}: argmin " + ", ".join(f"{row[2]:.3f}" for row in rows[-len(tilts):]), fontsize=9)
         ax.set_xlabel("θ")
     for ax in list(axes.flat)[len(rhos) :]:

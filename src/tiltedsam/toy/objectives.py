@@ -21,9 +21,10 @@ and renormalised.
 The SAM maximum is found on a dense grid (:data:`SAM_GRID_POINTS` points) followed by
 :data:`ZOOM_ROUNDS` rounds of local refinement (a 17-point grid on the bracket around the best point,
 each round 8 times finer), with the problem's breakpoints (both one-sided limits) as extra
-candidates. The maximiser is then located to ~1e-15 relative to ``rho`` whenever the starting
-grid (spacing ``rho/100``) resolves the loss's peaks; for the paper's losses the value agrees with
-a 20x denser search to 1e-12.
+candidates. The maximiser is then located to ~4e-8 ``rho`` and the maximum to ~1e-14 whenever
+the starting grid (spacing ``rho/100``) resolves the loss's peaks. Against a 4001-point grid with
+10 zoom rounds the value agrees to 5e-14 on the Fig. 1 loss and to 4e-12 on the Fig. 5 loss
+(whose jump is evaluated 1e-12 from its breakpoint).
 
 Everything is numpy float64 and vectorised over ``theta``.
 """
@@ -316,10 +317,10 @@ def sam_maximiser(
     best_x, best_value = _zoom_argmax(problem.value, lo, hi, SAM_GRID_POINTS, ZOOM_ROUNDS)
     at_edge = (best_x == lo) | (best_x == hi)
     for b in problem.breakpoints:
-        inside = (lo < b) & (b < hi)
-        if not inside.any():
+        if not ((lo <= b) & (b <= hi)).any():
             continue
-        for side, limit in zip((-1.0, 1.0), problem.one_sided(b)):
+        # a one-sided limit counts where the window reaches into that side of b
+        for side, limit, inside in zip((-1.0, 1.0), problem.one_sided(b), ((lo < b) & (b <= hi), (lo <= b) & (b < hi))):
             better = inside & (limit > best_value)
             best_value = np.where(better, limit, best_value)
             best_x = np.where(better, b + side * 1e-12 * max(1.0, abs(b)), best_x)
