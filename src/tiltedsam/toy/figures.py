@@ -89,30 +89,33 @@ def _write_table(folder: Path, stem: str, header: Sequence[str], rows: Sequence[
     report.tables[title] = table
 
 
-def _figure_legend(figure, axes) -> None:
-    """One legend for the figure, below the panels, with every label drawn in any panel."""
+def _finish_figure(figure, panels: list, title: str, path: Path) -> Path:
+    """Add the title and one legend (every label drawn in any panel, below them), then save."""
     handles = {}
-    for ax in axes.flat:
+    for ax in panels:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(7, len(handles)),
                   fontsize=8, frameon=False)
-
-
-def _save_figure(figure, path: Path) -> Path:
+    figure.suptitle(title, fontsize=10)
     return _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 
-def _new_figure(rows: int, cols: int, panel_size: tuple[float, float] = (3.6, 2.9)):
+def _panel_figure(count: int, panel_size: tuple[float, float] = (3.6, 2.9)):
+    """A figure with ``count`` panels, three to a row; returns it and the list of used axes."""
     from matplotlib.figure import Figure  # Agg canvas by default, no pyplot state
 
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
     width, height = panel_size[0] * cols, panel_size[1] * rows + 1.1
     figure = Figure(figsize=(width, height))
     axes = figure.subplots(rows, cols, squeeze=False)
     # fixed margins: a constrained layout costs more than all the numerics of a figure
     figure.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=0.85 / height,
                            top=1 - 0.95 / height, wspace=0.25, hspace=0.55 * 2.9 / panel_size[1])
-    return figure, axes
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return figure, list(axes.flat[:count])
 
 
 # ----------------------------------------------------------------------------- tables
@@ -241,36 +244,22 @@ def run_fig1(
         return ("sam" if trajectory.kind == "sam-ascent" else trajectory.kind, trajectory.tilt)
 
     # Fig. 1, exact gradients
-    cols = min(3, len(exact))
-    figure, axes = _new_figure(math.ceil(len(exact) / cols), cols)
-    for ax, trajectory in zip(axes.flat, exact):
+    figure, panels = _panel_figure(len(exact))
+    for ax, trajectory in zip(panels, exact):
         key = key_of(trajectory)
         _draw_path(ax, problem, trajectory, grid, None if key[0] == "erm" else curves[key], minimisers[key])
-    for ax in list(axes.flat)[len(exact) :]:
-        ax.set_visible(False)
-    _figure_legend(figure, axes)
-    figure.suptitle(
-        f"{problem.description}\nexact gradients, ρ={rho:g}, lr={lr:g}, {steps} steps from θ={start:g}, μ {measure}",
-        fontsize=10,
-    )
-    report.files.append(_save_figure(figure, folder / "fig1.png"))
+    title = f"{problem.description}\nexact gradients, ρ={rho:g}, lr={lr:g}, {steps} steps from θ={start:g}, μ {measure}"
+    report.files.append(_finish_figure(figure, panels, title, folder / "fig1.png"))
 
     # sampled TSAM next to its exact path
     if sampled:
         by_tilt = {t.tilt: t for t in exact if t.kind == "tsam"}
-        cols = min(3, len(sampled))
-        figure, axes = _new_figure(math.ceil(len(sampled) / cols), cols)
-        for ax, trajectory in zip(axes.flat, sampled):
+        figure, panels = _panel_figure(len(sampled))
+        for ax, trajectory in zip(panels, sampled):
             key = key_of(trajectory)
             _draw_path(ax, problem, trajectory, grid, curves[key], minimisers[key], reference=by_tilt[trajectory.tilt])
-        for ax in list(axes.flat)[len(sampled) :]:
-            ax.set_visible(False)
-        _figure_legend(figure, axes)
-        figure.suptitle(
-            f"sampled TSAM (s i.i.d. ε ~ μ per step, softmax(tL) weights), seed {seed}; grey: exact-gradient path",
-            fontsize=10,
-        )
-        report.files.append(_save_figure(figure, folder / "fig1_sampled.png"))
+        title = f"sampled TSAM (s i.i.d. ε ~ μ per step, softmax(tL) weights), seed {seed}; grey: exact-gradient path"
+        report.files.append(_finish_figure(figure, panels, title, folder / "fig1_sampled.png"))
 
     header = ["objective", "t", "s", "final θ", "L(θ)", "objective(θ)", "neighbourhood mean",
               "neighbourhood variance", "θ range, last 10%"]
@@ -345,11 +334,10 @@ def run_objective_sweep(
         raise ValueError("tilts must name at least one tilt for kind='tsam', got none")
     rhos = [float(r) for r in rhos]
     grid = np.linspace(*problem.domain, _CURVE_POINTS)
-    cols = min(3, len(rhos))
-    figure, axes = _new_figure(math.ceil(len(rhos) / cols), cols)
+    figure, panels = _panel_figure(len(rhos))
     erm = global_minimiser(problem, "erm", 0.0)
     rows = []
-    for ax, rho in zip(axes.flat, rhos):
+    for ax, rho in zip(panels, rhos):
         ax.plot(grid, problem.value(grid), color=_COLOURS["loss"], lw=1.2, label="L(θ)")
         for index, tilt in enumerate(tilts):
             label = _objective_label(kind, tilt)
@@ -362,12 +350,8 @@ def run_objective_sweep(
             rows.append([f"{rho:g}", label, best.theta, best.value, best.loss, erm.theta])
         ax.set_title(f"ρ = {rho:g}: argmin " + ", ".join(f"{row[2]:.3f}" for row in rows[-len(tilts):]), fontsize=9)
         ax.set_xlabel("θ")
-    for ax in list(axes.flat)[len(rhos) :]:
-        ax.set_visible(False)
-    _figure_legend(figure, axes)
     what = "SAM: max over |ε| ≤ ρ" if kind == "sam" else f"TSAM (Eq. 3), μ {measure} on [−ρ, ρ]"
-    figure.suptitle(f"{problem.description}\n{what}", fontsize=10)
-    report.files.append(_save_figure(figure, folder / f"{name}.png"))
+    report.files.append(_finish_figure(figure, panels, f"{problem.description}\n{what}", folder / f"{name}.png"))
     header = ["ρ", "objective", "argmin θ*", "objective(θ*)", "L(θ*)", "ERM argmin"]
     _write_table(folder, f"{name}_minimisers", header, rows, report,
                  f"Global minimisers on θ ∈ {problem.domain} ({problem.name}, {what})")

@@ -103,6 +103,14 @@ def _resolve_tilt(kind: str, tilt: float | None) -> float | None:
     return check_tilt(tilt)
 
 
+def _checked(problem, kind, theta, rho, tilt, measure):
+    """The arguments of :func:`objective` / :func:`gradient`, resolved and validated."""
+    kind = _check_kind(kind)
+    tilt = _resolve_tilt(kind, tilt)
+    flat, shape = _as_theta(theta)
+    return as_problem(problem), kind, _check_rho(rho), tilt, _check_measure(measure), flat, shape
+
+
 def _as_theta(theta) -> tuple[np.ndarray, tuple[int, ...]]:
     array = np.asarray(theta, dtype=np.float64)
     if not np.all(np.isfinite(array)):
@@ -144,7 +152,7 @@ def quadrature(
     piece). ``rho`` must be > 0.
     """
     lo, hi = theta - rho, theta + rho
-    breaks = [b for b in problem.breakpoints if lo.min() < b < hi.max()]
+    breaks = [b for b in problem.breakpoints if ((lo < b) & (b < hi)).any()]
     if not breaks:  # one smooth piece everywhere: the same rule in eps for every theta
         eps, q = _standard_rule(rho, measure)
         return theta[:, None] + eps, np.broadcast_to(q, (len(theta), len(q)))
@@ -230,8 +238,30 @@ def _expm1_over_tilt(difference: np.ndarray, tilt: np.ndarray) -> np.ndarray:
     return np.where(tilt == 0, difference, np.expm1(safe * difference) / safe)
 
 
+def _split_by_breakpoints(problem: ToyProblem, theta: np.ndarray, rho: float, compute: Callable, *per_row: np.ndarray):
+    """``compute(theta, *per_row)`` (1-D outputs, one per row), run separately on the rows whose
+    window holds a breakpoint, so that the others use the one-piece rule (a third of the nodes)."""
+    breaks = np.asarray(problem.breakpoints, dtype=np.float64)
+    straddles = ((theta[:, None] - rho < breaks) & (breaks < theta[:, None] + rho)).any(axis=1)
+    if straddles.all() or not straddles.any():
+        return compute(theta, *per_row)
+    result = None
+    for rows in (np.flatnonzero(~straddles), np.flatnonzero(straddles)):
+        part = compute(theta[rows], *(a[rows] for a in per_row))
+        parts = part if isinstance(part, tuple) else (part,)
+        if result is None:
+            result = tuple(np.empty(len(theta), dtype=p.dtype) for p in parts)
+        for whole, piece in zip(result, parts):
+            whole[rows] = piece
+    return result if isinstance(part, tuple) else result[0]
+
+
 def _tsam_values(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.ndarray, measure: str) -> np.ndarray:
     """L^t at each ``theta`` (shape ``(m,)``) for finite per-row tilts, ``rho > 0``."""
+    return _split_by_breakpoints(problem, theta, rho, lambda th, t: _tsam_values_block(problem, th, rho, t, measure), tilt)
+
+
+def _tsam_values_block(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.ndarray, measure: str) -> np.ndarray:
     x, q = quadrature(problem, theta, rho, measure)
     values = problem.value(x)
     tilted = _tilt(values, q, tilt)
@@ -242,6 +272,12 @@ def _tsam_values(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.nd
 
 def _tsam_gradient(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.ndarray, measure: str) -> np.ndarray:
     """Eq. 4 plus the jump terms of declared breakpoints (see :func:`gradient`), per row."""
+    return _split_by_breakpoints(
+        problem, theta, rho, lambda th, t: _tsam_gradient_block(problem, th, rho, t, measure), tilt
+    )
+
+
+def _tsam_gradient_block(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.ndarray, measure: str) -> np.ndarray:
     x, q = quadrature(problem, theta, rho, measure)
     values, slopes = problem.value_and_grad(x)
     tilted = _tilt(values, q, tilt)
@@ -348,12 +384,7 @@ def objective(
     ``t = 0`` is :math:`\sum_k q_k L(x_k)`, ``t = inf`` the SAM objective (the essential supremum
     over the support of either measure). ``rho = 0`` reduces SAM and TSAM to ERM.
     """
-    problem = as_problem(problem)
-    kind = _check_kind(kind)
-    rho = _check_rho(rho)
-    tilt = _resolve_tilt(kind, tilt)
-    measure = _check_measure(measure)
-    flat, shape = _as_theta(theta)
+    problem, kind, rho, tilt, measure, flat, shape = _checked(problem, kind, theta, rho, tilt, measure)
     if kind == "erm" or rho == 0.0:
         return _shaped(problem.value(flat), shape)
     if kind == "sam" or math.isinf(tilt):
@@ -385,12 +416,7 @@ def gradient(
     the objective locally constant). The SAM objective is not differentiable where the maximiser
     jumps between two equal maxima; there one of the one-sided derivatives is returned.
     """
-    problem = as_problem(problem)
-    kind = _check_kind(kind)
-    rho = _check_rho(rho)
-    tilt = _resolve_tilt(kind, tilt)
-    measure = _check_measure(measure)
-    flat, shape = _as_theta(theta)
+    problem, kind, rho, tilt, measure, flat, shape = _checked(problem, kind, theta, rho, tilt, measure)
     if kind == "erm" or rho == 0.0:
         return _shaped(problem.grad(flat), shape)
     if kind == "sam" or math.isinf(tilt):
@@ -418,15 +444,19 @@ def neighbourhood_stats(
     flat, shape = _as_theta(theta)
     if rho == 0.0:
         return _shaped(problem.value(flat), shape), _shaped(np.zeros_like(flat), shape)
-    x, q = quadrature(problem, flat, rho, measure)
-    values = problem.value(x)
-    if math.isinf(tilt):  # all weight on the largest node value
-        weights = (values == values.max(axis=1, keepdims=True)).astype(np.float64)
-        weights /= weights.sum(axis=1, keepdims=True)
-    else:
-        weights = _tilt(values, q, np.full(len(flat), tilt)).weights
-    mean = (weights * values).sum(axis=1)
-    variance = (weights * (values - mean[:, None]) ** 2).sum(axis=1)
+
+    def block(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, q = quadrature(problem, theta, rho, measure)
+        values = problem.value(x)
+        if math.isinf(tilt):  # all weight on the largest node value
+            weights = (values == values.max(axis=1, keepdims=True)).astype(np.float64)
+            weights /= weights.sum(axis=1, keepdims=True)
+        else:
+            weights = _tilt(values, q, np.full(len(theta), tilt)).weights
+        mean = (weights * values).sum(axis=1)
+        return mean, (weights * (values - mean[:, None]) ** 2).sum(axis=1)
+
+    mean, variance = _split_by_breakpoints(problem, flat, rho, block)
     return _shaped(mean, shape), _shaped(variance, shape)
 
 
@@ -447,7 +477,7 @@ def global_minimiser(
     measure: str = "uniform",
     *,
     domain: tuple[float, float] | None = None,
-    grid_points: int = 2001,
+    grid_points: int = 1001,
     rounds: int = 10,
 ) -> Minimiser:
     """Global minimiser of :func:`objective` on ``domain`` (default: the problem's).
