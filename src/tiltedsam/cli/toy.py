@@ -1,0 +1,115 @@
+"""``tiltedsam toy fig1|fig5|fig6|all``: the paper's 1-D toy problems, computed exactly."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+FIGURES = ("fig1", "fig5", "fig6", "all")
+
+
+def _float_list(name: str, allow_inf: bool = False):
+    def parse(text: str) -> list[float]:
+        values = []
+        for item in text.split(","):
+            item = item.strip()
+            try:
+                value = float(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} must be comma-separated numbers, got {item!r}") from None
+            if math.isnan(value) or value < 0 or (math.isinf(value) and not allow_inf):
+                allowed = "numbers >= 0 (or inf)" if allow_inf else "finite numbers >= 0"
+                raise argparse.ArgumentTypeError(f"{name} must be {allowed}, got {item!r}")
+            values.append(value)
+        return values
+
+    return parse
+
+
+def _sample_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    values = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--samples must be comma-separated integers >= 1, got {item!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"--samples must be integers >= 1, got {value}")
+        values.append(value)
+    return values
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "toy",
+        help="the paper's 1-D toy problems (Fig. 1, 5, 6): exact objectives, trajectories, figures",
+        description="Exact ERM / SAM / TSAM objectives of the paper's 1-D problems by quadrature; gradient-descent "
+        "trajectories (Fig. 1) and objective sweeps over rho (Fig. 5: SAM, Fig. 6: TSAM). Writes PNG figures and "
+        "Markdown/CSV tables, and prints the tables.",
+    )
+    p.add_argument("figure", choices=FIGURES, help="which figure to make ('all': the three)")
+    p.add_argument("--out", default="results/toy", help="output folder (default results/toy)")
+    p.add_argument("--rho", type=float, default=0.2, help="fig1: neighbourhood radius (default 0.2)")
+    p.add_argument("--rhos", type=_float_list("--rhos"), default=None,
+                   help="fig5/fig6: comma-separated radii (default 0,0.1,...,0.8)")
+    p.add_argument("--lr", type=float, default=0.005, help="fig1: learning rate (default 0.005)")
+    p.add_argument("--steps", type=int, default=2000, help="fig1: gradient steps (default 2000)")
+    p.add_argument("--start", type=float, default=0.5, help="fig1: initial θ (default 0.5)")
+    p.add_argument("--tilts", type=_float_list("--tilts", allow_inf=True), default=None,
+                   help="comma-separated tilts t (inf allowed); default 0,1,5,10,20,100 for fig1 and 0.01 for fig6")
+    p.add_argument("--samples", type=_sample_list, default=None,
+                   help="fig1: sample sizes s of the sampled TSAM runs, comma-separated, or 'none' (default 10,1000)")
+    p.add_argument("--seed", type=int, default=0, help="fig1: seed of the sampled runs (default 0)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fig1: repeat the sampled runs with seeds seed..seed+N-1 and tabulate where they end "
+                   "(default 1: no repeats)")
+    p.add_argument("--measure", choices=("uniform", "gaussian"), default="uniform",
+                   help="distribution μ of ε on [-ρ, ρ] (gaussian: std ρ/2, truncated; default uniform)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..toy.figures import FIG1_SAMPLES, FIG1_TILTS, SWEEP_RHOS, run_fig1, run_objective_sweep
+
+    if not (math.isfinite(args.rho) and args.rho >= 0):
+        raise SystemExit(f"--rho must be a finite number >= 0, got {args.rho}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise SystemExit(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.steps < 0:
+        raise SystemExit(f"--steps must be >= 0, got {args.steps}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention
+    figures = ("fig1", "fig5", "fig6") if args.figure == "all" else (args.figure,)
+    for name in figures:
+        if name == "fig1":
+            report = run_fig1(
+                args.out,
+                rho=args.rho,
+                lr=args.lr,
+                steps=args.steps,
+                start=args.start,
+                tilts=FIG1_TILTS if args.tilts is None else args.tilts,
+                samples=FIG1_SAMPLES if args.samples is None else args.samples,
+                seed=args.seed,
+                repeats=args.repeats,
+                measure=args.measure,
+                progress=True,
+            )
+        else:
+            report = run_objective_sweep(
+                args.out,
+                name,
+                "sam" if name == "fig5" else "tsam",
+                rhos=SWEEP_RHOS if args.rhos is None else args.rhos,
+                tilts=(0.01,) if args.tilts is None else args.tilts,
+                measure=args.measure,
+            )
+        for title, table in report.tables.items():
+            print(f"## {title}\n\n{table}\n")
+        print(f"{name}: wrote {', '.join(str(f) for f in report.files)} in {report.seconds:.1f} s\n")
+    return 0
