@@ -76,6 +76,9 @@ def test_tiny_tilt_keeps_full_precision():
     values = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
     mean, var = float(values.mean()), float(values.var(unbiased=False))
     assert float(tilted_mean(values, 1e-12)) == pytest.approx(mean + 0.5e-12 * var, abs=1e-15)
+    # subnormal tilts: t * (L - max) has no digits left, the expansion must take over
+    assert float(tilted_mean([0.0, 3.0], 5e-324)) == 1.5
+    assert float(tilted_mean([0.0, 3.0], 1e-310)) == pytest.approx(1.5, abs=1e-15)
 
 
 def test_no_overflow_for_extreme_tilts_and_losses():

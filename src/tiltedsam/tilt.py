@@ -139,7 +139,8 @@ def tilted_mean(
     with ``t = 0`` the mean and ``t = inf`` the max. Computed as
     ``c + log1p(mean(expm1(t (L - c)))) / t`` with ``c = max L``: no term exceeds one (no overflow for
     any ``t``), and for small ``t`` the ``expm1``/``log1p`` pair keeps the answer accurate instead of
-    cancelling to ``c``. Differentiable: its gradient is the tilted average of the per-sample
+    cancelling to ``c``; when ``t`` times the spread of the losses is below ``1e-8`` the second-order
+    expansion ``mean + (t/2) var`` (Eq. 59) is used, exact to double precision there. Differentiable: its gradient is the tilted average of the per-sample
     gradients (Lemma 1, Eq. 4).
     """
     tilt = check_tilt(tilt)
@@ -167,6 +168,13 @@ def tilted_mean(
         else:
             scaled = torch.clamp(tilt * (values - shift), max=0.0)  # <= 0 already; clamp guards rounding
             result = shift.squeeze(-1) + torch.log1p(masked_mean(torch.expm1(scaled))) / tilt
+            # When t * (spread of L) is tiny, t * (L - c) can fall into the subnormal range and lose
+            # all its digits; there the expansion mean + (t/2) var (Eq. 59) is exact to ~(t*spread)^2.
+            low = finite_values.detach().masked_fill(~torch.isfinite(finite_values.detach()), math.inf)
+            spread = shift.squeeze(-1) - low.min(dim=-1).values
+            mean = masked_mean(values)
+            expansion = mean + 0.5 * tilt * masked_mean((values - mean.unsqueeze(-1)) ** 2)
+            result = torch.where(tilt * spread < 1e-8, expansion, result)
     return result.to(out_dtype)
 
 
