@@ -5,8 +5,20 @@
 """
 
 from ._version import __version__
-from .optim import ERM, SAM, TSAM, Evaluation, PerturbationOptimizer, StepDiagnostics, frozen_batchnorm_stats
-from .optim.registry import create_optimizer, grad_evals_per_step, list_optimizers
+from .optim import (
+    ERM,
+    ESAM2,
+    PGN,
+    RSAM,
+    SAM,
+    TSAM,
+    Evaluation,
+    PerturbationOptimizer,
+    StepDiagnostics,
+    TiltScheduler,
+    frozen_batchnorm_stats,
+)
+from .optim.registry import create_optimizer, equal_compute_steps, grad_evals_per_step, list_optimizers
 from .tilt import (
     NonFiniteLossError,
     TiltedGradientAccumulator,
@@ -21,6 +33,11 @@ __all__ = [
     "TSAM",
     "SAM",
     "ERM",
+    "ESAM2",
+    "PGN",
+    "RSAM",
+    "TiltScheduler",
+    "equal_compute_steps",
     "PerturbationOptimizer",
     "Evaluation",
     "StepDiagnostics",

@@ -17,5 +17,6 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         defaults = ", ".join(f"{k}={v}" for k, v in r["defaults"].items()) or "-"
-        print(f"{r['name']:<{width}}  evals/step={r['grad_evals_per_step']:<3} {r['description']}  [{defaults}]")
+        budget = f" (budget: {r['budget_reference']})" if r.get("budget_reference") else ""
+        print(f"{r['name']:<{width}}  evals/step={r['grad_evals_per_step']:<3} {r['description']}{budget}  [{defaults}]")
     return 0
