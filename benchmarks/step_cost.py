@@ -1,7 +1,8 @@
-"""Per-step cost of ERM (SGD), SAM and TSAM (s = 1, 3, 5), measured side by side in one run.
+"""Per-step cost of ERM (SGD), SAM and TSAM (s = 1, 3, 5) — or of every baseline — side by side in one run.
 
 A small CNN on a batch of 64 random 3x32x32 images. For each optimizer: the median wall time of one
-optimizer step over repeats (after warm-up), the ratio to the SGD step measured in the same run, the
+optimizer step over repeats (after warm-up; the optimizers are timed round-robin, one step of each per
+round, so a change of machine load slows all of them alike), the ratio to the SGD step of the same run, the
 ideal ratio (gradient evaluations per step, since the forward/backward dominates), and the extra memory
 the optimizer holds during a step (CUDA: ``torch.cuda.max_memory_allocated`` over the step minus the
 memory before it; CPU: glibc's heap bytes in use, sampled at the end of every closure call, minus the
@@ -9,6 +10,7 @@ bytes in use before the step — Linux only).
 
     python benchmarks/step_cost.py                  # CPU
     python benchmarks/step_cost.py --device cuda    # GPU
+    python benchmarks/step_cost.py --all            # + ESAM2, PGN, RSAM, TSAM with the HMC and naive samplers
     python benchmarks/step_cost.py --optimizers sgd sam tsam:num_samples=3 esam2   # any registry names
 """
 
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 DEFAULT = ["sgd", "sam", "tsam:num_samples=1", "tsam:num_samples=3", "tsam:num_samples=5"]
+BASELINES = ["esam2", "pgn", "rsam", "tsam-hmc", 'tsam-hmc:sampler_options={"num_steps":2}', "tsam-naive"]
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -91,58 +94,68 @@ def _heap_in_use() -> int | None:
     return info.uordblks + info.hblkhd
 
 
-def time_steps(spec: str, device: str, warmup: int, repeats: int) -> tuple[float, int, float | None]:
-    opt, closure = build(spec, device)
-    for _ in range(warmup):
-        opt.step(closure)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        opt.step(closure)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    # memory: one more step, watched
+def measure_extra_memory(opt, closure, device: str) -> float | None:
+    """MiB the optimizer holds on top of the model during one more step (see the module docstring)."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         opt.step(closure)
-        extra = (torch.cuda.max_memory_allocated() - before) / 2**20
-    else:
-        before = _heap_in_use()
-        peak = [before or 0]
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _heap_in_use()
+    if before is None:
+        return None
+    peak = [before]
 
-        def watched():
-            loss = closure()
-            peak[0] = max(peak[0], _heap_in_use() or 0)
-            return loss
+    def watched():
+        loss = closure()
+        peak[0] = max(peak[0], _heap_in_use() or 0)
+        return loss
 
-        opt.step(watched)
-        extra = None if before is None else (peak[0] - before) / 2**20
-    return statistics.median(times), opt.grad_evals_per_step, extra
+    opt.step(watched)
+    return (peak[0] - before) / 2**20
+
+
+def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int) -> list[dict]:
+    runs = [build(spec, device) for spec in specs]
+    for opt, closure in runs:
+        for _ in range(warmup):
+            opt.step(closure)
+    times: list[list[float]] = [[] for _ in specs]
+    for _ in range(repeats):
+        for k, (opt, closure) in enumerate(runs):
+            sync(device)
+            start = time.perf_counter()
+            opt.step(closure)
+            sync(device)
+            times[k].append(time.perf_counter() - start)
+    return [
+        {"spec": spec, "ms": statistics.median(t) * 1e3, "evals": opt.grad_evals_per_step,
+         "extra": measure_extra_memory(opt, closure, device)}
+        for spec, t, (opt, closure) in zip(specs, times, runs)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--optimizers", nargs="+", default=DEFAULT)
+    parser.add_argument("--optimizers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT)}")
+    parser.add_argument("--all", action="store_true", help="also time the baselines and the other samplers")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = args.optimizers if args.optimizers[0] == "sgd" else ["sgd", *args.optimizers]
-    rows = []
-    for spec in specs:
-        median, evals, extra = time_steps(spec, args.device, args.warmup, args.repeats)
-        rows.append({"spec": spec, "ms": median * 1e3, "evals": evals, "extra": extra})
+    specs = list(args.optimizers or DEFAULT) + (BASELINES if args.all else [])
+    if specs[0] != "sgd":
+        specs.insert(0, "sgd")
+    rows = time_round_robin(specs, args.device, args.warmup, args.repeats)
     base = rows[0]
     sam = next((r for r in rows if r["spec"] == "sam"), None)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     params = sum(p.numel() for p in small_cnn().parameters())
     print(f"device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"median of {args.repeats} steps after {args.warmup} warm-up; model {params} parameters "
+          f"median of {args.repeats} round-robin steps after {args.warmup} warm-up; model {params} parameters "
           f"({params * 4 / 2**20:.2f} MiB in float32)")
     print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | extra MiB during step |")
     print("|---|---|---|---|---|---|")
@@ -150,6 +163,11 @@ def main() -> None:
         to_sam = f"{r['ms'] / sam['ms']:.2f}" if sam else "-"
         extra = "n/a" if r["extra"] is None else f"{r['extra']:.1f}"
         print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | {extra} |")
+    if any(r["spec"].startswith("tsam") for r in rows):
+        from tiltedsam.optim.registry import budget_multiplier
+
+        print(f"\nESAM1 = SAM's step run {budget_multiplier('esam1'):.0f}x as many steps (TSAM's gradient-evaluation "
+              "budget with its defaults)")
 
 
 if __name__ == "__main__":
