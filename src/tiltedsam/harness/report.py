@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -136,11 +136,18 @@ def _axis_value(run: dict[str, Any], axis: str) -> Any:
     return None
 
 
-def build_report(db: str | Path, title: str | None = None) -> Report:
-    """Read a sweep database and assemble every table (raises SweepError if missing/other version)."""
+def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
+                 epilogue: Callable[[dict[str, Any]], str] | None = None) -> Report:
+    """Read a sweep database and assemble every table (raises SweepError if missing/other version).
+
+    ``only_keys`` restricts the report to those run keys (the current grid of a sweep whose database
+    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report.
+    """
     connection = open_database(db)
     try:
         runs, epochs = _load(connection)
+        if only_keys is not None:
+            runs = [r for r in runs if r["run_key"] in only_keys]
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         counts = dict(connection.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
     finally:
@@ -227,6 +234,8 @@ def build_report(db: str | Path, title: str | None = None) -> Report:
         parts += ["## Accuracy per number of samples s (Table 2 style)", "", markdown_table(*tables["accuracy_by_s"]),
                   ""]
     parts += ["## Convergence (Fig. 7 style)", "", "![convergence](convergence.png)", ""]
+    if epilogue is not None:
+        parts += [epilogue(summary)]
     run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), r["result"]["final_test_acc"],
                  r["result"]["best_val_test_acc"], r["result"]["best_val_epoch"], r["result"]["grad_evals"],
                  round(r["result"]["train_seconds"], 2), r["run_dir"]] for r in runs]
@@ -294,10 +303,12 @@ def _plot_by_t(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(db: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> Report:
-    """Build the report from ``db`` and write report.md, the CSVs and the PNGs to ``out_dir``
-    (default: the database's directory)."""
-    report = build_report(db, title)
+def write_report(db: str | Path, out_dir: str | Path | None = None, title: str | None = None,
+                 only_keys: set[str] | None = None,
+                 epilogue: Callable[[dict[str, Any]], str] | None = None) -> Report:
+    """Build the report from ``db`` (see :func:`build_report`) and write report.md, the CSVs and the
+    PNGs to ``out_dir`` (default: the database's directory)."""
+    report = build_report(db, title, only_keys, epilogue)
     out = Path(out_dir) if out_dir is not None else database_path(db).parent
     out.mkdir(parents=True, exist_ok=True)
     for name, (header, rows) in report.tables.items():
