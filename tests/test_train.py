@@ -108,7 +108,7 @@ def test_load_for_analysis_rebuilds_model_and_noisy_training_split(tmp_path):
     with torch.no_grad():
         accuracy = float((target.model(x_test).argmax(1) == y_test).float().mean())
     assert accuracy == pytest.approx(target.meta["result"]["final_test_acc"])
-    data = load_dataset("digits", seed=0, label_noise=0.2, limit=300)
+    data = load_dataset("digits", seed=0, label_noise=0.2, limit=300)  # as the run loaded it
     labels = torch.stack([torch.as_tensor(y) for _, y in data.train])
     assert torch.equal(target.train[1], labels)
     assert target.meta["config"]["optimizer"]["name"] == "sgd"

@@ -50,6 +50,9 @@ class DataConfig:
     data_dir: str | None = None
     augment: bool = False
     limit: int | None = None  # use only this many examples (tests, quick runs)
+    split_seed: int = 0  # the train/val/test split (fixed across run seeds by default)
+    noise_seed: int | None = None  # the label noise; None: the run's seed
+    options: dict[str, Any] = field(default_factory=dict)  # data-set extras (seq_len, image_size, ...)
 
 
 @dataclass

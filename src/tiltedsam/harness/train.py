@@ -137,7 +137,8 @@ def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
     d = config.data
     return {"seed": config.seed, "label_noise": d.label_noise, "val_fraction": d.val_fraction,
             "test_fraction": d.test_fraction, "clean_validation": d.clean_validation, "data_dir": d.data_dir,
-            "augment": d.augment, "limit": d.limit}
+            "augment": d.augment, "limit": d.limit, "split_seed": d.split_seed, "noise_seed": d.noise_seed,
+            **d.options}
 
 
 def git_commit() -> str:
