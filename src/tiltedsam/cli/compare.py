@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="epochs for ERM/SAM/TSAM (ESAM1 gets TSAM's evaluations)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--workers", type=int, help="worker processes (default 2)")
-    p.add_argument("--lr", type=float, default=0.01, help="constant learning rate (default 0.01)")
+    p.add_argument("--lr", type=float, default=0.03, help="constant learning rate (default 0.03)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep key, e.g. base.data.label_noise=0.4 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -30,7 +30,7 @@ COMPARE_LABELS = ("sgd", "sam", "esam1", "tsam")
 DEFAULT_EPOCHS = 6
 DEFAULT_SEEDS = 3
 QUICK_EPOCHS = 2
-QUICK_LIMIT = 1500
+QUICK_LIMIT = 1200
 
 TSAM_SETTINGS = {"tilt": 20.0, "num_samples": 3, "rho": 0.05}
 SAM_SETTINGS = {"rho": 0.05}
@@ -47,7 +47,7 @@ def compare_labels() -> list[str]:
 
 
 def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: int | None = None,
-                   seeds: int | None = None, workers: int | None = None, lr: float = 0.01,
+                   seeds: int | None = None, workers: int | None = None, lr: float = 0.03,
                    overrides: list[str] = (), progress: bool = True) -> SweepConfig:
     """The comparison as a :class:`SweepConfig`. ``overrides`` are ``KEY=VALUE`` on the sweep config
     (e.g. ``base.data.limit=1000``)."""
