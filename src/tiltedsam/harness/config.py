@@ -71,6 +71,7 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     settings: dict[str, Any] = field(default_factory=dict)  # the optimizer's own: tilt, num_samples, rho, ...
+    tilt_schedule: str = "constant"  # TSAM only: constant | increase (0 -> t) | decrease (t -> 0), Fig. 4
 
 
 @dataclass
@@ -138,6 +139,8 @@ def validate(config: RunConfig) -> None:
         raise bad("budget.amount", config.budget.amount, "an integer >= 1")
     if not (config.optimizer.lr > 0 and math.isfinite(config.optimizer.lr)):
         raise bad("optimizer.lr", config.optimizer.lr, "a finite number > 0")
+    if config.optimizer.tilt_schedule not in ("constant", "increase", "decrease"):
+        raise bad("optimizer.tilt_schedule", config.optimizer.tilt_schedule, "constant | increase | decrease")
     if config.run.num_threads < 0:
         raise bad("run.num_threads", config.run.num_threads, "0 (torch default) or a positive count")
     if config.run.eval_batch_size < 1:

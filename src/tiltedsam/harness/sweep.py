@@ -66,6 +66,7 @@ AXIS_ALIASES = {
     "rho": "optimizer.settings.rho",
     "sampler": "optimizer.settings.sampler",
     "noise_radius": "optimizer.settings.noise_radius",
+    "tilt_schedule": "optimizer.tilt_schedule",
     "lr": "optimizer.lr",
     "weight_decay": "optimizer.weight_decay",
 }
