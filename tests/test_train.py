@@ -114,3 +114,16 @@ def test_load_for_analysis_rebuilds_model_and_noisy_training_split(tmp_path):
     assert target.meta["config"]["optimizer"]["name"] == "sgd"
     assert float(target.loss_fn(target.model(x_test), y_test)) == pytest.approx(
         target.meta["result"]["final_test_loss"], rel=1e-5)
+
+
+def test_tilt_schedule_is_applied_and_resumed(tmp_path):
+    pytest.importorskip("tiltedsam.optim.schedules")
+    straight = train(tiny(tmp_path / "a", "optimizer.tilt_schedule=increase"))
+    with pytest.raises(RunInterrupted):
+        train(tiny(tmp_path / "b", "optimizer.tilt_schedule=increase"), stop_after_epochs=2)
+    train(tiny(tmp_path / "b", "optimizer.tilt_schedule=increase"), resume=True)
+    rows = read_metrics(tmp_path / "a")
+    tilts = [float(r["tilt"]) for r in rows]
+    assert tilts == sorted(tilts) and tilts[0] < 5.0  # rises towards t = 5
+    assert without_time(rows) == without_time(read_metrics(tmp_path / "b"))
+    assert straight["steps"] == int(rows[-1]["step"])
