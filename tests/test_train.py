@@ -57,6 +57,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
     with pytest.raises(RunInterrupted):
         train(tiny(tmp_path / "b"), stop_after_epochs=1)
     assert len(read_metrics(tmp_path / "b")) == 1 and not (tmp_path / "b" / "result.json").exists()
+    with pytest.raises(FileExistsError, match="unfinished run"):
+        train(tiny(tmp_path / "b"))  # not silently restarted over the checkpoint
     torch.manual_seed(1234)  # the resumed run must not depend on the state of the global RNG
     resumed = train(tiny(tmp_path / "b"), resume=True)
     assert without_time(read_metrics(tmp_path / "a")) == without_time(read_metrics(tmp_path / "b"))

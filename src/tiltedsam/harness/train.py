@@ -266,8 +266,9 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             raise CheckpointError(f"the checkpoint in {str(run_dir)!r} belongs to another configuration "
                                   f"(run key {run_key(saved)}, this config {run_key(config)}); "
                                   "use another --out directory")
-    elif not resume and (run_dir / "result.json").exists():
-        raise FileExistsError(f"{str(run_dir)!r} already holds a finished run; use another --out or --resume")
+    elif not resume and (run_dir / CHECKPOINT_NAME).exists():
+        state = "a finished" if (run_dir / "result.json").exists() else "an unfinished"
+        raise FileExistsError(f"{str(run_dir)!r} already holds {state} run; use another --out, or --resume")
 
     # ---- data, model, optimizer: seeded so that the same config builds the same run
     torch.manual_seed(config.seed)
