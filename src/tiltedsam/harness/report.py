@@ -244,6 +244,14 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
     return Report(tables, "\n".join(parts), curves, by_t_plot, summary)
 
 
+def _styles(labels: list[str]) -> dict[str, dict[str, str]]:
+    """A fixed colour, line style and marker per label, so overlapping curves stay distinguishable
+    (ESAM1 follows SAM's trajectory exactly until SAM's budget ends)."""
+    lines, markers = ["-", "--", "-.", ":"], ["o", "s", "^", "D", "v", "P"]
+    return {label: {"color": f"C{i % 10}", "linestyle": lines[i % len(lines)], "marker": markers[i % len(markers)]}
+            for i, label in enumerate(labels)}
+
+
 def _plot_convergence(report: Report, path: Path) -> None:
     import matplotlib
 
@@ -251,6 +259,7 @@ def _plot_convergence(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = _styles(list(report.curves))
     for label, series in report.curves.items():
         if not series.get("grad_evals"):
             continue
@@ -261,7 +270,7 @@ def _plot_convergence(report: Report, path: Path) -> None:
         for ax, metric in zip(axes, ("test_acc", "train_loss")):
             values = np.array([s[:n] for s in series[metric]], dtype=float)
             mean = values.mean(axis=0)
-            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label)
+            (line,) = ax.plot(x, mean, markersize=4, label=label, **styles[label])
             if len(values) > 1:
                 std = values.std(axis=0, ddof=1)
                 ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
@@ -284,16 +293,21 @@ def _plot_by_t(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    styles = _styles(list(report.summary))
+    all_ts: set[float] = set()
     for label, points in report.by_t.items():
         ts = [t for t, _ in points]
+        all_ts.update(ts)
         means = [mean_std(v)[0] for _, v in points]
         stds = [mean_std(v)[1] for _, v in points]
-        ax.errorbar(ts, means, yerr=stds, marker="o", capsize=3, label=label)
+        ax.errorbar(ts, means, yerr=stds, capsize=3, label=label, **styles[label])
     for label, info in report.summary.items():
         if label not in report.by_t:
-            ax.axhline(info["best_val_test_acc"][0], linestyle="--", linewidth=1, label=f"{label}", color="gray"
-                       if label == "sgd" else None)
+            ax.axhline(info["best_val_test_acc"][0], linestyle=styles[label]["linestyle"], linewidth=1,
+                       color=styles[label]["color"], label=label)
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(sorted(all_ts))
+    ax.set_xticklabels([f"{t:g}" for t in sorted(all_ts)])
     ax.set_xlabel("tilt t")
     ax.set_ylabel("test accuracy (best-val epoch)")
     ax.grid(alpha=0.3)
