@@ -11,12 +11,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="ERM, SAM, ESAM1 (SAM with TSAM's gradient-evaluation budget) and TSAM (t=20, s=3) on "
                     "MNIST-5k with 20%% symmetric label noise and the small CNN, 3 seeds. Prints the test-accuracy "
                     "table and writes report.md, CSVs, PNGs and the SQLite database to --out. Re-running resumes.")
-    p.add_argument("--quick", action="store_true", help="a one-minute version (1 seed, 2 epochs, a subset)")
+    p.add_argument("--quick", action="store_true", help="a one-minute version (1 seed, 3 epochs, 2,500 examples)")
     p.add_argument("--out", help="output directory (default results/compare, or results/compare-quick)")
     p.add_argument("--epochs", type=int, help="epochs for ERM/SAM/TSAM (ESAM1 gets TSAM's evaluations)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--workers", type=int, help="worker processes (default 2)")
-    p.add_argument("--lr", type=float, default=0.03, help="constant learning rate (default 0.03)")
+    p.add_argument("--lr", type=float, default=0.01, help="constant learning rate (default 0.01)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep key, e.g. base.data.label_noise=0.4 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -27,10 +27,10 @@ __all__ = ["COMPARE_LABELS", "compare_labels", "compare_config", "run_compare", 
 #: labels of the comparison, in table order; each must be a registry name or a built-in variant
 COMPARE_LABELS = ("sgd", "sam", "esam1", "tsam")
 #: measured so that the whole job takes about 10 minutes on a 2-core CPU (see docs/harness.md)
-DEFAULT_EPOCHS = 6
+DEFAULT_EPOCHS = 12
 DEFAULT_SEEDS = 3
-QUICK_EPOCHS = 2
-QUICK_LIMIT = 1200
+QUICK_EPOCHS = 3
+QUICK_LIMIT = 2500
 
 TSAM_SETTINGS = {"tilt": 20.0, "num_samples": 3, "rho": 0.05}
 SAM_SETTINGS = {"rho": 0.05}
@@ -47,7 +47,7 @@ def compare_labels() -> list[str]:
 
 
 def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: int | None = None,
-                   seeds: int | None = None, workers: int | None = None, lr: float = 0.03,
+                   seeds: int | None = None, workers: int | None = None, lr: float = 0.01,
                    overrides: list[str] = (), progress: bool = True) -> SweepConfig:
     """The comparison as a :class:`SweepConfig`. ``overrides`` are ``KEY=VALUE`` on the sweep config
     (e.g. ``base.data.limit=1000``)."""
