@@ -1,0 +1,399 @@
+"""Typed run configuration: dataclasses read from TOML/YAML/JSON, checked field by field.
+
+A :class:`RunConfig` fully determines a training run (data, model, optimizer, budget, seed). Its
+``[run]`` section (:class:`ExecutionConfig`: output directory, threads, progress bar) says *how* to
+execute it and is not part of the run's identity (:func:`run_key`).
+
+Loading rejects unknown keys and wrongly typed values with a message that names the dotted key,
+the value and what is allowed; ``--set key=value`` overrides use the same checks. Defaults are the
+paper's recipe (Sec. 5, App. C.1): batch 64, SGD with momentum 0.9, weight decay 5e-4, label
+smoothing 0.1, a constant learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig", "BudgetConfig", "ExecutionConfig",
+    "RunConfig", "BUDGET_KINDS", "from_dict", "to_dict", "load_config", "save_config", "apply_overrides",
+    "parse_override", "run_key", "identity_dict", "to_toml", "atomic_write_text",
+]
+
+BUDGET_KINDS = ("epochs", "steps", "grad_evals")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class DataConfig:
+    """Which data set and how it is split/corrupted (see :func:`tiltedsam.harness.data.load_dataset`)."""
+
+    name: str = "mnist5k"
+    label_noise: float = 0.0  # fraction of training (and, unless clean_validation, validation) labels flipped
+    val_fraction: float = 0.1
+    test_fraction: float | None = None  # None: the data set's own default
+    clean_validation: bool = False  # True: the validation split keeps its true labels
+    data_dir: str | None = None
+    augment: bool = False
+    limit: int | None = None  # use only this many examples (tests, quick runs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small_cnn"
+    options: dict[str, Any] = field(default_factory=dict)  # passed to build_model as keyword arguments
+
+
+@dataclass
+class OptimizerConfig:
+    """A registered optimizer (``tiltedsam optimizers`` lists them) on a base optimizer."""
+
+    name: str = "sgd"
+    base: str = "sgd"
+    lr: float = 0.01  # constant: the paper uses no schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    settings: dict[str, Any] = field(default_factory=dict)  # the optimizer's own: tilt, num_samples, rho, ...
+
+
+@dataclass
+class BudgetConfig:
+    """How long to train: ``amount`` epochs, steps or gradient evaluations.
+
+    With ``match_optimizer`` set, the budget is that *other* optimizer's (with ``match_settings``),
+    converted to gradient evaluations; this run then takes as many steps as fit in them. ESAM1 (SAM
+    with TSAM's compute) is ``optimizer.name = "sam"``, ``budget.match_optimizer = "tsam"``.
+    """
+
+    kind: str = "epochs"
+    amount: int = 10
+    match_optimizer: str | None = None
+    match_settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionConfig:
+    """How to execute a run; not part of its identity."""
+
+    out_dir: str = "runs/run"
+    num_threads: int = 0  # torch threads; 0 leaves torch's default
+    progress: bool = True  # tqdm progress bar
+    device: str = "cpu"
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    label: str = ""  # name shown in reports; "" means the optimizer's name
+    batch_size: int = 64
+    label_smoothing: float = 0.1
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    run: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.optimizer.name
+
+
+def validate(config: RunConfig) -> None:
+    """Value checks beyond types (ranges, names)."""
+    def bad(key: str, value: Any, allowed: str) -> ConfigError:
+        return ConfigError(f"{key} = {value!r} is invalid; allowed: {allowed}")
+
+    if config.batch_size < 1:
+        raise bad("batch_size", config.batch_size, "an integer >= 1")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise bad("label_smoothing", config.label_smoothing, "0 <= label_smoothing < 1")
+    if config.seed < 0:
+        raise bad("seed", config.seed, "an integer >= 0")
+    if not 0.0 <= config.data.label_noise <= 1.0:
+        raise bad("data.label_noise", config.data.label_noise, "a fraction in [0, 1]")
+    if config.budget.kind not in BUDGET_KINDS:
+        raise bad("budget.kind", config.budget.kind, " | ".join(BUDGET_KINDS))
+    if config.budget.amount < 1:
+        raise bad("budget.amount", config.budget.amount, "an integer >= 1")
+    if not (config.optimizer.lr > 0 and math.isfinite(config.optimizer.lr)):
+        raise bad("optimizer.lr", config.optimizer.lr, "a finite number > 0")
+    if config.run.num_threads < 0:
+        raise bad("run.num_threads", config.run.num_threads, "0 (torch default) or a positive count")
+    if config.run.eval_batch_size < 1:
+        raise bad("run.eval_batch_size", config.run.eval_batch_size, "an integer >= 1")
+
+
+# ---------------------------------------------------------------------- typed conversion
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "none"
+    if isinstance(tp, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "dict": "table"}.get(
+            tp.__name__, tp.__name__)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return "table"
+    if origin is list:
+        return "list"
+    return str(tp)
+
+
+def _is_json_value(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json_value(v) for k, v in value.items())
+    return False
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table of settings, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r} ({type(value).__name__})")
+        (item_type,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping) or not _is_json_value(dict(value)):
+            raise ConfigError(f"{key} must be a table of plain values (strings, numbers, booleans, lists), "
+                              f"got {value!r}")
+        return json.loads(json.dumps(dict(value)))  # deep copy, tuples -> lists
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types (named by dotted key)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}")
+    kwargs = {name: _convert(data[name], hints[name], prefix + name) for name in names if name in data}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # pragma: no cover - dataclass construction problems
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def identity_dict(config: RunConfig) -> dict[str, Any]:
+    """The part of the config that determines the result (everything except ``run``)."""
+    data = to_dict(config)
+    data.pop("run")
+    return data
+
+
+def run_key(config: RunConfig) -> str:
+    """A stable 16-hex-digit hash of the run's identity (canonical JSON of :func:`identity_dict`)."""
+    canonical = json.dumps(identity_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- overrides
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optimizer.lr=0.03"`` -> ``("optimizer.lr", 0.03)``. The value is read as a TOML value
+    (numbers, booleans, quoted strings, lists, inline tables); anything else is a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise ConfigError(f"--set expects KEY=VALUE with a non-empty key, got {text!r}")
+    if raw.lower() in ("none", "null"):
+        return key, None
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {'.'.join(parts[:i + 1])} is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | list[str]) -> dict[str, Any]:
+    """A deep copy of the raw config mapping with dotted-key overrides applied (before type checks)."""
+    result = json.loads(json.dumps(data))
+    items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
+    for key, value in items:
+        _set_dotted(result, key, value)
+    return result
+
+
+# ---------------------------------------------------------------------- files
+def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON file into a dict (format from the extension)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ModuleNotFoundError as exc:  # pragma: no cover
+                raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or use TOML") from exc
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {str(path)!r}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be parsed: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
+        if type(exc).__module__.startswith("yaml"):
+            raise ConfigError(f"config file {str(path)!r} cannot be parsed: {exc}") from exc
+        raise
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | Mapping[str, Any] = ()) -> RunConfig:
+    """Read a config file (or start from the defaults), apply overrides, check everything."""
+    data = read_mapping(path) if path is not None else {}
+    return from_dict(RunConfig, apply_overrides(data, overrides or {}))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        items = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Write a nested mapping as TOML: scalars first, then one ``[section]`` per nested dataclass table.
+
+    ``None`` has no TOML spelling, so ``None`` values are left out (every ``None``-able field
+    defaults to ``None``, so reading the file back gives the same config).
+    """
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and key in {"data", "model", "optimizer", "budget", "run", "base", "grid",
+                                                "variants"}:
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            if value is not None:
+                lines.append(f"{json.dumps(key) if '.' in key else key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_config(config: RunConfig, directory: str | os.PathLike[str]) -> None:
+    """Write the resolved config as ``config.toml`` and ``config.json`` into ``directory``."""
+    data = to_dict(config)
+    atomic_write_text(Path(directory) / "config.toml", to_toml(data))
+    atomic_write_text(Path(directory) / "config.json", json.dumps(data, indent=2) + "\n")

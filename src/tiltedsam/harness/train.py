@@ -1,0 +1,378 @@
+"""One training run, readable top to bottom: :func:`train`.
+
+    config -> data splits -> model -> optimizer (by registry name) -> budget in steps
+    for each epoch:   shuffle (own generator) -> optimizer.step(closure) per batch -> evaluate
+                      val and test -> append a metrics row -> write the checkpoint atomically
+    -> result.json (final-epoch and best-validation-epoch test accuracy, time, gradient evaluations)
+
+The run directory (``config.run.out_dir``) holds ``config.toml``/``config.json`` (resolved),
+``run.json`` (seed, run key, package version, git commit), ``metrics.csv`` (one row per epoch),
+``checkpoint.pt`` and, at the end, ``result.json``. ``resume=True`` continues from the checkpoint
+and reproduces an uninterrupted run exactly: model, optimizer (with its noise generator), the
+global RNGs and the shuffling generator are all restored.
+
+Distributed training slots in through :class:`World` (rank, world size, a sampler for the training
+split, a reduction for metrics, main-process-only output); this module itself runs one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from .config import RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
+
+__all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
+           "METRIC_COLUMNS", "RunInterrupted", "read_result"]
+
+RESULT_FORMAT = "tiltedsam.result/1"
+
+#: columns of metrics.csv, in order
+METRIC_COLUMNS = [
+    "epoch", "step", "grad_evals", "train_seconds", "wall_seconds", "lr",
+    "train_loss", "train_acc", "train_objective", "val_loss", "val_acc", "test_loss", "test_acc",
+    "tilt", "effective_sample_size",
+]
+
+
+class RunInterrupted(RuntimeError):
+    """Raised by :func:`train` when ``stop_after_epochs`` stops a run early (the checkpoint is on disk)."""
+
+
+@dataclass
+class World:
+    """The process group a run lives in. One process: rank 0 of 1.
+
+    A distributed launcher replaces :meth:`train_sampler` (a ``DistributedSampler``) and
+    :meth:`reduce_mean` (an all-reduce); only the main process writes files and shows progress.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def train_sampler(self, dataset: Dataset, generator: torch.Generator) -> torch.utils.data.Sampler:
+        return torch.utils.data.RandomSampler(dataset, generator=generator)
+
+    def reduce_mean(self, values: Tensor) -> Tensor:
+        return values
+
+    def barrier(self) -> None:
+        pass
+
+
+@dataclass
+class Budget:
+    """The run's length in optimizer steps, and how it was derived."""
+
+    total_steps: int
+    steps_per_epoch: int
+    grad_evals_per_step: int
+    description: str
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
+    def total_grad_evals(self) -> int:
+        return self.total_steps * self.grad_evals_per_step
+
+
+def optimizer_settings(config: RunConfig) -> dict[str, Any]:
+    return dict(config.optimizer.settings)
+
+
+def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
+    """Turn ``config.budget`` into a number of steps.
+
+    ``epochs``: ``amount * steps_per_epoch``; ``steps``: ``amount``; ``grad_evals``: the largest
+    number of steps whose gradient evaluations fit in ``amount``. With ``match_optimizer``, the
+    amount is first converted to the gradient evaluations *that* optimizer would spend, so SAM
+    matched to TSAM (``s`` samples, 2 evaluations each) runs ``2 s / 2 = s`` times as many steps.
+    """
+    from ..optim.registry import grad_evals_per_step
+
+    budget = config.budget
+    own_evals = grad_evals_per_step(config.optimizer.name, **optimizer_settings(config))
+    if budget.match_optimizer:
+        reference_evals = grad_evals_per_step(budget.match_optimizer, **budget.match_settings)
+        steps_of = {"epochs": budget.amount * steps_per_epoch, "steps": budget.amount,
+                    "grad_evals": budget.amount // reference_evals}[budget.kind]
+        evals = steps_of * reference_evals
+        description = (f"{budget.amount} {budget.kind} of {budget.match_optimizer} "
+                       f"({reference_evals} evals/step) = {evals} gradient evaluations")
+    elif budget.kind == "epochs":
+        return Budget(budget.amount * steps_per_epoch, steps_per_epoch, own_evals, f"{budget.amount} epochs")
+    elif budget.kind == "steps":
+        return Budget(budget.amount, steps_per_epoch, own_evals, f"{budget.amount} steps")
+    else:
+        evals = budget.amount
+        description = f"{evals} gradient evaluations"
+    total_steps = evals // own_evals
+    if total_steps < 1:
+        raise ValueError(f"budget.amount={budget.amount} ({description}) is less than one step of "
+                         f"{config.optimizer.name} ({own_evals} gradient evaluations per step)")
+    return Budget(total_steps, steps_per_epoch, own_evals, description)
+
+
+def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
+    d = config.data
+    return {"seed": config.seed, "label_noise": d.label_noise, "val_fraction": d.val_fraction,
+            "test_fraction": d.test_fraction, "clean_validation": d.clean_validation, "data_dir": d.data_dir,
+            "augment": d.augment, "limit": d.limit}
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout this package is imported from, else ``"unknown"``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, loss_fn: Callable[[Tensor, Tensor], Tensor],
+             batch_size: int, device: torch.device, world: World | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``dataset`` (eval mode; train mode is restored)."""
+    world = world or World()
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    for inputs, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        inputs, targets = inputs.to(device), torch.as_tensor(targets).to(device)
+        outputs = model(inputs)
+        totals[0] += float(loss_fn(outputs, targets)) * len(targets)
+        totals[1] += float((outputs.argmax(1) == targets).sum())
+        totals[2] += len(targets)
+    model.train(was_training)
+    totals = world.reduce_mean(totals)
+    if totals[2] == 0:
+        return float("nan"), float("nan")
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+
+
+def _rng_states(loader_generator: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "loader": loader_generator.get_state()}
+
+
+def _restore_rng_states(states: dict[str, Any], loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    loader_generator.set_state(states["loader"])
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final-epoch and best-validation-epoch numbers of a list of metric rows."""
+    final = rows[-1]
+    best = max(rows, key=lambda r: (r["val_acc"] if math.isfinite(r["val_acc"]) else -1.0, -r["epoch"]))
+    return {
+        "final_epoch": final["epoch"], "final_val_acc": final["val_acc"], "final_test_acc": final["test_acc"],
+        "final_test_loss": final["test_loss"], "final_train_loss": final["train_loss"],
+        "best_val_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_test_acc": best["test_acc"],
+    }
+
+
+def read_result(run_dir: str | Path) -> dict[str, Any]:
+    """The ``result.json`` of a finished run, checked for format."""
+    file = Path(run_dir) / "result.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a finished tiltedsam run directory (no result.json)")
+    result = json.loads(file.read_text())
+    if result.get("format") != RESULT_FORMAT:
+        raise ValueError(f"{str(file)!r} has format {result.get('format')!r}, expected {RESULT_FORMAT!r} "
+                         "(written by another tiltedsam version)")
+    return result
+
+
+def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, world: World | None = None) -> dict[str, Any]:
+    """Run ``config`` to the end of its budget and return the result dict (also ``result.json``).
+
+    Args:
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists (its config must match).
+        stop_after_epochs: stop (raise :class:`RunInterrupted`) once this many epochs are done in
+            total, after writing the checkpoint; simulates an interruption.
+        on_epoch: called with each new metrics row (the sweep stores them in its database).
+    """
+    from .._version import __version__
+    from ..optim.registry import create_optimizer
+    from .data import load_dataset
+    from .models import build_model
+
+    world = world or World()
+    run_dir = Path(config.run.out_dir)
+    device = torch.device(config.run.device)
+    if config.run.num_threads:
+        torch.set_num_threads(config.run.num_threads)
+
+    # ---- resume or start fresh
+    checkpoint = None
+    if resume and (run_dir / CHECKPOINT_NAME).is_file():
+        checkpoint = load_checkpoint(run_dir, map_location=device)
+        saved = from_dict(RunConfig, checkpoint["config"])
+        if identity_dict(saved) != identity_dict(config):
+            raise CheckpointError(f"the checkpoint in {str(run_dir)!r} belongs to another configuration "
+                                  f"(run key {run_key(saved)}, this config {run_key(config)}); "
+                                  "use another --out directory")
+    elif not resume and (run_dir / "result.json").exists():
+        raise FileExistsError(f"{str(run_dir)!r} already holds a finished run; use another --out or --resume")
+
+    # ---- data, model, optimizer: seeded so that the same config builds the same run
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    data = load_dataset(config.data.name, **dataset_kwargs(config))
+    model = build_model(config.model.name, data, **config.model.options).to(device)
+    optimizer = create_optimizer(
+        config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=model,
+        seed=config.seed, lr=config.optimizer.lr, momentum=config.optimizer.momentum,
+        weight_decay=config.optimizer.weight_decay, **optimizer_settings(config))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
+    loader_generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(data.train, batch_size=config.batch_size,
+                              sampler=world.train_sampler(data.train, loader_generator))
+    budget = resolve_budget(config, len(train_loader))
+
+    rows: list[dict[str, Any]] = []
+    epoch = step = 0
+    train_seconds = wall_seconds = 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _restore_rng_states(checkpoint["rng"], loader_generator)
+        rows = list(checkpoint["metrics"])
+        epoch, step = checkpoint["epoch"], checkpoint["step"]
+        train_seconds, wall_seconds = checkpoint["train_seconds"], checkpoint["wall_seconds"]
+    if world.is_main:
+        save_config(config, run_dir)
+        atomic_write_text(run_dir / "run.json", json.dumps({
+            "run_key": run_key(config), "seed": config.seed, "label": config.display_label,
+            "package_version": __version__, "git_commit": git_commit(), "budget": budget.description,
+            "total_steps": budget.total_steps, "steps_per_epoch": budget.steps_per_epoch,
+            "grad_evals_per_step": budget.grad_evals_per_step, "data": data.info,
+            "torch_version": torch.__version__}, indent=2) + "\n")
+        _write_metrics(run_dir / "metrics.csv", rows)
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=budget.total_steps, initial=step, desc=config.display_label, unit="step",
+                    disable=not (config.run.progress and world.is_main), leave=False, dynamic_ncols=True)
+    model.train()
+    while step < budget.total_steps:
+        # ---- one epoch (the last one may be partial when the budget is in steps or evaluations)
+        epoch_start = time.perf_counter()
+        sums = {"loss": 0.0, "correct": 0.0, "count": 0, "objective": 0.0, "ess": [], "steps": 0}
+        for inputs, targets in train_loader:
+            if step >= budget.total_steps:
+                break
+            inputs, targets = inputs.to(device), torch.as_tensor(targets).to(device)
+            first_evaluation: dict[str, Tensor] = {}
+
+            def closure() -> Tensor:
+                outputs = model(inputs)
+                loss = loss_fn(outputs, targets)
+                loss.backward()
+                if not first_evaluation:  # the mini-batch loss/accuracy at the step's first point
+                    first_evaluation["loss"] = loss.detach()
+                    first_evaluation["correct"] = (outputs.detach().argmax(1) == targets).sum()
+                return loss
+
+            optimizer.step(closure)
+            step += 1
+            sums["loss"] += float(first_evaluation["loss"]) * len(targets)
+            sums["correct"] += float(first_evaluation["correct"])
+            sums["count"] += len(targets)
+            sums["objective"] += optimizer.last_step.objective
+            sums["ess"].append(optimizer.last_step.effective_sample_size)
+            sums["steps"] += 1
+            progress.update(1)
+            if step % 10 == 0 or step == budget.total_steps:
+                progress.set_postfix(epoch=epoch + 1, loss=f"{sums['loss'] / sums['count']:.3f}",
+                                     acc=f"{sums['correct'] / sums['count']:.3f}")
+        train_seconds += time.perf_counter() - epoch_start
+        epoch += 1
+
+        # ---- evaluate, record, checkpoint
+        val_loss, val_acc = evaluate(model, data.val, eval_loss_fn, config.run.eval_batch_size, device, world)
+        test_loss, test_acc = evaluate(model, data.test, eval_loss_fn, config.run.eval_batch_size, device, world)
+        wall_seconds += time.perf_counter() - epoch_start
+        row = {
+            "epoch": epoch, "step": step, "grad_evals": step * budget.grad_evals_per_step,
+            "train_seconds": round(train_seconds, 4), "wall_seconds": round(wall_seconds, 4),
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": sums["loss"] / max(sums["count"], 1), "train_acc": sums["correct"] / max(sums["count"], 1),
+            "train_objective": sums["objective"] / max(sums["steps"], 1),
+            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "tilt": float(getattr(optimizer, "tilt", float("nan"))), "effective_sample_size": _mean(sums["ess"]),
+        }
+        rows.append(row)
+        if world.is_main:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, {
+                "config": json.loads(json.dumps(_config_dict(config))), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "grad_evals": step * budget.grad_evals_per_step, "train_seconds": train_seconds,
+                "wall_seconds": wall_seconds, "rng": _rng_states(loader_generator), "metrics": rows,
+                "finished": step >= budget.total_steps})
+            _write_metrics(run_dir / "metrics.csv", rows)
+            if on_epoch is not None:
+                on_epoch(row)
+        world.barrier()
+        if stop_after_epochs is not None and epoch >= stop_after_epochs and step < budget.total_steps:
+            progress.close()
+            raise RunInterrupted(f"stopped after epoch {epoch} (step {step} of {budget.total_steps}); "
+                                 f"resume with --resume")
+    progress.close()
+
+    result = {
+        "format": RESULT_FORMAT, "package_version": __version__, "run_key": run_key(config),
+        "label": config.display_label, "optimizer": config.optimizer.name, "seed": config.seed,
+        "epochs": epoch, "steps": step, "grad_evals": step * budget.grad_evals_per_step,
+        "grad_evals_per_step": budget.grad_evals_per_step, "budget": budget.description,
+        "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+        **summarize(rows),
+    }
+    if world.is_main:
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _config_dict(config: RunConfig) -> dict[str, Any]:
+    from .config import to_dict
+
+    return to_dict(config)
