@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad
 from torch.nn.parallel import DistributedDataParallel
 
-from tiltedsam.optim import SAM, TSAM
+from tiltedsam.optim import ERM, SAM, TSAM
 from tiltedsam.optim import distributed as distributed_module
 from tiltedsam.optim.distributed import DistributedSync, resolve_distributed
 
@@ -60,8 +60,10 @@ def train(kind: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, api: s
     torch.manual_seed(rng_seed)
     if kind == "tsam":
         optimizer = TSAM(net.parameters(), lr=LR, model=net, **{**TSAM_SETTINGS, **options})
-    else:
+    elif kind == "sam":
         optimizer = SAM(net.parameters(), lr=LR, model=net, **{**SAM_SETTINGS, **options})
+    else:
+        optimizer = ERM(net.parameters(), lr=LR, model=net, **options)
     loss_fn = nn.CrossEntropyLoss()
     losses, weights = [], []
     for _ in range(steps):
@@ -156,6 +158,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results[kind, "collectives"] = count_collectives(kind, x, y)
             results[kind, "collectives_local_ascent"] = count_collectives(
                 kind, x, y, distributed=DistributedSync(local_ascent=True))
+        results["erm", "collectives"] = count_collectives("erm", x, y)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -265,6 +268,7 @@ def test_number_of_collectives_per_step(ranks):
     # SAM: two gradient syncs and the objective's loss; SAM draws no noise, so no seed broadcast
     assert counts["sam", "collectives"] == {"grad_syncs": 2, "all_reduce": 1, "broadcast": 0}
     assert counts["sam", "collectives_local_ascent"] == {"grad_syncs": 1, "all_reduce": 1, "broadcast": 0}
+    assert counts["erm", "collectives"] == {"grad_syncs": 1, "all_reduce": 1, "broadcast": 0}
 
 
 # ---------------------------------------------------------------------- single-process behaviour
@@ -289,8 +293,6 @@ def test_bad_distributed_arguments():
     with pytest.raises(ValueError, match="needs model="):
         SAM(net.parameters(), lr=0.1, distributed=DistributedSync(local_ascent=True))
     with pytest.raises(ValueError, match="ascent evaluations"):
-        from tiltedsam.optim import ERM
-
         ERM(net.parameters(), lr=0.1, model=net, distributed=DistributedSync(local_ascent=True))
     with pytest.raises(ValueError, match="scalar loss"):
         DistributedSync().average_loss(torch.ones(2))
