@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name}: {counts['done']} runs done, {counts['failed']} failed, "
           f"{counts['skipped']} already finished (database {sweep.out_dir}/sweep.db)")
     if not args.no_report:
-        report = write_report(sweep.out_dir, title=f"Sweep {sweep.name}")
+        from ..harness.sweep import expand_grid
+
+        report = write_report(sweep.out_dir, title=f"Sweep {sweep.name}",
+                              only_keys={p.key for p in expand_grid(sweep)})
         print(report.markdown.split("## Cost")[0].split("## Test accuracy (Table 1 style)")[-1].strip())
         print(f"report: {sweep.out_dir}/report.md")
     return 1 if counts["failed"] else 0

@@ -1,4 +1,6 @@
-"""Experiment harness: data sets, models (this package), and the train/sweep/report layers on top.
+"""Experiment harness: data sets and models (``data``, ``models``), typed run configs (``config``), one
+training run (``train``), checkpoints, grid sweeps in SQLite (``sweep``), reports and plots (``report``)
+and the main comparison job (``compare``).
 
 Import-light on purpose: only torch and numpy are imported here; scikit-learn, PIL and tqdm are imported
 inside the loaders that need them, and matplotlib only by the plotting modules.

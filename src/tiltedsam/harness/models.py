@@ -4,10 +4,11 @@
 ``data.info["vocab_size"]``. Names (see ``MODELS``):
 
 * ``mlp``        flatten -> [Linear -> ReLU (-> Dropout)] x len(hidden_sizes) -> Linear.
-* ``small_cnn``  three 3x3 conv blocks (BatchNorm, ReLU, 2x2 max-pool after the first two), global
-                 average pool, Linear; about 57k parameters with the default widths (32, 64, 64).
+* ``small_cnn``  four 3x3 conv blocks (BatchNorm, ReLU, 2x2 max-pool after all but the last), global
+                 average pool, Linear; about 99k parameters with the default widths (16, 32, 64, 128).
 * ``resnet18``   the CIFAR ResNet18 (He et al., 2016, as used for CIFAR in the SAM literature): 3x3 stem
-                 with stride 1 and no max-pool, BasicBlocks [2, 2, 2, 2] with 64-128-256-512 channels.
+                 with stride 1 and no max-pool, BasicBlocks [2, 2, 2, 2] with 64-128-256-512 channels
+                 (``base_width`` scales them: w, 2w, 4w, 8w).
 * ``wrn16_8``    WideResNet-16-8 (Zagoruyko & Komodakis, 2016): pre-activation basic blocks, two per
                  group, widths 16 -> 128, 256, 512, optional dropout between the convolutions.
 * ``text_cnn``   word embeddings -> 1-D convolutions of widths 3, 4, 5 -> max over time -> Linear (Kim, 2014).
@@ -73,10 +74,10 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Three 3x3 conv blocks and a linear head; quick on a CPU for 8x8 to 32x32 images."""
+    """3x3 conv blocks (widths ``channels``) and a linear head; quick on a CPU for 8x8 to 32x32 images."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, channels: Sequence[int] = (32, 64, 64), batch_norm: bool = True
+        self, in_channels: int, num_classes: int, channels: Sequence[int] = (16, 32, 64, 128), batch_norm: bool = True
     ):
         super().__init__()
         if len(channels) < 1:
@@ -309,12 +310,15 @@ def _build_mlp(data: Any, *, hidden_sizes: Sequence[int] = (256, 256), dropout: 
     return MLP(channels * height * width, data.num_classes, tuple(hidden_sizes), dropout)
 
 
-def _build_small_cnn(data: Any, *, channels: Sequence[int] = (32, 64, 64), batch_norm: bool = True) -> nn.Module:
+def _build_small_cnn(data: Any, *, channels: Sequence[int] = (16, 32, 64, 128), batch_norm: bool = True) -> nn.Module:
     return SmallCNN(_image_shape(data, "small_cnn")[0], data.num_classes, tuple(channels), batch_norm)
 
 
-def _build_resnet18(data: Any) -> nn.Module:
-    return _init_resnet_weights(CifarResNet(_image_shape(data, "resnet18")[0], data.num_classes))
+def _build_resnet18(data: Any, *, base_width: int = 64) -> nn.Module:
+    if base_width < 1:
+        raise ValueError(f"base_width must be >= 1, got {base_width}")
+    widths = (base_width, 2 * base_width, 4 * base_width, 8 * base_width)
+    return _init_resnet_weights(CifarResNet(_image_shape(data, "resnet18")[0], data.num_classes, (2, 2, 2, 2), widths))
 
 
 def _build_wrn16_8(data: Any, *, depth: int = 16, widen_factor: int = 8, dropout: float = 0.0) -> nn.Module:
@@ -354,7 +358,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(_build_mlp, "fully connected network on flattened pixels", "image"),
-    "small_cnn": ModelSpec(_build_small_cnn, "3-block CNN, ~57k parameters, quick on CPU", "image"),
+    "small_cnn": ModelSpec(_build_small_cnn, "4-block CNN, ~99k parameters, quick on CPU", "image"),
     "resnet18": ModelSpec(_build_resnet18, "CIFAR ResNet18 (3x3 stem, no max-pool), ~11.2M params for 100 classes", "image"),
     "wrn16_8": ModelSpec(_build_wrn16_8, "WideResNet-16-8, pre-activation, ~11.0M params for 100 classes", "image"),
     "text_cnn": ModelSpec(_build_text_cnn, "word-embedding CNN with widths 3/4/5 and max-over-time pooling", "text"),

@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -136,11 +136,18 @@ def _axis_value(run: dict[str, Any], axis: str) -> Any:
     return None
 
 
-def build_report(db: str | Path, title: str | None = None) -> Report:
-    """Read a sweep database and assemble every table (raises SweepError if missing/other version)."""
+def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
+                 epilogue: Callable[[dict[str, Any]], str] | None = None) -> Report:
+    """Read a sweep database and assemble every table (raises SweepError if missing/other version).
+
+    ``only_keys`` restricts the report to those run keys (the current grid of a sweep whose database
+    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report.
+    """
     connection = open_database(db)
     try:
         runs, epochs = _load(connection)
+        if only_keys is not None:
+            runs = [r for r in runs if r["run_key"] in only_keys]
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         counts = dict(connection.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
     finally:
@@ -227,12 +234,22 @@ def build_report(db: str | Path, title: str | None = None) -> Report:
         parts += ["## Accuracy per number of samples s (Table 2 style)", "", markdown_table(*tables["accuracy_by_s"]),
                   ""]
     parts += ["## Convergence (Fig. 7 style)", "", "![convergence](convergence.png)", ""]
+    if epilogue is not None:
+        parts += [epilogue(summary)]
     run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), r["result"]["final_test_acc"],
                  r["result"]["best_val_test_acc"], r["result"]["best_val_epoch"], r["result"]["grad_evals"],
                  round(r["result"]["train_seconds"], 2), r["run_dir"]] for r in runs]
     tables["runs"] = (["optimizer", "seed", "setting", "final_test_acc", "best_val_test_acc", "best_val_epoch",
                        "grad_evals", "train_seconds", "run_dir"], run_rows)
     return Report(tables, "\n".join(parts), curves, by_t_plot, summary)
+
+
+def _styles(labels: list[str]) -> dict[str, dict[str, str]]:
+    """A fixed colour, line style and marker per label, so overlapping curves stay distinguishable
+    (ESAM1 follows SAM's trajectory exactly until SAM's budget ends)."""
+    lines, markers = ["-", "--", "-.", ":"], ["o", "s", "^", "D", "v", "P"]
+    return {label: {"color": f"C{i % 10}", "linestyle": lines[i % len(lines)], "marker": markers[i % len(markers)]}
+            for i, label in enumerate(labels)}
 
 
 def _plot_convergence(report: Report, path: Path) -> None:
@@ -242,6 +259,7 @@ def _plot_convergence(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = _styles(list(report.curves))
     for label, series in report.curves.items():
         if not series.get("grad_evals"):
             continue
@@ -252,7 +270,7 @@ def _plot_convergence(report: Report, path: Path) -> None:
         for ax, metric in zip(axes, ("test_acc", "train_loss")):
             values = np.array([s[:n] for s in series[metric]], dtype=float)
             mean = values.mean(axis=0)
-            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label)
+            (line,) = ax.plot(x, mean, markersize=4, label=label, **styles[label])
             if len(values) > 1:
                 std = values.std(axis=0, ddof=1)
                 ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
@@ -275,16 +293,21 @@ def _plot_by_t(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    styles = _styles(list(report.summary))
+    all_ts: set[float] = set()
     for label, points in report.by_t.items():
         ts = [t for t, _ in points]
+        all_ts.update(ts)
         means = [mean_std(v)[0] for _, v in points]
         stds = [mean_std(v)[1] for _, v in points]
-        ax.errorbar(ts, means, yerr=stds, marker="o", capsize=3, label=label)
+        ax.errorbar(ts, means, yerr=stds, capsize=3, label=label, **styles[label])
     for label, info in report.summary.items():
         if label not in report.by_t:
-            ax.axhline(info["best_val_test_acc"][0], linestyle="--", linewidth=1, label=f"{label}", color="gray"
-                       if label == "sgd" else None)
+            ax.axhline(info["best_val_test_acc"][0], linestyle=styles[label]["linestyle"], linewidth=1,
+                       color=styles[label]["color"], label=label)
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(sorted(all_ts))
+    ax.set_xticklabels([f"{t:g}" for t in sorted(all_ts)])
     ax.set_xlabel("tilt t")
     ax.set_ylabel("test accuracy (best-val epoch)")
     ax.grid(alpha=0.3)
@@ -294,10 +317,12 @@ def _plot_by_t(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(db: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> Report:
-    """Build the report from ``db`` and write report.md, the CSVs and the PNGs to ``out_dir``
-    (default: the database's directory)."""
-    report = build_report(db, title)
+def write_report(db: str | Path, out_dir: str | Path | None = None, title: str | None = None,
+                 only_keys: set[str] | None = None,
+                 epilogue: Callable[[dict[str, Any]], str] | None = None) -> Report:
+    """Build the report from ``db`` (see :func:`build_report`) and write report.md, the CSVs and the
+    PNGs to ``out_dir`` (default: the database's directory)."""
+    report = build_report(db, title, only_keys, epilogue)
     out = Path(out_dir) if out_dir is not None else database_path(db).parent
     out.mkdir(parents=True, exist_ok=True)
     for name, (header, rows) in report.tables.items():

@@ -66,6 +66,7 @@ AXIS_ALIASES = {
     "rho": "optimizer.settings.rho",
     "sampler": "optimizer.settings.sampler",
     "noise_radius": "optimizer.settings.noise_radius",
+    "tilt_schedule": "optimizer.tilt_schedule",
     "lr": "optimizer.lr",
     "weight_decay": "optimizer.weight_decay",
 }
@@ -301,6 +302,12 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
             if r["run_key"] in wanted]
     finally:
         connection.close()
+    # Longest runs first (by gradient evaluations for a nominal epoch length), so that parallel
+    # workers finish together instead of one of them running a long run alone at the end.
+    from .train import resolve_budget
+
+    cost = {p.key: resolve_budget(p.config, steps_per_epoch=1000).total_grad_evals for p in points}
+    todo.sort(key=lambda key: -cost[key])
     if max_runs is not None:
         todo = todo[:max_runs]
     db_file = str(database_path(out).resolve())

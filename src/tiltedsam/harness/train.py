@@ -121,16 +121,17 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     amount is first converted to the gradient evaluations *that* optimizer would spend, so SAM
     matched to TSAM (``s`` samples, 2 evaluations each) runs ``2 s / 2 = s`` times as many steps.
     """
-    from ..optim.registry import grad_evals_per_step
+    from ..optim.registry import REGISTRY, grad_evals_per_step
 
     budget = config.budget
     own_evals = grad_evals_per_step(config.optimizer.name, **optimizer_settings(config))
-    if budget.match_optimizer:
-        reference_evals = grad_evals_per_step(budget.match_optimizer, **budget.match_settings)
+    match = budget.match_optimizer or getattr(REGISTRY[config.optimizer.name], "budget_reference", None)
+    if match:
+        reference_evals = grad_evals_per_step(match, **budget.match_settings)
         steps_of = {"epochs": budget.amount * steps_per_epoch, "steps": budget.amount,
                     "grad_evals": budget.amount // reference_evals}[budget.kind]
         evals = steps_of * reference_evals
-        description = (f"{budget.amount} {budget.kind} of {budget.match_optimizer} "
+        description = (f"{budget.amount} {budget.kind} of {match} "
                        f"({reference_evals} evals/step) = {evals} gradient evaluations")
     elif budget.kind == "epochs":
         return Budget(budget.amount * steps_per_epoch, steps_per_epoch, own_evals, f"{budget.amount} epochs")
@@ -146,11 +147,27 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     return Budget(total_steps, steps_per_epoch, own_evals, description)
 
 
+def make_tilt_scheduler(config: RunConfig, optimizer: Any, total_steps: int) -> Any:
+    """A :class:`tiltedsam.optim.schedules.TiltScheduler` over the whole run, or None for a constant tilt."""
+    kind = config.optimizer.tilt_schedule
+    if kind == "constant":
+        return None
+    if not hasattr(optimizer, "tilt"):
+        raise ValueError(f"optimizer.tilt_schedule={kind!r} needs an optimizer with a tilt (TSAM), "
+                         f"got {config.optimizer.name!r}")
+    try:
+        from ..optim.schedules import TiltScheduler
+    except ModuleNotFoundError as exc:  # pragma: no cover - older installations
+        raise ValueError("optimizer.tilt_schedule needs tiltedsam.optim.schedules, missing here") from exc
+    return TiltScheduler(optimizer, kind=kind, total_steps=total_steps)
+
+
 def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
     d = config.data
     return {"seed": config.seed, "label_noise": d.label_noise, "val_fraction": d.val_fraction,
             "test_fraction": d.test_fraction, "clean_validation": d.clean_validation, "data_dir": d.data_dir,
-            "augment": d.augment, "limit": d.limit}
+            "augment": d.augment, "limit": d.limit, "split_seed": d.split_seed, "noise_seed": d.noise_seed,
+            **d.options}
 
 
 def git_commit() -> str:
@@ -262,8 +279,9 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             raise CheckpointError(f"the checkpoint in {str(run_dir)!r} belongs to another configuration "
                                   f"(run key {run_key(saved)}, this config {run_key(config)}); "
                                   "use another --out directory")
-    elif not resume and (run_dir / "result.json").exists():
-        raise FileExistsError(f"{str(run_dir)!r} already holds a finished run; use another --out or --resume")
+    elif not resume and (run_dir / CHECKPOINT_NAME).exists():
+        state = "a finished" if (run_dir / "result.json").exists() else "an unfinished"
+        raise FileExistsError(f"{str(run_dir)!r} already holds {state} run; use another --out, or --resume")
 
     # ---- data, model, optimizer: seeded so that the same config builds the same run
     torch.manual_seed(config.seed)
@@ -282,6 +300,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size),
                               sampler=world.train_sampler(data.train, loader_generator))
     budget = resolve_budget(config, len(train_loader))
+    tilt_scheduler = make_tilt_scheduler(config, optimizer, budget.total_steps)
 
     rows: list[dict[str, Any]] = []
     epoch = step = 0
@@ -289,6 +308,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if tilt_scheduler is not None:
+            tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])
         _restore_rng_states(checkpoint["rng"], loader_generator)
         rows = list(checkpoint["metrics"])
         epoch, step = checkpoint["epoch"], checkpoint["step"]
@@ -312,6 +333,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         # ---- one epoch (the last one may be partial when the budget is in steps or evaluations)
         epoch_start = time.perf_counter()
         sums = {"loss": 0.0, "correct": 0.0, "count": 0, "objective": 0.0, "ess": [], "steps": 0}
+        if hasattr(train_loader.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
+            train_loader.sampler.set_epoch(epoch)
         for inputs, targets in train_loader:
             if step >= budget.total_steps:
                 break
@@ -329,6 +352,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
             optimizer.step(closure)
             step += 1
+            if tilt_scheduler is not None:
+                tilt_scheduler.step()
             sums["loss"] += float(first_evaluation["loss"]) * len(targets)
             sums["correct"] += float(first_evaluation["correct"])
             sums["count"] += len(targets)
@@ -363,6 +388,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             save_checkpoint(run_dir / CHECKPOINT_NAME, {
                 "config": json.loads(json.dumps(_config_dict(config))), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "tilt_scheduler": None if tilt_scheduler is None else tilt_scheduler.state_dict(),
                 "grad_evals": step * budget.grad_evals_per_step, "train_seconds": train_seconds,
                 "wall_seconds": wall_seconds, "rng": _rng_states(loader_generator), "metrics": rows,
                 "finished": step >= budget.total_steps})

@@ -68,18 +68,20 @@ def random_resized_crop(
 ) -> torch.Tensor:
     """Random crop of random area and aspect ratio, resampled bilinearly to ``size``.
 
-    For each image an area fraction ``a ~ U(scale)`` and a log-uniform aspect ratio ``r`` in ``ratio``
-    give a crop of width ``W sqrt(a r)`` and height ``H sqrt(a / r)`` (clamped to the image) at a
-    uniformly random position. All crops (and the optional left-right flip, a sign change of the x
+    For each image an area fraction ``a ~ U(scale)`` and a log-uniform aspect ratio ``r`` (width/height)
+    in ``ratio`` give a crop of ``a H W`` pixels, ``sqrt(a H W r)`` wide and ``sqrt(a H W / r)`` high
+    (clamped to the image), at a uniformly random position. All crops (and the optional left-right flip, a sign change of the x
     axis) are applied in one ``grid_sample`` call through per-image affine maps.
     """
     num_images = images.shape[0]
     area = torch.empty(num_images).uniform_(scale[0], scale[1], generator=generator)
     log_ratio = torch.empty(num_images).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     aspect = log_ratio.exp()
-    # Crop sizes as fractions of the image side, in (0, 1].
-    crop_w = (area * aspect).sqrt().clamp(max=1.0)
-    crop_h = (area / aspect).sqrt().clamp(max=1.0)
+    # Crop of a*H*W pixels with width/height r: width sqrt(a H W r) = W sqrt(a r H / W) pixels and height
+    # H sqrt(a W / (r H)); as fractions of the image side, clamped to (0, 1] (a crop never leaves the image).
+    height, width = images.shape[-2], images.shape[-1]
+    crop_w = (area * aspect * height / width).sqrt().clamp(max=1.0)
+    crop_h = (area * width / (aspect * height)).sqrt().clamp(max=1.0)
     # Crop centres in normalised coordinates [-1, 1], chosen so the crop stays inside the image.
     centre_x = (torch.rand(num_images, generator=generator) * 2 - 1) * (1 - crop_w)
     centre_y = (torch.rand(num_images, generator=generator) * 2 - 1) * (1 - crop_h)

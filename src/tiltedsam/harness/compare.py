@@ -1,0 +1,131 @@
+"""The main job: ERM vs SAM vs ESAM1 vs TSAM on MNIST-5k with 20% label noise (``tiltedsam compare``).
+
+The comparison is a sweep (:mod:`tiltedsam.harness.sweep`) with one setting per optimizer and
+several seeds:
+
+* ``sgd`` (ERM), ``sam`` (rho 0.05) and ``tsam`` (paper defaults t = 20, s = 3, rho 0.05; the
+  Algorithm 2 sampler, so 2 s = 6 gradient evaluations per step) train for the same number of epochs;
+* ``esam1`` is SAM given TSAM's gradient-evaluation budget: 3x as many steps (epochs).
+
+Every run is evaluated on the validation and test splits after each epoch; the report shows the
+test accuracy after the last epoch *and* at the best-validation epoch. The validation split carries
+the same label noise as the training split (as it would in practice) unless ``clean_validation``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import apply_overrides
+from .sweep import SweepConfig, expand_grid, run_sweep
+
+__all__ = ["COMPARE_LABELS", "compare_labels", "compare_config", "run_compare", "verdict", "DEFAULT_EPOCHS",
+           "QUICK_EPOCHS"]
+
+#: labels of the comparison, in table order; each must be a registry name or a built-in variant
+COMPARE_LABELS = ("sgd", "sam", "esam1", "tsam")
+#: measured so that the whole job takes about 10 minutes on a 2-core CPU (see docs/harness.md)
+DEFAULT_EPOCHS = 6
+DEFAULT_SEEDS = 3
+QUICK_EPOCHS = 2
+QUICK_LIMIT = 1200
+
+TSAM_SETTINGS = {"tilt": 20.0, "num_samples": 3, "rho": 0.05}
+SAM_SETTINGS = {"rho": 0.05}
+
+
+def compare_labels() -> list[str]:
+    """The comparison's optimizer labels that this installation's registry provides."""
+    from ..optim.registry import REGISTRY
+
+    missing = [name for name in ("sgd", "sam", "tsam") if name not in REGISTRY]
+    if missing:
+        raise RuntimeError(f"the optimizer registry lacks {missing}; cannot run the comparison")
+    return list(COMPARE_LABELS)
+
+
+def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: int | None = None,
+                   seeds: int | None = None, workers: int | None = None, lr: float = 0.03,
+                   overrides: list[str] = (), progress: bool = True) -> SweepConfig:
+    """The comparison as a :class:`SweepConfig`. ``overrides`` are ``KEY=VALUE`` on the sweep config
+    (e.g. ``base.data.limit=1000``)."""
+    from ..optim.registry import REGISTRY
+
+    epochs = epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
+    seeds = seeds or (1 if quick else DEFAULT_SEEDS)
+    labels = compare_labels()
+    base: dict[str, Any] = {
+        "batch_size": 64, "label_smoothing": 0.1,
+        "data": {"name": "mnist5k", "label_noise": 0.2, "clean_validation": False},
+        "model": {"name": "small_cnn"},
+        "optimizer": {"base": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5e-4},
+        "budget": {"kind": "epochs", "amount": epochs},
+    }
+    if quick:
+        base["data"]["limit"] = QUICK_LIMIT
+    variants = {
+        "sgd": {"optimizer.name": "sgd"},
+        "sam": {"optimizer.name": "sam", "optimizer.settings": dict(SAM_SETTINGS)},
+        "esam1": {"optimizer.name": "esam1" if "esam1" in REGISTRY else "sam",
+                  "optimizer.settings": dict(SAM_SETTINGS),
+                  "budget.match_optimizer": "tsam",
+                  "budget.match_settings": {"num_samples": TSAM_SETTINGS["num_samples"]}},
+        "tsam": {"optimizer.name": "tsam", "optimizer.settings": dict(TSAM_SETTINGS)},
+    }
+    cpus = os.cpu_count() or 1
+    data = {
+        "name": "compare-quick" if quick else "compare",
+        "out_dir": out_dir or ("results/compare-quick" if quick else "results/compare"),
+        "optimizers": labels, "seeds": list(range(seeds)),
+        "workers": workers or min(2, cpus), "threads_per_worker": 0, "progress": progress,
+        "base": base, "variants": {label: variants[label] for label in labels},
+    }
+    from .config import from_dict
+
+    return from_dict(SweepConfig, apply_overrides(data, list(overrides)))
+
+
+def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
+    """One paragraph: did ``target`` have the highest mean test accuracy, by each of the two measures,
+    and is the margin larger than the spread over seeds?"""
+    if target not in summary:
+        return f"{target} has no finished runs."
+    lines = []
+    for key, name in (("best_val_test_acc", "best-validation-epoch"), ("final_test_acc", "final-epoch")):
+        mine, my_std = summary[target][key]
+        others = {label: info[key] for label, info in summary.items() if label != target}
+        if not others:
+            continue
+        best_other = max(others, key=lambda label: others[label][0])
+        other_mean, other_std = others[best_other]
+        if mine > other_mean:
+            margin = 100 * (mine - other_mean)
+            clear = "larger" if mine - my_std > other_mean + other_std else "not larger"
+            lines.append(f"By {name} test accuracy, {target.upper()} beat all others: {100 * mine:.2f}% vs the "
+                         f"next best {best_other} {100 * other_mean:.2f}% (+{margin:.2f} points; the margin is "
+                         f"{clear} than one standard deviation over seeds).")
+        else:
+            beaten_by = sorted((label for label, (m, _) in others.items() if m >= mine),
+                               key=lambda label: -others[label][0])
+            lines.append(f"By {name} test accuracy, {target.upper()} did NOT beat "
+                         f"{', '.join(beaten_by)}: {100 * mine:.2f}% vs {best_other} {100 * other_mean:.2f}%.")
+    return " ".join(lines)
+
+
+def run_compare(sweep: SweepConfig) -> tuple[str, Path]:
+    """Run (or resume) the comparison and write its report; returns (Markdown text, output directory)."""
+    from .report import write_report
+
+    counts = run_sweep(sweep)
+    if counts["failed"]:
+        raise RuntimeError(f"{counts['failed']} comparison run(s) failed; see the 'error' column of "
+                           f"{sweep.out_dir}/sweep.db (re-running retries them)")
+    keys = {p.key for p in expand_grid(sweep)}
+    first = sweep.base
+    title = (f"TSAM vs SAM vs ESAM1 vs ERM: {first['data']['name']}, "
+             f"{first['data']['label_noise']:.0%} label noise, {first['model']['name']}")
+    report = write_report(sweep.out_dir, title=title, only_keys=keys,
+                          epilogue=lambda summary: f"## Verdict\n\n{verdict(summary)}\n")
+    return report.markdown, Path(sweep.out_dir)

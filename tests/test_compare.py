@@ -1,0 +1,74 @@
+"""The main job ``tiltedsam compare``: configuration, ESAM1's budget, and an end-to-end --quick run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+
+import pytest
+
+from tiltedsam.cli import main
+from tiltedsam.harness.compare import COMPARE_LABELS, compare_config, verdict
+from tiltedsam.harness.sweep import expand_grid
+from tiltedsam.optim.registry import REGISTRY, grad_evals_per_step
+
+
+def test_compare_defaults_follow_the_brief():
+    sweep = compare_config()
+    assert sweep.optimizers == list(COMPARE_LABELS) == ["sgd", "sam", "esam1", "tsam"]
+    assert all(label in REGISTRY or label == "esam1" for label in sweep.optimizers)
+    assert sweep.seeds == [0, 1, 2] and sweep.out_dir == "results/compare"
+    points = expand_grid(sweep)
+    base = points[0].config
+    assert (base.data.name, base.data.label_noise, base.model.name) == ("mnist5k", 0.2, "small_cnn")
+    assert (base.batch_size, base.label_smoothing, base.optimizer.momentum) == (64, 0.1, 0.9)
+    tsam = next(p.config for p in points if p.label == "tsam")
+    esam1 = next(p.config for p in points if p.label == "esam1")
+    assert esam1.budget.match_optimizer == "tsam"
+    assert grad_evals_per_step("tsam", **tsam.optimizer.settings) == 3 * grad_evals_per_step(
+        esam1.optimizer.name, **esam1.optimizer.settings)
+    quick = compare_config(quick=True)
+    assert quick.seeds == [0] and quick.base["data"]["limit"] and quick.out_dir == "results/compare-quick"
+
+
+def test_verdict_states_who_won():
+    summary = {"sgd": {"best_val_test_acc": (0.80, 0.01), "final_test_acc": (0.78, 0.01)},
+               "tsam": {"best_val_test_acc": (0.85, 0.01), "final_test_acc": (0.70, 0.01)}}
+    text = verdict(summary)
+    assert "best-validation-epoch test accuracy, TSAM beat all others: 85.00% vs the next best sgd 80.00%" in text
+    assert "margin is larger than one standard deviation" in text
+    assert "final-epoch test accuracy, TSAM did NOT beat sgd: 70.00% vs sgd 78.00%" in text
+
+
+def test_compare_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # --quick with an even smaller subset, two worker processes (the spawn pool path)
+    code = main(["compare", "--quick", "--out", str(out), "--workers", "2", "--no-progress",
+                 "--set", "base.data.limit=300"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for label in COMPARE_LABELS:
+        assert f"| {label} |" in printed
+    assert "## Verdict" in printed and "TSAM" in printed
+    for name in ("report.md", "accuracy.csv", "cost.csv", "runs.csv", "convergence.png", "accuracy_vs_t.png",
+                 "sweep.db"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "cost.csv") as handle:
+        cost = {row["optimizer"]: row for row in csv.DictReader(handle)}
+    assert cost["esam1"]["gradient evaluations"] == cost["tsam"]["gradient evaluations"]
+    assert int(cost["esam1"]["steps"]) == 3 * int(cost["sam"]["steps"])
+    db = sqlite3.connect(out / "sweep.db")
+    results = {label: json.loads(r) for label, r in db.execute("SELECT label, result FROM runs")}
+    assert set(results) == set(COMPARE_LABELS)
+    assert all({"final_test_acc", "best_val_test_acc", "wall_seconds"} <= set(r) for r in results.values())
+    # a second call finds everything done and only rewrites the report
+    assert main(["compare", "--quick", "--out", str(out), "--workers", "2", "--no-progress",
+                 "--set", "base.data.limit=300"]) == 0
+    assert db.execute("SELECT MAX(attempts) FROM runs").fetchone()[0] == 1
+
+
+@pytest.mark.slow
+def test_compare_quick_as_shipped(tmp_path, capsys):
+    assert main(["compare", "--quick", "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    assert "| tsam |" in capsys.readouterr().out
