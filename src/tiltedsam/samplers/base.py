@@ -55,12 +55,13 @@ class Sampler:
 
     #: registry name
     name: str = "base"
-    #: labels of the evaluations whose gradient only sets the ascent direction (m-sharpness under DDP)
-    ascent_labels: frozenset[str] = frozenset()
 
     def evaluations_per_sample(self) -> int:
         """Loss/gradient evaluations one call of :meth:`draw` makes."""
         raise NotImplementedError
+
+    #: labels of the evaluations whose gradient only sets the ascent direction (m-sharpness under DDP)
+    ascent_labels: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         """Raise ``ValueError`` for bad settings (called by the optimizer at construction)."""
