@@ -21,8 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tiltedsam.optim import ERM, SAM, TSAM
 from tiltedsam.optim import distributed as distributed_module
 from tiltedsam.optim.distributed import DistributedSync, resolve_distributed
+from tiltedsam.optim.registry import create_optimizer, list_optimizers
 
 WORLD = 2
+REGISTERED = [entry["name"] for entry in list_optimizers()]  # new registry entries are covered automatically
 GLOBAL_BATCH = 16
 STEPS = 4
 LR = 0.1
@@ -89,6 +91,23 @@ def train(kind: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, api: s
     }
 
 
+def train_registered(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, rng_seed: int,
+                     steps: int = 3) -> list[torch.Tensor]:
+    """A few closure steps of registered optimizer ``name`` with its default settings and ``seed=None``."""
+    torch.manual_seed(rng_seed)
+    optimizer = create_optimizer(name, net.parameters(), lr=LR, model=net)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def closure() -> torch.Tensor:
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        optimizer.step(closure)
+    return [p.detach().clone() for p in net.parameters()]
+
+
 class _CountingDist:
     """Stands in for ``torch.distributed`` inside the library module and counts its collectives."""
 
@@ -141,6 +160,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             for api in ("closure", "manual"):
                 net = DistributedDataParallel(make_model())
                 results[kind, api] = train(kind, net, x, y, api=api, rng_seed=100 + rank)
+        for name in REGISTERED:
+            results["registry", name] = train_registered(name, DistributedDataParallel(make_model()), x, y,
+                                                         rng_seed=100 + rank)
         # the failure mode: each rank tilts with its local losses (same explicit noise seed on both)
         results["local_losses"] = train("tsam", DistributedDataParallel(make_model()), x, y, api="closure",
                                         rng_seed=100, seed=7, distributed=False)
@@ -204,6 +226,15 @@ def test_two_ranks_equal_one_process_with_the_whole_batch(ranks, kind, api):
         assert torch.equal(p, q)
     # and the run moved the parameters (a comparison of untouched models would prove nothing)
     assert max_difference(reference["params"], [p.detach() for p in make_model().parameters()]) > 1e-3
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_registered_optimizer_keeps_ranks_identical_and_equal_to_one_process(ranks, name):
+    for p, q in zip(ranks[0]["registry", name], ranks[1]["registry", name]):
+        assert torch.equal(p, q)
+    x, y = make_data()
+    reference = train_registered(name, make_model(), x, y, rng_seed=100)
+    assert_params_equal(ranks[0]["registry", name], reference)
 
 
 def test_local_losses_make_ranks_diverge_and_the_library_does_not(ranks):
