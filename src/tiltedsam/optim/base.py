@@ -192,7 +192,10 @@ class PerturbationOptimizer(Optimizer):
 
     @property
     def generator(self) -> torch.Generator:
-        """The optimizer's own noise generator, on the device of the first parameter."""
+        """The optimizer's own noise generator, on the device of the first parameter.
+
+        Under ``torch.distributed`` its first creation broadcasts rank 0's seed, a collective: every
+        rank must reach it (each TSAM step does, on all ranks alike)."""
         if self._generator is None:
             params = self._params()
             device = params[0].device if params else torch.device("cpu")
