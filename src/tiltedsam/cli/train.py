@@ -22,6 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
                    help="stop after N epochs in total, leaving a checkpoint to --resume from")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N local processes (DistributedDataParallel: gloo on CPU, nccl with one GPU per "
+                        "process for run.device=cuda); batch_size stays the global batch. For several nodes run "
+                        "torchrun --nproc_per_node=N -m tiltedsam train ... instead (see docs/distributed.md)")
     p.set_defaults(run=run)
 
 
@@ -49,13 +53,31 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_toml(to_dict(config)), end="")
         return 0
+    from ..harness.distributed import launch, world_from_environment
+
+    if args.nproc < 1:
+        raise SystemExit(f"error: --nproc must be >= 1, got {args.nproc}")
+    world = world_from_environment(config.run.device)  # under torchrun: join its process group
+    if world is not None and args.nproc != 1:
+        raise SystemExit("error: --nproc cannot be combined with torchrun (torchrun already starts the processes)")
     try:
-        result = train(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
+        if args.nproc > 1:
+            result = launch(config, args.nproc, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
+        else:
+            result = train(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, world=world)
     except RunInterrupted as exc:
-        print(f"interrupted: {exc}")
+        if world is None or world.is_main:
+            print(f"interrupted: {exc}")
         return 3
     except (FileExistsError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    finally:
+        if world is not None:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if world is not None and not world.is_main:
+        return 0  # rank 0 reports
     print(f"run directory: {config.run.out_dir}")
     print(f"| {result['label']} | final test acc {result['final_test_acc']:.4f} | best-val-epoch test acc "
           f"{result['best_val_test_acc']:.4f} (epoch {result['best_val_epoch']}) | {result['steps']} steps | "

@@ -77,6 +77,19 @@ class World:
     def barrier(self) -> None:
         pass
 
+    # hooks for harness.distributed.DistributedWorld (identity for one process)
+    def device(self, requested: str) -> torch.device:
+        return torch.device(requested)
+
+    def local_batch_size(self, batch_size: int) -> int:
+        return batch_size
+
+    def eval_shard(self, dataset: Dataset) -> Dataset:
+        return dataset
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model
+
 
 @dataclass
 class Budget:
@@ -175,7 +188,7 @@ def evaluate(model: nn.Module, dataset: Dataset, loss_fn: Callable[[Tensor, Tens
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-    for inputs, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for inputs, targets in DataLoader(world.eval_shard(dataset), batch_size=batch_size, shuffle=False):
         inputs, targets = inputs.to(device), torch.as_tensor(targets).to(device)
         outputs = model(inputs)
         totals[0] += float(loss_fn(outputs, targets)) * len(targets)
@@ -253,7 +266,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
     world = world or World()
     run_dir = Path(config.run.out_dir)
-    device = torch.device(config.run.device)
+    device = world.device(config.run.device)
     if config.run.num_threads:
         torch.set_num_threads(config.run.num_threads)
 
@@ -276,14 +289,15 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     random.seed(config.seed)
     data = load_dataset(config.data.name, **dataset_kwargs(config))
     model = build_model(config.model.name, data, **config.model.options).to(device)
+    net = world.wrap_model(model)  # DDP under torch.distributed; `model` itself is saved and evaluated
     optimizer = create_optimizer(
-        config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=model,
+        config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
         seed=config.seed, lr=config.optimizer.lr, momentum=config.optimizer.momentum,
         weight_decay=config.optimizer.weight_decay, **optimizer_settings(config))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
     loader_generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(data.train, batch_size=config.batch_size,
+    train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size),
                               sampler=world.train_sampler(data.train, loader_generator))
     budget = resolve_budget(config, len(train_loader))
     tilt_scheduler = make_tilt_scheduler(config, optimizer, budget.total_steps)
@@ -306,7 +320,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             "run_key": run_key(config), "seed": config.seed, "label": config.display_label,
             "package_version": __version__, "git_commit": git_commit(), "budget": budget.description,
             "total_steps": budget.total_steps, "steps_per_epoch": budget.steps_per_epoch,
-            "grad_evals_per_step": budget.grad_evals_per_step, "data": data.info,
+            "grad_evals_per_step": budget.grad_evals_per_step, "data": data.info, "world_size": world.world_size,
             "torch_version": torch.__version__}, indent=2) + "\n")
         _write_metrics(run_dir / "metrics.csv", rows)
 
@@ -328,7 +342,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             first_evaluation: dict[str, Tensor] = {}
 
             def closure() -> Tensor:
-                outputs = model(inputs)
+                outputs = net(inputs)
                 loss = loss_fn(outputs, targets)
                 loss.backward()
                 if not first_evaluation:  # the mini-batch loss/accuracy at the step's first point
@@ -352,6 +366,9 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
                                      acc=f"{sums['correct'] / sums['count']:.3f}")
         train_seconds += time.perf_counter() - epoch_start
         epoch += 1
+        # this rank's training sums -> the whole global batch's (identity in one process)
+        totals = world.reduce_mean(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
+        sums["loss"], sums["correct"], sums["count"] = float(totals[0]), float(totals[1]), float(totals[2])
 
         # ---- evaluate, record, checkpoint
         val_loss, val_acc = evaluate(model, data.val, eval_loss_fn, config.run.eval_batch_size, device, world)

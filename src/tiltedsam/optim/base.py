@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .distributed import DistributedSync, resolve_distributed, scalar_loss_value
 from .functional import global_norm
 
 __all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats"]
@@ -114,7 +115,11 @@ class PerturbationOptimizer(Optimizer):
         model: optional module; if given, its BatchNorm running statistics are updated only during the
             first evaluation of each step (so once per step, not once per evaluation).
         seed: seed of the optimizer's own noise generator. ``None`` draws one from torch's global RNG,
-            so ``torch.manual_seed`` before construction makes runs reproducible.
+            so ``torch.manual_seed`` before construction makes runs reproducible. Under
+            ``torch.distributed`` rank 0's seed is used on every rank (see :mod:`.distributed`).
+        distributed: ``None`` (automatic: average the losses that enter the update across ranks and
+            share the noise seed whenever ``torch.distributed`` is initialised), ``True``, ``False``
+            or a :class:`~tiltedsam.optim.distributed.DistributedSync` (process group, m-sharpness).
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
     """
 
@@ -126,6 +131,7 @@ class PerturbationOptimizer(Optimizer):
         *,
         model: nn.Module | None = None,
         seed: int | None = None,
+        distributed: DistributedSync | bool | None = None,
         **base_kwargs: Any,
     ) -> None:
         _check_base_optimizer(base_optimizer)
@@ -144,6 +150,14 @@ class PerturbationOptimizer(Optimizer):
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
         self._generator: torch.Generator | None = None
         self._pending_generator_state: dict[str, Any] | None = None
+        # DDP: subclasses forward **base_kwargs to this __init__, so `distributed=` reaches here for all.
+        self.distributed = resolve_distributed(distributed)
+        if self.distributed.local_ascent and (model is None or not self.ascent_labels):
+            raise ValueError(
+                "DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module) and an "
+                f"optimizer with ascent evaluations; got model={type(model).__name__}, "
+                f"ascent_labels={sorted(self.ascent_labels)} for {type(self).__name__}"
+            )
         self.last_step = StepDiagnostics()
         self.step_count = 0
 
@@ -164,6 +178,10 @@ class PerturbationOptimizer(Optimizer):
             return super().add_param_group(param_group)
         self.base_optimizer.add_param_group(param_group)
 
+    #: Labels of the evaluations whose gradient only chooses the perturbation (not the update);
+    #: under ``DistributedSync(local_ascent=True)`` they run in ``model.no_sync()`` (m-sharpness).
+    ascent_labels: frozenset[str] = frozenset()
+
     @property
     def grad_evals_per_step(self) -> int:
         """Loss/gradient evaluations (closure calls) one :meth:`step` makes."""
@@ -174,7 +192,10 @@ class PerturbationOptimizer(Optimizer):
 
     @property
     def generator(self) -> torch.Generator:
-        """The optimizer's own noise generator, on the device of the first parameter."""
+        """The optimizer's own noise generator, on the device of the first parameter.
+
+        Under ``torch.distributed`` its first creation broadcasts rank 0's seed, a collective: every
+        rank must reach it (each TSAM step does, on all ranks alike)."""
         if self._generator is None:
             params = self._params()
             device = params[0].device if params else torch.device("cpu")
@@ -193,6 +214,8 @@ class PerturbationOptimizer(Optimizer):
                     stacklevel=2,
                 )
             else:
+                # Under DDP every rank must draw the same noise: take rank 0's seed (one broadcast, once).
+                self.seed = self.distributed.shared_seed(self.seed)
                 gen.manual_seed(self.seed)
             self._pending_generator_state = None
             self._generator = gen
@@ -280,14 +303,13 @@ class PerturbationOptimizer(Optimizer):
                 p.grad.copy_(g)
 
     def _loss_value(self, loss: Tensor | float) -> float:
-        """The scalar loss used for weights and logging. A hook: the distributed wrapper all-reduces it."""
-        if isinstance(loss, Tensor):
-            if loss.numel() != 1:
-                raise ValueError(f"the closure must return a scalar loss, got a tensor of shape {tuple(loss.shape)}")
-            return float(loss.detach())
-        if isinstance(loss, (int, float)):
-            return float(loss)
-        raise TypeError(f"the loss must be a scalar tensor or a number, got {type(loss).__name__}")
+        """A loss whose value enters the update or the step's objective: under ``torch.distributed``
+        it is averaged across ranks (one scalar all-reduce), so every rank computes the same weights."""
+        return self.distributed.average_loss(loss)
+
+    def _local_loss_value(self, loss: Tensor | float) -> float:
+        """A loss that is only logged (never changes the update): this rank's value, no communication."""
+        return float(scalar_loss_value(loss))
 
     # ------------------------------------------------------------------ the algorithm and its drivers
     def _algorithm(self) -> Generator[str, Tensor | float, float]:
@@ -320,7 +342,9 @@ class PerturbationOptimizer(Optimizer):
                 self.zero_grad(set_to_none=True)
                 evaluation = Evaluation(index=index, label=label)
                 context = frozen_batchnorm_stats(self.model) if index > 0 else contextlib.nullcontext()
-                with context:
+                # m-sharpness under DDP: ascent evaluations skip the gradient all-reduce (no-op otherwise)
+                local = self.distributed.evaluation_context(self.model, label in self.ascent_labels)
+                with context, local:
                     yield evaluation
                 if evaluation.loss is None:
                     raise RuntimeError(

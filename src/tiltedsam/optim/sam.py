@@ -50,6 +50,9 @@ class SAM(PerturbationOptimizer):
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
         self._pending: tuple[list[Tensor], list[Tensor]] | None = None
 
+    #: the evaluation at theta only sets the ascent direction (per-rank under m-sharpness)
+    ascent_labels = frozenset({"clean"})
+
     @property
     def rho(self) -> float:
         return self.hyperparameters["rho"]
@@ -70,7 +73,7 @@ class SAM(PerturbationOptimizer):
     def _algorithm(self) -> Generator[str, Any, float]:
         params, origin = self._snapshot()
         try:
-            clean_loss = self._loss_value((yield "clean"))
+            clean_loss = self._local_loss_value((yield "clean"))  # logged only
             self._perturb(params)
             perturbed_loss = self._loss_value((yield "perturbed"))
         finally:

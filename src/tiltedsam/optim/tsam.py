@@ -147,6 +147,10 @@ class TSAM(PerturbationOptimizer):
         return math.inf if math.isinf(self.tilt) else self.tilt - self.sample_tilt
 
     @property
+    def ascent_labels(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(getattr(self.sampler, "ascent_labels", frozenset()))
+
+    @property
     def grad_evals_per_step(self) -> int:
         return self.num_samples * self.sampler.evaluations_per_sample()
 
@@ -159,6 +163,7 @@ class TSAM(PerturbationOptimizer):
             sample_tilt=self.sample_tilt,
             generator=self.generator,
             loss_value=self._loss_value,
+            local_loss_value=self._local_loss_value,
         )
         accumulator = TiltedGradientAccumulator(self.aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
         try:

@@ -30,6 +30,7 @@ class AscentSampler(Sampler):
     """
 
     name = "ascent"
+    ascent_labels = frozenset({"noise"})
 
     def __init__(self, noise: str = "gaussian", noise_radius: float = 1.0, noise_std: float = 1.0) -> None:
         self.noise = noise
@@ -60,7 +61,7 @@ class AscentSampler(Sampler):
                 torch._foreach_add_(ctx.params, noise)
             del noise
         noise_loss = yield "noise"
-        ctx.record("noise_loss", ctx.loss_value(noise_loss))
+        ctx.record("noise_loss", ctx.local_loss_value(noise_loss))  # logged only
         ascent_step(ctx.params, ctx.grads(), ctx.rho)
         loss = yield "perturbed"
         return ctx.loss_value(loss), ctx.grads()

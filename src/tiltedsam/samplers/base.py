@@ -34,6 +34,8 @@ class SamplingContext:
     sample_tilt: float  # delta in Algorithm 1: the sampler targets p(eps) ~ exp(delta * L(theta + eps))
     generator: torch.Generator  # the optimizer's noise generator (seeded, saved in state_dict)
     loss_value: Callable[[Any], float]  # turns a received loss into a float (all-reduced under DDP)
+    # for losses that are only logged: this rank's value, no communication under DDP
+    local_loss_value: Callable[[Any], float] = float
     diagnostics: dict[str, list[Any]] = field(default_factory=dict)  # per-sample extras for logging
 
     def record(self, key: str, value: Any) -> None:
@@ -61,6 +63,9 @@ class Sampler:
     def evaluations_per_sample(self) -> int:
         """Loss/gradient evaluations one call of :meth:`draw` makes."""
         raise NotImplementedError
+
+    #: labels of the evaluations whose gradient only sets the ascent direction (m-sharpness under DDP)
+    ascent_labels: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         """Raise ``ValueError`` for bad settings (called by the optimizer at construction)."""
