@@ -8,6 +8,7 @@ from ._version import __version__
 from .optim import (
     ERM,
     ESAM2,
+    DistributedSync,
     PGN,
     RSAM,
     SAM,
@@ -34,6 +35,7 @@ __all__ = [
     "SAM",
     "ERM",
     "ESAM2",
+    "DistributedSync",
     "PGN",
     "RSAM",
     "TiltScheduler",
