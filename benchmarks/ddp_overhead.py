@@ -140,7 +140,7 @@ def run_collectives(repeats: int = 200) -> dict[str, float]:
 
 def print_collectives(timings: dict[str, float], num_samples: int = 3) -> None:
     grad, loss = timings["gradient all-reduce"], timings["loss all-reduce"]
-    print(f"| collective (2 gloo processes, median) | ms |\n|---|---|")
+    print("| collective (2 gloo processes, median) | ms |\n|---|---|")
     print(f"| gradient all-reduce ({timings['num_parameters']} float32) | {1000 * grad:.3f} |")
     print(f"| loss all-reduce (1 float64) | {1000 * loss:.3f} |")
     print(f"| TSAM step, s={num_samples}: {2 * num_samples} gradient + {num_samples} loss | "

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .._atomic import atomic_write as _atomic_write
 from .._version import __version__
 from ._common import _batch_size, check_mode, check_positive_int, take_batches
 from .cross_objective import CrossObjectiveTable, ObjectiveLosses, cross_objective, _check_noise, _check_sampler
@@ -342,23 +342,6 @@ def plot_neighborhood_curves(report: Mapping[str, Any], path: str | os.PathLike[
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
     return _atomic_write(Path(path), buffer.getvalue())
-
-
-def _atomic_write(path: Path, content: bytes | str) -> Path:
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
 
 
 def write_flatness_report(

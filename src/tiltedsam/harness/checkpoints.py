@@ -20,13 +20,14 @@ so a crash leaves either the previous checkpoint or the new one, never a torn fi
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+
+from .._atomic import atomic_write_with
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "AnalysisTarget", "load_for_analysis", "stack_dataset"]
@@ -43,17 +44,8 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     """``torch.save`` ``payload`` (plus the format tag and version) to ``path`` atomically."""
     from .._version import __version__
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    payload = {"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}
+    atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -17,13 +17,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .._atomic import atomic_write as atomic_write_text
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig", "BudgetConfig", "ExecutionConfig",
@@ -381,21 +386,6 @@ def to_toml(data: Mapping[str, Any]) -> str:
             if value is not None:
                 lines.append(f"{json.dumps(key) if '.' in key else key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_config(config: RunConfig, directory: str | os.PathLike[str]) -> None:

@@ -6,7 +6,7 @@ import math
 from typing import Any, Generator
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from ..samplers import Sampler, SamplingContext, make_sampler

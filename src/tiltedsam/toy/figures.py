@@ -13,15 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from .._atomic import atomic_write_with as _atomic_write
 from .descent import Run, Trajectory, _format_number, descend_many
 from .objectives import Minimiser, global_minimiser, neighbourhood_stats, objective
 from .problems import ToyProblem, as_problem
@@ -57,21 +56,6 @@ class ToyReport:
 
 
 # ----------------------------------------------------------------------------- atomic writers
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(temporary_path)`` in ``path``'s folder, then move the result onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
 
 
 def _write_text(path: Path, text: str) -> Path:
