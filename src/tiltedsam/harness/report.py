@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._atomic import atomic_write_with
 from .config import atomic_write_text
 from .sweep import database_path, iter_results, open_database
 
@@ -282,7 +283,7 @@ def _plot_convergence(report: Report, path: Path) -> None:
         ax.legend()
     fig.suptitle("Convergence, selected setting per optimizer (mean ± std over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write_with(path, lambda temporary: fig.savefig(temporary, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -313,7 +314,7 @@ def _plot_by_t(report: Report, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write_with(path, lambda temporary: fig.savefig(temporary, format="png", dpi=120))
     plt.close(fig)
 
 
