@@ -472,3 +472,10 @@ def test_cli_without_the_harness_says_what_is_missing(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="needs tiltedsam.harness"):
         main(["analyze", "ckpt.pt", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_analyze_missing_checkpoint_is_a_clear_error(tmp_path):
+    from tiltedsam.cli import main
+
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        main(["analyze", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")])

@@ -99,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     models: dict[str, tuple[Any, Any, Any, Any]] = {}
     metadata: dict[str, dict[str, Any]] = {}
     for path in args.checkpoints:
-        target = load_for_analysis(path, device=args.device)
+        try:
+            target = load_for_analysis(path, device=args.device)
+        except ValueError as exc:  # CheckpointError: missing, unreadable or of another format
+            raise SystemExit(f"tiltedsam analyze: {exc}") from None
         label = _unique(str(target.label), models)
         models[label] = (target.model, target.loss_fn, target.train, target.test)
         metadata[label] = {**dict(target.meta or {}), "checkpoint": str(path)}

@@ -65,6 +65,11 @@ class StepDiagnostics:
     effective_sample_size: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)  # optimizer-specific (noise losses, acceptance, ...)
 
+    @classmethod
+    def single_point(cls, loss: float, **extra: Any) -> "StepDiagnostics":
+        """A step whose update is the gradient at one point (ERM, SAM, RSAM): that point's loss, weight 1."""
+        return cls(objective=loss, losses=[loss], weights=[1.0], effective_sample_size=1.0, extra=extra)
+
 
 def _is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)

@@ -37,5 +37,5 @@ class ERM(PerturbationOptimizer):
 
     def _algorithm(self) -> Generator[str, Any, float]:
         loss = self._loss_value((yield "clean"))
-        self.last_step = StepDiagnostics(objective=loss, losses=[loss], weights=[1.0], effective_sample_size=1.0)
+        self.last_step = StepDiagnostics.single_point(loss)
         return loss

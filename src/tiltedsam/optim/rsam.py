@@ -112,11 +112,5 @@ class RSAM(PerturbationOptimizer):
             perturbed_loss = self._loss_value((yield "perturbed"))
         finally:
             self._restore(params, origin)
-        self.last_step = StepDiagnostics(
-            objective=perturbed_loss,
-            losses=[perturbed_loss],
-            weights=[1.0],
-            effective_sample_size=1.0,
-            extra={"noise_loss": noise_loss},
-        )
+        self.last_step = StepDiagnostics.single_point(perturbed_loss, noise_loss=noise_loss)
         return perturbed_loss

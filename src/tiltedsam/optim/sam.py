@@ -78,13 +78,7 @@ class SAM(PerturbationOptimizer):
             perturbed_loss = self._loss_value((yield "perturbed"))
         finally:
             self._restore(params, origin)
-        self.last_step = StepDiagnostics(
-            objective=perturbed_loss,
-            losses=[perturbed_loss],
-            weights=[1.0],
-            effective_sample_size=1.0,
-            extra={"clean_loss": clean_loss},
-        )
+        self.last_step = StepDiagnostics.single_point(perturbed_loss, clean_loss=clean_loss)
         return perturbed_loss
 
     # -------------------------------------------------- davda54/sam-compatible two-call API
