@@ -98,7 +98,8 @@ class BatchedAscentSampler(AscentSampler):
         model: nn.Module = batch["model"]
         count: int = batch["num_samples"]
         names = _parameter_names(model, ctx.params)
-        frozen = {name: p.detach() for name, p in model.named_parameters() if name not in set(names)}
+        optimized = set(names)
+        frozen = {name: p.detach() for name, p in model.named_parameters() if name not in optimized}
         buffers = dict(model.named_buffers())
         theta = [p.detach() for p in ctx.params]
 
