@@ -82,6 +82,10 @@ def draw_noise(
       ``radius * u^{1/d}`` with ``u ~ U(0, 1)`` and ``d`` the number of parameters.
 
     Drawn from ``generator`` (on its own device, then moved), so runs are reproducible.
+
+    The clipping factor stays a tensor on the parameters' device (computed in float64, then applied
+    in the parameters' dtype, as a Python float was before): no value is copied to the host, so on a
+    GPU a draw does not wait for the device.
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
@@ -89,15 +93,19 @@ def draw_noise(
     noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
     if radius == 0 or not noise:
         return [torch.zeros_like(p) for p in params]
-    norm = float(global_norm(noise))
+    norm = global_norm(noise).to(torch.float64)
     if kind == "gaussian":
-        scale = std * min(1.0, radius / (std * norm + NORM_EPS))
+        # std * min(1, radius / (std ||z|| + eps))
+        # (a true division: `radius / tensor` would multiply by a rounded reciprocal)
+        ball = torch.full((), radius, dtype=torch.float64, device=norm.device)
+        scale = torch.div(ball, norm * std + NORM_EPS).clamp(max=1.0) * std
     else:
+        # radius * u^(1/d) / (||z|| + eps), with u^(1/d) = exp(log(max(u, 1e-300)) / d)
         dim = sum(p.numel() for p in params)
-        u = float(torch.rand((), generator=generator, device=device, dtype=torch.float64))
-        scale = radius * math.exp(math.log(max(u, 1e-300)) / dim) / (norm + NORM_EPS)
+        u = torch.rand((), generator=generator, device=device, dtype=torch.float64).to(norm.device)
+        scale = radius * torch.exp(torch.log(u.clamp(min=1e-300)) / dim) / (norm + NORM_EPS)
     for z in noise:
-        z.mul_(scale)
+        z.mul_(scale.to(z.device, z.dtype))
     return noise
 
 

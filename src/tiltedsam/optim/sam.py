@@ -73,9 +73,11 @@ class SAM(PerturbationOptimizer):
     def _algorithm(self) -> Generator[str, Any, float]:
         params, origin = self._snapshot()
         try:
-            clean_loss = self._local_loss_value((yield "clean"))  # logged only
+            clean_loss = yield "clean"  # logged only: read after the perturbed loss (one host sync per step)
+            clean_loss = clean_loss.detach() if isinstance(clean_loss, torch.Tensor) else clean_loss
             self._perturb(params)
             perturbed_loss = self._loss_value((yield "perturbed"))
+            clean_loss = self._local_loss_value(clean_loss)
         finally:
             self._restore(params, origin)
         self.last_step = StepDiagnostics.single_point(perturbed_loss, clean_loss=clean_loss)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Generator
+from typing import Any, Callable, Generator
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ class TSAM(PerturbationOptimizer):
             gives such samples zero weight (the step still fails if all are non-finite).
         model: optional module whose BatchNorm statistics then move only in the first evaluation.
         seed: seed of the noise generator.
+        parallel_samples: EXPERIMENTAL (``"ascent"`` sampler, needs ``model=``): enables
+            :meth:`step_batched`, which evaluates the ``s`` samples in one ``torch.func.vmap`` pass per
+            stage (:mod:`tiltedsam.samplers.batched`). ``step``/``manual_step`` still evaluate in a loop.
 
     After each step, :attr:`last_step` holds the per-sample losses, weights and effective sample size.
     """
@@ -78,6 +81,7 @@ class TSAM(PerturbationOptimizer):
         nonfinite: str = "raise",
         model: nn.Module | None = None,
         seed: int | None = None,
+        parallel_samples: bool = False,
         **base_kwargs: Any,
     ) -> None:
         tilt = check_tilt(tilt, "tilt")
@@ -90,7 +94,17 @@ class TSAM(PerturbationOptimizer):
                 raise ValueError(f"sample_tilt must satisfy 0 <= sample_tilt <= tilt={tilt}, got {sample_tilt!r}")
         if nonfinite not in ("raise", "ignore"):
             raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
-        if isinstance(sampler, Sampler):
+        if not isinstance(parallel_samples, bool):
+            raise ValueError(f"parallel_samples must be True or False, got {parallel_samples!r}")
+        if parallel_samples and (sampler != "ascent" or model is None):
+            raise ValueError(f"parallel_samples=True needs sampler='ascent' and model=; got sampler={sampler!r}, "
+                             f"model={type(model).__name__}")
+        if parallel_samples:
+            from ..samplers.batched import BatchedAscentSampler
+
+            self.sampler = BatchedAscentSampler(noise=noise, noise_radius=noise_radius, noise_std=noise_std,
+                                                **(sampler_options or {}))
+        elif isinstance(sampler, Sampler):
             self.sampler = make_sampler(sampler, **(sampler_options or {}))
         elif sampler == "ascent":
             self.sampler = make_sampler("ascent", noise=noise, noise_radius=noise_radius, noise_std=noise_std,
@@ -153,6 +167,16 @@ class TSAM(PerturbationOptimizer):
     @property
     def grad_evals_per_step(self) -> int:
         return self.num_samples * self.sampler.evaluations_per_sample()
+
+    def step_batched(self, inputs: Any, loss_fn: Callable[[Any], torch.Tensor], *,
+                     randomness: str = "error") -> torch.Tensor:
+        """EXPERIMENTAL: one step with the ``s`` samples evaluated in batched passes (needs
+        ``parallel_samples=True``); ``loss = loss_fn(model(*inputs))``. Same update as :meth:`step` up
+        to float rounding. See :mod:`tiltedsam.samplers.batched` for the models it supports, dropout
+        (``randomness``) and memory. Returns the objective estimate."""
+        from ..samplers.batched import run_batched_step
+
+        return run_batched_step(self, inputs, loss_fn, randomness)
 
     def _algorithm(self) -> Generator[str, Any, float]:
         params, origin = self._snapshot()

@@ -61,7 +61,12 @@ class AscentSampler(Sampler):
                 torch._foreach_add_(ctx.params, noise)
             del noise
         noise_loss = yield "noise"
-        ctx.record("noise_loss", ctx.local_loss_value(noise_loss))  # logged only
+        # Only logged: keep it on the device (detached, so its graph is freed) and read it after the
+        # perturbed loss, whose value the weights need; by then it is computed, so reading it does
+        # not stall the device a second time per sample.
+        noise_loss = noise_loss.detach() if isinstance(noise_loss, torch.Tensor) else noise_loss
         ascent_step(ctx.params, ctx.grads(), ctx.rho)
         loss = yield "perturbed"
-        return ctx.loss_value(loss), ctx.grads()
+        value = ctx.loss_value(loss)
+        ctx.record("noise_loss", ctx.local_loss_value(noise_loss))
+        return value, ctx.grads()

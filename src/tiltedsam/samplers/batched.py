@@ -1,0 +1,211 @@
+r"""EXPERIMENTAL: Algorithm 2 with the ``s`` perturbations evaluated in one batched pass (``torch.func``).
+
+The loop evaluates TSAM's ``s`` samples one after the other: ``2 s`` forward/backward passes at
+batch ``B``. The samples are independent given ``theta``, so both stages of Algorithm 2 can run for
+all ``s`` at once: the parameters get a leading dimension of size ``s`` (``theta + delta_j``
+stacked), and ``torch.func.vmap(torch.func.grad_and_value(...))`` over that dimension evaluates the
+model once per stage (a convolution with stacked weights becomes a grouped convolution). Two
+passes instead of ``2 s``; on a GPU at small batch one pass may leave the device mostly idle, so
+batching may pay there. On a CPU it does not (see ``benchmarks/README.md``). Whether this stays in
+the library waits for the GPU measurement of ``benchmarks/gpu_check.sh``.
+
+**API.** A closure cannot be vmapped (it runs ``backward()`` on the live parameters), so the batched
+path takes the model's inputs and a loss of the model's output instead::
+
+    opt = TSAM(model.parameters(), model=model, parallel_samples=True, lr=0.1)
+    opt.step_batched(x, lambda output: F.cross_entropy(output, y))
+
+``TSAM.step`` / ``manual_step`` keep working with ``parallel_samples=True`` (they evaluate in a loop).
+
+**Same update as the loop** up to float rounding: the noise is drawn in the same order from the same
+generator, the ascent, the tilted weights and the combined gradient are computed as in
+:class:`~tiltedsam.samplers.AscentSampler` and TSAM. Tested on CPU against the loop for an MLP and a
+CNN with BatchNorm.
+
+**Supported models:** any module whose forward is a function of its parameters, buffers and inputs
+(``torch.func.functional_call``), which covers the harness's MLP, CNN and ResNets.
+
+* BatchNorm in train mode: the loop updates the running statistics once per step, in the first
+  evaluation (at ``theta + delta_1``, with ``model=`` given to TSAM). The batched path runs the first
+  stage with the buffers stacked ``s`` times (each sample updates its own copy) and copies sample 1's
+  back: the same statistics. The second stage uses batch statistics without updating the buffers.
+* Random layers (dropout): ``randomness="error"`` (default) refuses with a ``ValueError``;
+  ``"different"`` draws independent masks per sample (valid, but not the loop's draws, so not equal
+  to it); ``"same"`` shares one mask across the samples.
+* Not supported: ``torch.distributed`` (the gradient all-reduce lives in DDP's backward hooks, which a
+  functional call bypasses), modules with data-dependent Python control flow, samplers other than
+  ``"ascent"``.
+
+**Memory:** ``s`` times the activations of one evaluation (all samples are in flight at once), plus
+``s`` stacked parameter copies (the perturbed points) and ``s`` stacked gradients per stage, against
+two parameter copies for the loop (see TSAM). At ``s = 3`` on the CIFAR ResNet18 (11.2 M parameters,
+43 MiB) that is ~0.5 GiB of parameter-sized tensors plus 3x the activations of batch 64.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generator
+
+import torch
+from torch import Tensor, nn
+
+from ..optim.functional import NORM_EPS, draw_noise
+from .ascent import AscentSampler
+from .base import DrawResult, SamplingContext
+
+__all__ = ["BatchedAscentSampler", "RANDOMNESS", "run_batched_step"]
+
+RANDOMNESS = ("error", "different", "same")
+
+
+class BatchedAscentSampler(AscentSampler):
+    """:class:`AscentSampler` whose ``s`` samples are computed in one ``vmap`` pass per stage when bound
+    to a model, inputs and loss (by ``TSAM.step_batched``); unbound, it is the ordinary loop sampler.
+
+    Its :meth:`config` is the ascent sampler's: batching changes how the step is computed, not what it is.
+    """
+
+    def __init__(self, noise: str = "gaussian", noise_radius: float = 1.0, noise_std: float = 1.0) -> None:
+        super().__init__(noise=noise, noise_radius=noise_radius, noise_std=noise_std)
+        self._batch: dict[str, Any] | None = None  # what step_batched bound for this step
+        self._results: list[tuple[float, list[Tensor | None]]] = []
+
+    def bind(self, model: nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Tensor], num_samples: int,
+             randomness: str) -> None:
+        """Use ``model(*inputs)`` and ``loss_fn`` for the next step's ``num_samples`` draws."""
+        if randomness not in RANDOMNESS:
+            raise ValueError(f"randomness must be one of {RANDOMNESS}, got {randomness!r}")
+        self._batch = {"model": model, "inputs": inputs, "loss_fn": loss_fn, "num_samples": num_samples,
+                       "randomness": randomness}
+        self._results = []
+
+    def unbind(self) -> None:
+        self._batch = None
+        self._results = []
+
+    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
+        if self._batch is None:  # closure / manual API: the loop
+            return (yield from super().draw(ctx))
+        if not self._results:  # first sample of the step: compute all of them
+            self._results = self._evaluate_all(ctx)
+        loss, grads = self._results.pop(0)
+        return ctx.loss_value(loss), grads
+
+    # ------------------------------------------------------------------ the batched computation
+    def _evaluate_all(self, ctx: SamplingContext) -> list[tuple[float, list[Tensor | None]]]:
+        batch = self._batch
+        assert batch is not None
+        model: nn.Module = batch["model"]
+        count: int = batch["num_samples"]
+        names = _parameter_names(model, ctx.params)
+        optimized = set(names)
+        frozen = {name: p.detach() for name, p in model.named_parameters() if name not in optimized}
+        buffers = dict(model.named_buffers())
+        theta = [p.detach() for p in ctx.params]
+
+        # Stage 1 points theta + delta_j: the noise drawn in the loop's order from the same generator.
+        points = [torch.stack(column) for column in zip(*(self._noisy_point(theta, ctx) for _ in range(count)))]
+        tracks = model.training and any(_tracks_running_stats(m) for m in model.modules())
+        stacked_buffers = {k: b.unsqueeze(0).expand(count, *b.shape).clone() for k, b in buffers.items()}
+        grads, noise_losses = self._vmapped(model, names, points, frozen, stacked_buffers, buffer_dim=0)
+        if tracks:  # the loop updates the statistics in its first evaluation only: sample 1's
+            with torch.no_grad():
+                for key, b in buffers.items():
+                    b.copy_(stacked_buffers[key][0])
+
+        # Ascent of Algorithm 2 per sample: theta + delta_j + rho g_j / ||g_j||  (global L2 norm per sample)
+        with torch.no_grad():
+            norms = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+            factor = ctx.rho / (norms + NORM_EPS)
+            for point, g in zip(points, grads):
+                point.add_(g * factor.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+        del grads
+
+        # Stage 2 at theta + eps_j: batch statistics, no buffer update (as the loop's later evaluations).
+        from ..optim.base import frozen_batchnorm_stats  # lazily: optim imports the samplers
+
+        with frozen_batchnorm_stats(model):
+            grads, losses = self._vmapped(model, names, points, frozen, buffers, buffer_dim=None)
+        values = losses.detach().to(torch.float64).tolist()  # the weights need them: one host read
+        for value in noise_losses.detach().to(torch.float64).tolist():  # logged only, computed by now
+            ctx.record("noise_loss", value)
+        return [(values[j], [g[j] for g in grads]) for j in range(count)]
+
+    def _noisy_point(self, theta: list[Tensor], ctx: SamplingContext) -> list[Tensor]:
+        if self.noise_radius > 0:
+            noise = draw_noise(theta, self.noise, self.noise_radius, ctx.generator, std=self.noise_std)
+            return [t + z for t, z in zip(theta, noise)]
+        return [t.clone() for t in theta]
+
+    def _vmapped(self, model, names, points, frozen, buffers, *, buffer_dim):
+        batch = self._batch
+        assert batch is not None
+        inputs, loss_fn = batch["inputs"], batch["loss_fn"]
+
+        def loss_at(params: tuple[Tensor, ...], buffer_values: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            state = {**frozen, **dict(zip(names, params)), **buffer_values}
+            loss = loss_fn(torch.func.functional_call(model, state, inputs))
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r}")
+            return loss.reshape(()), loss.detach().reshape(())
+
+        evaluate = torch.func.vmap(torch.func.grad(loss_at, has_aux=True), in_dims=(0, buffer_dim),
+                                   randomness=batch["randomness"])
+        try:
+            grads, losses = evaluate(tuple(points), buffers)
+        except RuntimeError as error:
+            if "randomness" in str(error):
+                raise ValueError(
+                    "the model draws random numbers (dropout?) in a batched TSAM step; pass randomness='different' "
+                    "(independent draws per sample, not equal to the loop's) or 'same' to step_batched, or use step()"
+                ) from error
+            raise
+        return list(grads), losses
+
+
+def _parameter_names(model: nn.Module, params: list[Tensor]) -> list[str]:
+    """The model's name of each optimizer parameter, in the optimizer's order."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    missing = [tuple(p.shape) for p in params if id(p) not in by_id]
+    if missing:
+        raise ValueError(f"parameters of shapes {missing} are optimized but are not parameters of the model given to "
+                         "TSAM(model=...): the batched step evaluates that model")
+    return [by_id[id(p)] for p in params]
+
+
+def _tracks_running_stats(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+
+
+def run_batched_step(optimizer: Any, inputs: Any, loss_fn: Callable[[Any], Tensor], randomness: str = "error") -> Tensor:
+    """One TSAM step with the batched sampler (what ``TSAM.step_batched`` runs).
+
+    Drives the optimizer's own step program (so the tilted weights, the diagnostics and the
+    restoring of theta are TSAM's), with the sampler bound to ``optimizer.model``, ``inputs`` and
+    ``loss_fn``: it never yields an evaluation, so the program runs to its end in one ``next``.
+    """
+    sampler = optimizer.sampler
+    if not isinstance(sampler, BatchedAscentSampler):
+        raise ValueError(f"step_batched needs TSAM(..., parallel_samples=True); this TSAM samples with {sampler!r}")
+    if optimizer.model is None:
+        raise ValueError("step_batched needs TSAM(..., model=model): it evaluates that model functionally")
+    if optimizer.distributed.is_active():
+        raise ValueError("step_batched does not support torch.distributed (DDP's gradient all-reduce runs in its "
+                         "backward hooks, which a functional call bypasses); use step() or manual_step()")
+    sampler.bind(optimizer.model, inputs if isinstance(inputs, tuple) else (inputs,), loss_fn,
+                 optimizer.num_samples, randomness)
+    program = optimizer._algorithm()
+    try:
+        label = next(program)
+    except StopIteration as done:
+        objective = done.value
+    else:  # cannot happen with a bound sampler; never leave the parameters moved
+        program.close()
+        raise RuntimeError(f"the batched step asked for a closure evaluation ({label!r})")
+    finally:
+        sampler.unbind()
+    optimizer.step_count += 1
+    optimizer.last_step.objective = objective
+    optimizer.base_step()
+    return torch.tensor(objective)
