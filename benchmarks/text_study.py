@@ -4,7 +4,7 @@ Partial fine-tuning: the embeddings and the lower 5 of the 6 encoder layers are 
 every sentence is computed once and cached on disk (``<out>/cache``, a checksummed ``.npz``); the top
 encoder layer (1.8M parameters) and a mean-pooled linear head are trained, with dropout 0.1 active in
 the trained layer and the head (the same masks for every evaluation of a step). A seeded subset keeps
-the 9 runs inside the compute budget: 4,000 snippets split 1,500 train / 500 validation / 2,000 test.
+the 9 runs inside the compute budget: 3,200 snippets split 1,200 train / 400 validation / 1,600 test.
 The split is the same for every seed (``split_seed = 0``); the seed changes the initialisation of the
 head, the batch order, dropout and the optimizers' noise.
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/text")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=4000, help="snippets used (half are the test set)")
+    parser.add_argument("--limit", type=int, default=3200, help="snippets used (half are the test set)")
     parser.add_argument("--train-layers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.02)
