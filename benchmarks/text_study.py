@@ -193,9 +193,12 @@ def plot_curves(path: Path, curves: dict, args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("train_loss", "training loss (label-smoothed CE,\nfirst evaluation of each step)"),
-              ("val_loss", "validation loss (CE)"), ("test_acc", "test accuracy (%)")]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    # The training loss is the mini-batch loss at each step's first evaluation point: θ for ERM and SAM, but
+    # θ + δ₁ (a noise point) for TSAM, so only the validation/test panels compare like with like.
+    panels = [("train_loss", "training loss (label-smoothed CE)\nat θ (ERM, SAM) / θ+δ₁ (TSAM)"),
+              ("val_loss", "validation loss (CE at θ)"), ("test_loss", "test loss (CE at θ)"),
+              ("test_acc", "test accuracy (%)")]
+    figure, axes = plt.subplots(1, 4, figsize=(17, 3.9))
     colors = {"ERM": "tab:gray", "SAM": "tab:blue", "TSAM": "tab:red"}
     for axis, (key, title) in zip(axes, panels):
         for label, runs in curves.items():
