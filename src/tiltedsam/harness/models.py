@@ -13,6 +13,9 @@
                  group, widths 16 -> 128, 256, 512, optional dropout between the convolutions.
 * ``text_cnn``   word embeddings -> 1-D convolutions of widths 3, 4, 5 -> max over time -> Linear (Kim, 2014).
 * ``text_bow``   mean of word embeddings (padding excluded) -> MLP.
+* ``minilm``     pretrained all-MiniLM-L6-v2 (text extra): the top ``train_layers`` encoder layers + a
+                 mean-pooled linear head are trained, the frozen lower part's outputs are cached
+                 (:mod:`tiltedsam.harness.minilm`). Needs data loaded with ``tokenizer="minilm"``.
 
 Image models accept any ``(C, H, W)`` input (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR, larger
 ImageFolder images): the stem takes ``C`` channels and a global average pool removes the spatial size.
@@ -341,6 +344,28 @@ def _build_text_bow(data: Any, *, embed_dim: int = 64, hidden_size: int = 64) ->
     )
 
 
+def _build_minilm(
+    data: Any, *, train_layers: int = 1, dropout: float = 0.1, task: str = "classification", autocast: bool = True,
+    cache_dir: str | None = None, precompute: bool = True, length_bucketing: bool = True,
+) -> nn.Module:
+    # transformers is imported here, never at module import: the core and the default tests stay free of it.
+    from .minilm import MiniLMClassifier, load_minilm_encoder
+
+    if data.info.get("tokenizer") != "minilm":
+        raise ValueError(f"model 'minilm' needs WordPiece token ids: load {data.name!r} with the data option "
+                         f"tokenizer='minilm' (--set data.options.tokenizer=minilm), got tokenizer "
+                         f"{data.info.get('tokenizer', 'words')!r}")
+    model = MiniLMClassifier(load_minilm_encoder(), int(data.num_classes), train_layers=train_layers, dropout=dropout,
+                             task=task, pad_index=int(data.info.get("pad_index", 0)), autocast=autocast,
+                             cache_dir=cache_dir)
+    model.length_bucketing = bool(length_bucketing)
+    splits = [getattr(data, part, None) for part in ("train", "val", "test")]
+    inputs = [s.inputs for s in splits if s is not None and hasattr(s, "inputs") and len(s)]
+    if precompute and inputs:  # the frozen part's outputs, once for every sentence of the data set
+        model.cache_source = model.load_or_build_cache(torch.cat(inputs))
+    return model
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One entry of :data:`MODELS`: builder ``(data, **kwargs) -> nn.Module``, description, input kind."""
@@ -363,6 +388,7 @@ MODELS: dict[str, ModelSpec] = {
     "wrn16_8": ModelSpec(_build_wrn16_8, "WideResNet-16-8, pre-activation, ~11.0M params for 100 classes", "image"),
     "text_cnn": ModelSpec(_build_text_cnn, "word-embedding CNN with widths 3/4/5 and max-over-time pooling", "text"),
     "text_bow": ModelSpec(_build_text_bow, "mean word embedding + MLP", "text"),
+    "minilm": ModelSpec(_build_minilm, "pretrained all-MiniLM-L6-v2, top layers + head trained (text extra)", "text"),
 }
 
 

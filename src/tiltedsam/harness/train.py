@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
+from .dropout import StepRngReplay
 
 __all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
            "METRIC_COLUMNS", "RunInterrupted", "read_result"]
@@ -297,8 +298,15 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
     loader_generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size),
-                              sampler=world.train_sampler(data.train, loader_generator))
+    train_sampler = world.train_sampler(data.train, loader_generator)
+    if getattr(model, "length_bucketing", False) and world.world_size == 1:
+        # length bucketing: batches of similar sentence lengths for a model that trims to the longest
+        from .data import LengthGroupedSampler
+
+        lengths = (data.train.inputs != int(data.info.get("pad_index", 0))).sum(1)
+        train_sampler = LengthGroupedSampler(lengths, config.batch_size, loader_generator)
+    train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size), sampler=train_sampler)
+    replay = StepRngReplay(config.optimizer.same_dropout_masks)
     budget = resolve_budget(config, len(train_loader))
     tilt_scheduler = make_tilt_scheduler(config, optimizer, budget.total_steps)
 
@@ -350,7 +358,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
                     first_evaluation["correct"] = (outputs.detach().argmax(1) == targets).sum()
                 return loss
 
-            optimizer.step(closure)
+            replay.save()  # every evaluation of this step sees the same dropout masks (harness/dropout.py)
+            optimizer.step(replay.wrap(closure))
             step += 1
             if tilt_scheduler is not None:
                 tilt_scheduler.step()
