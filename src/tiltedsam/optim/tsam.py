@@ -121,6 +121,9 @@ class TSAM(PerturbationOptimizer):
         auto = tilt == AUTO_TILT
         target_ess, max_tilt, tilt_smoothing = _check_auto_settings(target_ess, max_tilt, tilt_smoothing)
         tilt = max_tilt if auto else check_tilt(tilt, "tilt")  # the auto rule's t never exceeds the cap
+        if auto and sample_tilt is not None and check_tilt(sample_tilt, "sample_tilt") > max_tilt:
+            raise ValueError(f"sample_tilt={sample_tilt!r} exceeds max_tilt={max_tilt} (tilt='auto' keeps "
+                             "sample_tilt <= t <= max_tilt)")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         rho = self._check_nonnegative("rho", rho)
