@@ -329,3 +329,39 @@ def test_ddp_ranks_choose_identical_tilts(tmp_path: Path) -> None:
     # the rule used the global losses: tau*_1 from step 1's (all-reduced) losses sets step 2's tilt
     tau = tilt_for_ess(ranks[0]["losses"][0], 0.5, max_tilt=500.0)  # default max_tilt 1000 = 2 tau_max
     assert ranks[0]["tilts"][1] == pytest.approx(2 * tau, rel=1e-12)
+
+
+# ---------------------------------------------------------------------- the 1-D toy
+def test_toy_population_ess_of_a_linear_loss_is_closed_form() -> None:
+    from tiltedsam.toy.adaptive import population_ess_fraction, population_tilt_for_ess
+
+    # L(theta + eps) = a (theta + eps), eps ~ U[-rho, rho]: E[e^{tL}] ~ sinh(x)/x with x = t a rho, so
+    # ESS/s = (sinh(x)/x)^2 / (sinh(2x)/(2x))
+    slope, rho = 3.0, 0.2
+
+    def line(theta):
+        return slope * theta
+
+    for tilt in (0.0, 0.5, 4.0, 40.0):
+        x = tilt * slope * rho
+        expected = 1.0 if x == 0 else (math.sinh(x) / x) ** 2 / (math.sinh(2 * x) / (2 * x))
+        assert population_ess_fraction(line, 0.7, rho, tilt) == pytest.approx(expected, rel=1e-9)
+    tilt = population_tilt_for_ess(line, 0.7, rho, 0.5, max_tilt=1e4)
+    assert population_ess_fraction(line, 0.7, rho, tilt) == pytest.approx(0.5, rel=1e-8)
+    assert population_tilt_for_ess(lambda t: 0 * t + 1.0, 0.7, rho, 0.5, max_tilt=33.0) == 33.0  # flat: the cap
+
+
+def test_toy_descent_uses_the_previous_steps_tilt() -> None:
+    from tiltedsam.toy.adaptive import descend_auto, population_ess_fraction, population_tilt_for_ess
+
+    run = descend_auto("fig1", 0.5, 0.005, 3, 0.2, target_ess=0.5, max_tilt=1000.0, tilt_smoothing=0.0)
+    assert run.tilts[0] == 0.0 and run.ess_fraction[0] == pytest.approx(1.0)
+    for k in (1, 2):  # smoothing 0: step k uses exactly step k-1's choice, made at theta_{k-1}
+        assert run.tilts[k] == pytest.approx(population_tilt_for_ess("fig1", run.thetas[k - 1], 0.2, 0.5,
+                                                                     max_tilt=1000.0), rel=1e-12)
+        assert run.ess_fraction[k] == pytest.approx(population_ess_fraction("fig1", run.thetas[k], 0.2, run.tilts[k]),
+                                                    rel=1e-9)
+    slow = descend_auto("fig1", 0.5, 1e-8, 2, 0.2, target_ess=0.5, tilt_smoothing=0.0)
+    assert slow.ess_fraction[1] == pytest.approx(0.5, abs=1e-4)  # theta barely moved: the target is met
+    sampled = descend_auto("fig1", 0.5, 0.005, 3, 0.2, num_samples=7, seed=1)
+    assert sampled.tilts[0] == 0.0 and sampled.tilts[1] == pytest.approx(sampled.chosen[0])
