@@ -22,6 +22,7 @@ from scipy import stats
 from torch import nn
 
 from tiltedsam.optim import TSAM
+from tiltedsam.optim.registry import REGISTRY, create_optimizer
 from tiltedsam.optim.schedules import TiltScheduler
 from tiltedsam.tilt import (
     NonFiniteLossError,
@@ -395,3 +396,20 @@ def test_harness_logs_the_epoch_mean_tilt_and_resumes_auto_exactly(tmp_path: Pat
     tilts = [float(r["tilt"]) for r in straight]
     assert all(math.isfinite(t) and 0 < t <= 1000.0 for t in tilts)
     assert all(float(r["effective_sample_size"]) < 3.0 for r in straight[1:])  # the tilt did bite
+
+
+@pytest.mark.parametrize("name", [n for n, spec in REGISTRY.items() if issubclass(spec.cls, TSAM)])
+def test_every_registered_tsam_variant_takes_auto(name: str) -> None:
+    net, x, y = make_problem()
+    optimizer = create_optimizer(name, net.parameters(), lr=0.1, tilt="auto", target_ess=0.5, seed=0)
+    assert optimizer.auto_tilt
+    for _ in range(3):
+        optimizer.step(closure_for(net, x, y))
+    extra = optimizer.last_step.extra
+    assert extra["aggregation_tilt"] > 0
+    # t = tau + delta: delta = t/2 for samplers of exp(delta L), 0 for the naive sampler (samples from mu)
+    assert extra["tilt"] == pytest.approx(extra["aggregation_tilt"] + extra["sample_tilt"], rel=1e-12)
+    state = optimizer.state_dict()
+    again = create_optimizer(name, net.parameters(), lr=0.1, tilt="auto")
+    again.load_state_dict(state)
+    assert again.tilt == optimizer.tilt
