@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ __all__ = [
     "effective_sample_size",
     "effective_sample_size_at_tilt",
     "tilt_for_ess",
+    "largest_tilt_at_least",
     "TiltedGradientAccumulator",
 ]
 
@@ -318,16 +319,29 @@ def tilt_for_ess(
     top = max(values)
     gaps = [v - top for v in values]
     log_target = math.log(alpha * len(gaps))
-    if _log_ess(gaps, max_tilt) >= log_target:
+    if alpha == 1.0 and _log_ess(gaps, max_tilt) < log_target:
+        return 0.0  # ESS = n only with uniform weights; a bisection would stop at a rounding-sized tau
+    return largest_tilt_at_least(lambda tau: _log_ess(gaps, tau), log_target, max_tilt, rel_tol)
+
+
+def largest_tilt_at_least(
+    log_ess: Callable[[float], float], log_target: float, max_tilt: float, rel_tol: float = 1e-12
+) -> float:
+    """``sup{tau in [0, max_tilt] : log_ess(tau) >= log_target}`` for a non-increasing ``log_ess``, by bisection.
+
+    ``max_tilt`` if ``log_ess(max_tilt) >= log_target``; ``0`` if ``log_ess`` is already below the target
+    just above ``0``; else the crossing to relative precision ``rel_tol`` (the returned ``tau`` always
+    satisfies ``log_ess(tau) >= log_target``). Shared by :func:`tilt_for_ess` (sample weights) and the
+    toy's population ESS (quadrature weights).
+    """
+    if log_ess(max_tilt) >= log_target:
         return max_tilt
-    if alpha == 1.0:
-        return 0.0
     low, high = 0.0, max_tilt  # invariant: ESS(low) >= target > ESS(high)
     for _ in range(400):
         if high - low <= rel_tol * high:
             break
         middle = 0.5 * (low + high)
-        if _log_ess(gaps, middle) >= log_target:
+        if log_ess(middle) >= log_target:
             low = middle
         else:
             high = middle

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..tilt import check_tilt, tilt_for_ess, tilted_weights
+from ..tilt import check_tilt, largest_tilt_at_least, tilt_for_ess, tilted_weights
 from .descent import sample_perturbations
 from .objectives import _check_measure, _check_rho, _tsam_gradient, quadrature
 from .problems import ToyProblem, as_problem
@@ -78,19 +78,8 @@ def _bisect(values: np.ndarray, q: np.ndarray, target_ess: float, max_tilt: floa
     max_tilt = check_tilt(max_tilt, "max_tilt")
     if math.isinf(max_tilt):
         raise ValueError("max_tilt must be finite")
-    log_target = math.log(target_ess)
-    if _log_ess_fraction(values, q, max_tilt) >= log_target:
-        return max_tilt
-    low, high = 0.0, max_tilt
-    for _ in range(200):
-        if high - low <= rel_tol * high:
-            break
-        middle = 0.5 * (low + high)
-        if _log_ess_fraction(values, q, middle) >= log_target:
-            low = middle
-        else:
-            high = middle
-    return low
+    return largest_tilt_at_least(lambda tilt: _log_ess_fraction(values, q, tilt), math.log(target_ess), max_tilt,
+                                 rel_tol)
 
 
 @dataclass
