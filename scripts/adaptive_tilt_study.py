@@ -107,6 +107,11 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
 
 
+def _finite_mean(values: list[Any]) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def _ci_half_width(values: list[float]) -> float:
     """Half-width of the t-based 95% interval of the mean (0 for fewer than two values)."""
     from scipy import stats
@@ -123,7 +128,7 @@ def summarize(runs: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]
         seeds = sorted(by_seed)
         res = [by_seed[s]["result"] for s in seeds]
         ess = [float(np.nanmean([e["effective_sample_size"] for e in by_seed[s]["epochs"]])) for s in seeds]
-        tilts = [float(np.nanmean([e["tilt"] for e in by_seed[s]["epochs"]])) for s in seeds]
+        tilts = [_finite_mean([e["tilt"] for e in by_seed[s]["epochs"]]) for s in seeds]  # nan for SAM
         rows.append({
             "label": label, "seeds": len(seeds), "grad_evals_per_run": res[0]["grad_evals"],
             "tilt_mean": float(np.mean(tilts)),
@@ -293,6 +298,7 @@ def analyze(out_dir: str) -> str:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel(f"realised ESS of the step's weights (of s = {NUM_SAMPLES})")
     ax2.set_title("realised ESS (dotted: the target)", fontsize=9)
+    ax2.set_ylim(1.0, NUM_SAMPLES + 0.05)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -300,7 +306,7 @@ def analyze(out_dir: str) -> str:
     _save(fig, out / "auto-tilt-over-training.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for j, lb in enumerate(full_grid):
         seeds = sorted(runs[lb])
         ess = np.array([[e["effective_sample_size"] for e in runs[lb][s]["epochs"]] for s in seeds]).mean(0)
@@ -309,7 +315,8 @@ def analyze(out_dir: str) -> str:
     ax.set_ylabel(f"mean ESS per step (of s = {NUM_SAMPLES}; mean over seeds)")
     ax.set_title("how much the fixed tilts concentrate the weights", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylim(1.0, NUM_SAMPLES + 0.05)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="fixed tilt", title_fontsize=7)
     fig.tight_layout()
     _save(fig, out / "ess-vs-tilt.png")
     plt.close(fig)
