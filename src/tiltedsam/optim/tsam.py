@@ -308,6 +308,12 @@ class TSAM(PerturbationOptimizer):
         finally:
             self._restore(params, origin)  # bit-exact, also when a sample failed or the loop was left
         self._write_grads(params, combined)
+        return self._finish_step(accumulator, ctx, tilt, aggregation_tilt)
+
+    def _finish_step(self, accumulator: TiltedGradientAccumulator, ctx: SamplingContext, tilt: float,
+                     aggregation_tilt: float) -> float:
+        """Record the step's diagnostics in :attr:`last_step` and, with ``tilt="auto"``, fold its (global)
+        losses into the rule's smoothed tilt; returns the objective estimate. Every step path calls it."""
         losses = accumulator.losses
         weights = accumulator.weights()
         objective = float(tilted_mean(torch.tensor(losses, dtype=torch.float64), tilt, nonfinite="ignore"))
