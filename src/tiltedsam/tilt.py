@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +29,9 @@ __all__ = [
     "tilted_stats",
     "TiltedStats",
     "effective_sample_size",
+    "effective_sample_size_at_tilt",
+    "tilt_for_ess",
+    "largest_tilt_at_least",
     "TiltedGradientAccumulator",
 ]
 
@@ -229,6 +232,120 @@ def effective_sample_size(weights: Tensor | Sequence[float]) -> Tensor:
     if bool((total == 0).any()):
         raise ValueError("weights sum to zero; the effective sample size is undefined")
     return total**2 / (w**2).sum(dim=-1)
+
+
+def _finite_losses(losses: Tensor | Sequence[float], nonfinite: NonFinitePolicy) -> list[float]:
+    """The losses as a flat list of Python floats (float64), non-finite ones raised on or dropped."""
+    values = _as_tensor(losses).detach()
+    if values.dim() != 1:
+        raise ValueError(f"expected a 1-D vector of losses, got shape {tuple(values.shape)}")
+    mask = _finite_mask(values.to(torch.float64), nonfinite)
+    if mask is not None:
+        values = values[mask]
+    return values.to(torch.float64).tolist()
+
+
+def _log_ess(gaps: Sequence[float], tilt: float) -> float:
+    r"""``log ESS`` of ``w_j = exp(tilt * gap_j)`` with every ``gap_j = L_j - max L <= 0``.
+
+    ``log ESS = 2 log sum_j e^{tilt gap_j} - log sum_j e^{2 tilt gap_j}``: the largest term of each sum is
+    ``e^0 = 1``, so neither sum overflows or underflows to zero for any finite ``tilt``.
+    """
+    if math.isinf(tilt):
+        return math.log(sum(1 for g in gaps if g == 0.0))
+    once = math.fsum(math.exp(tilt * g) for g in gaps)
+    twice = math.fsum(math.exp(2.0 * tilt * g) for g in gaps)
+    return 2.0 * math.log(once) - math.log(twice)
+
+
+def effective_sample_size_at_tilt(
+    losses: Tensor | Sequence[float], tilt: float, *, nonfinite: NonFinitePolicy = "raise"
+) -> float:
+    r"""ESS of the tilted weights ``w = softmax(tilt * L)`` of a loss vector, as a function of ``tilt``.
+
+    .. math::
+        \mathrm{ESS}(\tau) = \frac{(\sum_j e^{\tau L_j})^2}{\sum_j e^{2\tau L_j}}
+        = \exp\big(2\,\mathrm{LSE}(\tau L) - \mathrm{LSE}(2\tau L)\big)
+
+    (Kish's ESS of the weights of Eq. 4, computed by log-sum-exp with the losses shifted by their
+    maximum). ``ESS(0) = n``; ``ESS(inf)`` is the number of losses tied at the maximum. It never
+    increases with ``tau``: ``d/dtau sum_j w_j^2 = 2 sum_j w_j^2 (L_j - sum_k w_k L_k) >= 0``, a
+    covariance under ``w`` of ``w_j`` with ``L_j``, and ``w_j`` increases with ``L_j``. It is strictly
+    decreasing unless all losses are tied (then it is ``n`` for every ``tau``).
+    """
+    tilt = check_tilt(tilt)
+    values = _finite_losses(losses, nonfinite)
+    top = max(values)
+    return math.exp(_log_ess([v - top for v in values], tilt))
+
+
+def tilt_for_ess(
+    losses: Tensor | Sequence[float],
+    target_ess: float,
+    *,
+    max_tilt: float,
+    rel_tol: float = 1e-12,
+    nonfinite: NonFinitePolicy = "raise",
+) -> float:
+    r"""The largest tilt whose weights keep an effective sample size of at least ``target_ess * n``.
+
+    .. math:: \tau^\star = \sup\{\tau \in [0, \tau_{\max}] : \mathrm{ESS}(\tau) \ge \alpha n\}
+
+    with ``ESS`` of :func:`effective_sample_size_at_tilt` (the adaptive tempering rule of sequential
+    Monte Carlo, Jasra et al. 2011, applied to the weights of Eq. 4), ``alpha = target_ess`` and ``n`` the
+    number of (finite) losses. Because ``ESS`` is continuous and non-increasing in ``tau``:
+
+    * if ``ESS(max_tilt) >= alpha n`` (all losses tied, ``n = 1``, ``alpha <= 1/n``, or a spread too
+      small for the cap to matter) the answer is ``max_tilt``: the cap;
+    * otherwise ``ESS`` crosses ``alpha n`` exactly once on ``(0, max_tilt)`` and a bisection finds the
+      crossing to relative precision ``rel_tol`` (``alpha < 1`` puts it strictly above ``0``;
+      ``alpha = 1`` gives ``0``).
+
+    For Gaussian losses with standard deviation ``sigma_L`` and large ``n`` it approaches the closed form
+    ``sqrt(ln(1/alpha)) / sigma_L`` (``E[e^{tau L}]^2 / E[e^{2 tau L}] = e^{-tau^2 sigma_L^2}``): nearly
+    tied losses ask for a large tilt, which is why the cap is needed. The bisection runs on the losses
+    shifted by their maximum, so the result depends only on their gaps (adding a constant to every loss
+    changes nothing) and scales as ``1 / spread``.
+    """
+    alpha = float(target_ess)
+    if not (0.0 < alpha <= 1.0):
+        raise ValueError(f"target_ess must be a fraction in (0, 1], got {target_ess!r}")
+    max_tilt = check_tilt(max_tilt, "max_tilt")
+    if math.isinf(max_tilt):
+        raise ValueError("max_tilt must be finite (tied losses would otherwise ask for tilt = inf)")
+    if not (rel_tol > 0):
+        raise ValueError(f"rel_tol must be > 0, got {rel_tol!r}")
+    values = _finite_losses(losses, nonfinite)
+    top = max(values)
+    gaps = [v - top for v in values]
+    log_target = math.log(alpha * len(gaps))
+    if alpha == 1.0 and _log_ess(gaps, max_tilt) < log_target:
+        return 0.0  # ESS = n only with uniform weights; a bisection would stop at a rounding-sized tau
+    return largest_tilt_at_least(lambda tau: _log_ess(gaps, tau), log_target, max_tilt, rel_tol)
+
+
+def largest_tilt_at_least(
+    log_ess: Callable[[float], float], log_target: float, max_tilt: float, rel_tol: float = 1e-12
+) -> float:
+    """``sup{tau in [0, max_tilt] : log_ess(tau) >= log_target}`` for a non-increasing ``log_ess``, by bisection.
+
+    ``max_tilt`` if ``log_ess(max_tilt) >= log_target``; ``0`` if ``log_ess`` is already below the target
+    just above ``0``; else the crossing to relative precision ``rel_tol`` (the returned ``tau`` always
+    satisfies ``log_ess(tau) >= log_target``). Shared by :func:`tilt_for_ess` (sample weights) and the
+    toy's population ESS (quadrature weights).
+    """
+    if log_ess(max_tilt) >= log_target:
+        return max_tilt
+    low, high = 0.0, max_tilt  # invariant: ESS(low) >= target > ESS(high)
+    for _ in range(400):
+        if high - low <= rel_tol * high:
+            break
+        middle = 0.5 * (low + high)
+        if log_ess(middle) >= log_target:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 @dataclass

@@ -65,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="fig1: repeat the sampled runs with seeds seed..seed+N-1 and tabulate where they end "
                    "(default 1: no repeats)")
+    p.add_argument("--tilt", choices=("auto",), default=None,
+                   help="fig1: 'auto' runs TSAM with the optimizer's target-ESS tilt rule instead of fixed --tilts "
+                   "(exact and with the --samples sizes) and writes fig1_auto.png/.md/.csv")
+    p.add_argument("--target-ess", type=float, default=0.5,
+                   help="fig1 --tilt auto: target ESS as a fraction of the samples, in (0, 1] (default 0.5)")
+    p.add_argument("--max-tilt", type=float, default=1000.0, help="fig1 --tilt auto: cap on t (default 1000)")
     p.add_argument("--measure", choices=("uniform", "gaussian"), default="uniform",
                    help="distribution μ of ε on [-ρ, ρ] (gaussian: std ρ/2, truncated; default uniform)")
     p.set_defaults(run=run)
@@ -85,8 +91,21 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(1)  # tiny tensors: threads only add contention
     figures = ("fig1", "fig5", "fig6") if args.figure == "all" else (args.figure,)
+    if args.tilt == "auto" and args.figure != "fig1":
+        raise SystemExit(f"--tilt auto applies to fig1 only, got figure {args.figure!r}")
+    if args.tilt == "auto" and not (0 < args.target_ess <= 1):
+        raise SystemExit(f"--target-ess must be in (0, 1], got {args.target_ess}")
+    if args.tilt == "auto" and not (math.isfinite(args.max_tilt) and args.max_tilt >= 0):
+        raise SystemExit(f"--max-tilt must be a finite number >= 0, got {args.max_tilt}")
     for name in figures:
-        if name == "fig1":
+        if name == "fig1" and args.tilt == "auto":
+            from ..toy.adaptive import run_fig1_auto
+
+            report = run_fig1_auto(
+                args.out, rho=args.rho, lr=args.lr, steps=args.steps, start=args.start, target_ess=args.target_ess,
+                max_tilt=args.max_tilt, samples=tuple(FIG1_SAMPLES if args.samples is None else args.samples),
+                seed=args.seed, measure=args.measure)
+        elif name == "fig1":
             report = run_fig1(
                 args.out,
                 rho=args.rho,

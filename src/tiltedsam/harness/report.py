@@ -116,7 +116,8 @@ def _by_axis(runs: list[dict[str, Any]], axis: str) -> dict[str, list[tuple[Any,
         if any(v == "null" for v in values):
             continue
         rows = []
-        for value in sorted(values, key=lambda v: json.loads(v)):
+        # numbers in order, then names (tilt="auto") after them
+        for value in sorted(values, key=lambda v: (isinstance(json.loads(v), str), json.loads(v))):
             subset = [r for r in mine if json.dumps(_axis_value(r, axis)) == value]
             rows.append((json.loads(value), select_best(subset)[label]))
         out[label] = rows
@@ -190,7 +191,10 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
     tables = {"accuracy": (acc_header, acc_rows), "cost": (cost_header, cost_rows)}
     by_t_rows, by_t_plot = [], {}
     for label, rows in _by_axis(runs, "optimizer.settings.tilt").items():
-        by_t_plot[label] = [(float(v), [r["result"]["best_val_test_acc"] for r in rs]) for v, rs in rows]
+        numeric = [(float(v), [r["result"]["best_val_test_acc"] for r in rs]) for v, rs in rows
+                   if not isinstance(v, str)]  # tilt="auto" has no place on a t axis: table only
+        if numeric:
+            by_t_plot[label] = numeric
         for value, rs in rows:
             by_t_rows.append([label, value, len(rs), _pm([r["result"]["final_test_acc"] for r in rs]),
                               _pm([r["result"]["best_val_test_acc"] for r in rs])])
@@ -229,8 +233,9 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
              "## Test accuracy (Table 1 style)", "", markdown_table(acc_header, acc_rows), "",
              "## Cost (Table 7 style)", "", markdown_table(cost_header, cost_rows), ""]
     if "accuracy_by_t" in tables:
-        parts += ["## Accuracy per tilt t (Fig. 3 style)", "", markdown_table(*tables["accuracy_by_t"]), "",
-                  "![accuracy against t](accuracy_vs_t.png)", ""]
+        parts += ["## Accuracy per tilt t (Fig. 3 style)", "", markdown_table(*tables["accuracy_by_t"]), ""]
+        if by_t_plot:  # only numeric tilts are plotted (tilt="auto" is in the table only)
+            parts += ["![accuracy against t](accuracy_vs_t.png)", ""]
     if "accuracy_by_s" in tables:
         parts += ["## Accuracy per number of samples s (Table 2 style)", "", markdown_table(*tables["accuracy_by_s"]),
                   ""]

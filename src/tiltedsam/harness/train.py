@@ -340,7 +340,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     while step < budget.total_steps:
         # ---- one epoch (the last one may be partial when the budget is in steps or evaluations)
         epoch_start = time.perf_counter()
-        sums = {"loss": 0.0, "correct": 0.0, "count": 0, "objective": 0.0, "ess": [], "steps": 0}
+        sums = {"loss": 0.0, "correct": 0.0, "count": 0, "objective": 0.0, "ess": [], "tilts": [], "steps": 0}
         if hasattr(train_loader.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
             train_loader.sampler.set_epoch(epoch)
         for inputs, targets in train_loader:
@@ -368,6 +368,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             sums["count"] += len(targets)
             sums["objective"] += optimizer.last_step.objective
             sums["ess"].append(optimizer.last_step.effective_sample_size)
+            if getattr(optimizer, "auto_tilt", False):  # tilt="auto" chooses t per step: log the epoch's mean
+                sums["tilts"].append(optimizer.last_step.extra["tilt"])
             sums["steps"] += 1
             progress.update(1)
             if step % 10 == 0 or step == budget.total_steps:
@@ -390,7 +392,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             "train_loss": sums["loss"] / max(sums["count"], 1), "train_acc": sums["correct"] / max(sums["count"], 1),
             "train_objective": sums["objective"] / max(sums["steps"], 1),
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "tilt": float(getattr(optimizer, "tilt", float("nan"))), "effective_sample_size": _mean(sums["ess"]),
+            "tilt": _mean(sums["tilts"]) if sums["tilts"] else float(getattr(optimizer, "tilt", float("nan"))),
+            "effective_sample_size": _mean(sums["ess"]),
         }
         rows.append(row)
         if world.is_main:

@@ -50,6 +50,12 @@ class TiltScheduler:
     A TSAM built with an explicit ``sample_tilt`` (``delta``) cannot go below it (``delta <= t``),
     so a schedule that would is rejected at construction; with ``sample_tilt=None`` (``delta =
     t / 2``) delta follows the schedule.
+
+    **With ``tilt="auto"``** the schedule moves the *cap* ``max_tilt`` of the target-ESS rule, not ``t``
+    itself (``tilt`` defaults to the optimizer's ``max_tilt``): ``"increase"`` lets the rule tilt more and
+    more (the first step is uniform, as Fig. 4's increasing schedule), ``"decrease"`` the reverse,
+    ``"constant"`` keeps the cap. ``t`` stays the rule's choice, never above the scheduled cap; the
+    optimizer stays in auto mode. :meth:`get_last_tilt` returns the cap.
     """
 
     def __init__(self, optimizer: Any, kind: str = "constant", total_steps: int = 1, tilt: float | None = None) -> None:
@@ -59,7 +65,11 @@ class TiltScheduler:
             raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
-        target = check_tilt(optimizer.tilt if tilt is None else tilt, "tilt")
+        self.schedules_cap = bool(getattr(optimizer, "auto_tilt", False))
+        default = optimizer.max_tilt if self.schedules_cap else optimizer.tilt
+        target = check_tilt(default if tilt is None else tilt, "tilt")
+        if self.schedules_cap and math.isinf(target):
+            raise ValueError("tilt (the scheduled cap of a tilt='auto' optimizer) must be finite, got inf")
         if math.isinf(target) and kind != "constant":
             raise ValueError(f"tilt=inf works only with kind='constant', got kind={kind!r}")
         explicit_delta = getattr(optimizer, "hyperparameters", {}).get("sample_tilt")
@@ -78,7 +88,10 @@ class TiltScheduler:
 
     def _apply(self) -> None:
         self._last_tilt = scheduled_tilt(self.kind, self.last_step, self.total_steps, self.target_tilt)
-        self.optimizer.tilt = self._last_tilt
+        if self.schedules_cap:
+            self.optimizer.max_tilt = self._last_tilt
+        else:
+            self.optimizer.tilt = self._last_tilt
 
     def step(self) -> None:
         """Advance one optimizer step and set the next step's ``t``."""

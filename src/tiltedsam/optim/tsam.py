@@ -10,10 +10,20 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..samplers import Sampler, SamplingContext, make_sampler
-from ..tilt import TiltedGradientAccumulator, check_tilt, effective_sample_size, tilted_mean
+from ..tilt import TiltedGradientAccumulator, check_tilt, effective_sample_size, tilt_for_ess, tilted_mean
 from .base import PerturbationOptimizer, StepDiagnostics
 
-__all__ = ["TSAM"]
+__all__ = ["TSAM", "AUTO_TILT", "DEFAULT_TARGET_ESS", "DEFAULT_MAX_TILT", "DEFAULT_TILT_SMOOTHING"]
+
+#: the value of ``tilt`` that switches on the adaptive (target-ESS) rule
+AUTO_TILT = "auto"
+#: default ``target_ess``: the weights keep half of the ``s`` samples' worth of information, the usual
+#: set point of adaptive tempering in sequential Monte Carlo (Jasra et al. 2011; Beskos et al. 2016)
+DEFAULT_TARGET_ESS = 0.5
+#: default cap on the tilt ``t`` chosen by ``tilt="auto"`` (tied losses would otherwise ask for ``inf``)
+DEFAULT_MAX_TILT = 1000.0
+#: default EMA factor of ``log`` (aggregation tilt) across steps: a memory of about 10 steps
+DEFAULT_TILT_SMOOTHING = 0.9
 
 
 class TSAM(PerturbationOptimizer):
@@ -40,7 +50,7 @@ class TSAM(PerturbationOptimizer):
     Args:
         params: parameters or groups.
         base_optimizer: base optimizer class (default ``torch.optim.SGD``); ``**base_kwargs`` go to it.
-        tilt: ``t >= 0`` or ``inf``.
+        tilt: ``t >= 0``, ``inf``, or ``"auto"`` (chosen every step by a target effective sample size; below).
         num_samples: ``s >= 1`` perturbations per step.
         rho: ascent step size (radius of the SAM-style ascent), ``>= 0``.
         noise: ``"gaussian"`` (``N(0, noise_std^2 I)`` clipped to global L2 norm ``noise_radius``, as in
@@ -60,6 +70,31 @@ class TSAM(PerturbationOptimizer):
         parallel_samples: EXPERIMENTAL (``"ascent"`` sampler, needs ``model=``): enables
             :meth:`step_batched`, which evaluates the ``s`` samples in one ``torch.func.vmap`` pass per
             stage (:mod:`tiltedsam.samplers.batched`). ``step``/``manual_step`` still evaluate in a loop.
+        target_ess: with ``tilt="auto"``: the target ESS as a fraction ``alpha`` of ``s``, in ``(0, 1]``.
+        max_tilt: with ``tilt="auto"``: the cap on ``t`` (finite, ``>= sample_tilt``).
+        tilt_smoothing: with ``tilt="auto"``: the EMA factor ``beta`` in ``[0, 1)`` of ``log tau`` across steps.
+
+    **tilt="auto"** (issue 12; the adaptive tempering of sequential Monte Carlo). The rule sets the
+    *aggregation* tilt ``tau = t - delta`` (the one whose weights ``exp(tau L_j)`` combine the gradients,
+    and whose ESS it controls); ``t`` follows as ``tau + delta``, i.e. ``t = 2 tau`` with the default
+    ``sample_tilt=None`` (``delta = t/2``), ``t = tau + delta`` with an explicit ``delta``, ``t = tau`` for a
+    sampler that draws from ``mu`` (``"naive"``). The estimator is *predictive*, so memory stays flat
+    in ``s`` (the streaming accumulator needs its weights' tilt before the first gradient arrives):
+
+    1. after step ``k`` (its ``s`` losses ``L_kj`` known; under DDP these are the all-reduced, global
+       losses, so every rank computes the same numbers), bisect for
+       ``tau*_k = sup{tau in [0, tau_max] : ESS(softmax(tau L_k.)) >= alpha s}``
+       (:func:`~tiltedsam.tilt.tilt_for_ess`; ``tau_max = max_tilt - delta``; tied losses give ``tau_max``);
+    2. smooth in log space: ``m_k = beta m_{k-1} + (1 - beta) log tau*_k`` (``m_0 = log tau*_0``);
+    3. step ``k + 1`` weights its samples with ``tau_{k+1} = min(exp(m_k), tau_max)``.
+
+    The very first step (no losses seen yet) uses ``tau = 0``: uniform weights. The realised ESS of each
+    step (in :attr:`last_step`) therefore tracks ``alpha s`` only as well as consecutive mini-batches'
+    loss spreads agree. :attr:`last_step` ``.extra`` holds the ``tilt`` and ``aggregation_tilt`` used by
+    the step and ``auto_tilt``, the step's own bisection result ``tau*_k``. The state (``m_k``) is saved
+    in :meth:`state_dict`. A :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules
+    the cap ``max_tilt`` (see there). Reading :attr:`tilt` gives the ``t`` the next step will use;
+    assigning a number switches the rule off, assigning ``"auto"`` back on.
 
     After each step, :attr:`last_step` holds the per-sample losses, weights and effective sample size.
     """
@@ -82,9 +117,17 @@ class TSAM(PerturbationOptimizer):
         model: nn.Module | None = None,
         seed: int | None = None,
         parallel_samples: bool = False,
+        target_ess: float = DEFAULT_TARGET_ESS,
+        max_tilt: float = DEFAULT_MAX_TILT,
+        tilt_smoothing: float = DEFAULT_TILT_SMOOTHING,
         **base_kwargs: Any,
     ) -> None:
-        tilt = check_tilt(tilt, "tilt")
+        auto = tilt == AUTO_TILT
+        target_ess, max_tilt, tilt_smoothing = _check_auto_settings(target_ess, max_tilt, tilt_smoothing)
+        tilt = max_tilt if auto else check_tilt(tilt, "tilt")  # the auto rule's t never exceeds the cap
+        if auto and sample_tilt is not None and check_tilt(sample_tilt, "sample_tilt") > max_tilt:
+            raise ValueError(f"sample_tilt={sample_tilt!r} exceeds max_tilt={max_tilt} (tilt='auto' keeps "
+                             "sample_tilt <= t <= max_tilt)")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         rho = self._check_nonnegative("rho", rho)
@@ -123,16 +166,101 @@ class TSAM(PerturbationOptimizer):
             "sample_tilt": sample_tilt,
             "nonfinite": nonfinite,
             "sampler": self.sampler.config(),
+            "target_ess": target_ess,
+            "max_tilt": max_tilt,
+            "tilt_smoothing": tilt_smoothing,
         }
+        if auto:
+            hyper["tilt"] = AUTO_TILT
+        #: the auto rule's smoothed log aggregation tilt ``m_k`` (None: no step seen yet -> tau = 0)
+        self._log_tilt_ema: float | None = None
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
+
+    # ------------------------------------------------------------------ the adaptive tilt
+    @property
+    def auto_tilt(self) -> bool:
+        """Whether ``t`` is chosen by the target-ESS rule (``tilt="auto"``)."""
+        return self.hyperparameters["tilt"] == AUTO_TILT
+
+    @property
+    def target_ess(self) -> float:
+        return self.hyperparameters["target_ess"]
+
+    @property
+    def max_tilt(self) -> float:
+        return self.hyperparameters["max_tilt"]
+
+    @max_tilt.setter
+    def max_tilt(self, value: float) -> None:
+        _, value, _ = _check_auto_settings(self.target_ess, value, self.tilt_smoothing)
+        explicit_delta = self.hyperparameters["sample_tilt"]
+        if self.auto_tilt and explicit_delta is not None and explicit_delta > value:
+            raise ValueError(f"max_tilt={value} is below sample_tilt={explicit_delta}")
+        self.hyperparameters["max_tilt"] = value
+
+    @property
+    def tilt_smoothing(self) -> float:
+        return self.hyperparameters["tilt_smoothing"]
+
+    def _tilt_from_aggregation(self, tau: float) -> float:
+        """``t`` with aggregation tilt ``tau``: ``tau + delta`` (``2 tau`` when ``delta = t/2``)."""
+        if not self.sampler.targets_tilted_density:
+            return tau
+        explicit_delta = self.hyperparameters["sample_tilt"]
+        return 2.0 * tau if explicit_delta is None else tau + explicit_delta
+
+    def _max_aggregation_tilt(self) -> float:
+        """``tau_max``: the aggregation tilt at ``t = max_tilt``."""
+        cap = self.max_tilt
+        if not self.sampler.targets_tilted_density:
+            return cap
+        explicit_delta = self.hyperparameters["sample_tilt"]
+        return cap / 2.0 if explicit_delta is None else max(cap - explicit_delta, 0.0)
+
+    def _auto_aggregation_tilt(self) -> float:
+        """``tau_{k+1} = min(exp(m_k), tau_max)``; ``0`` before the first step."""
+        if self._log_tilt_ema is None:
+            return 0.0
+        return min(math.exp(self._log_tilt_ema), self._max_aggregation_tilt())
+
+    def _update_auto_tilt(self, losses: list[float]) -> float:
+        """Fold this step's (global) losses into the smoothed log tilt; returns this step's ``tau*_k``."""
+        finite = [x for x in losses if math.isfinite(x)]
+        cap = self._max_aggregation_tilt()
+        if not finite or cap == 0.0:
+            return cap  # nothing to learn from (all non-finite were skipped), or nothing to choose
+        chosen = tilt_for_ess(finite, self.target_ess, max_tilt=cap)
+        log_chosen = math.log(max(chosen, _SMALLEST_TILT))
+        if self._log_tilt_ema is None:
+            self._log_tilt_ema = log_chosen
+        else:
+            beta = self.tilt_smoothing
+            self._log_tilt_ema = beta * self._log_tilt_ema + (1.0 - beta) * log_chosen
+        return chosen
+
+    def _extra_state_dict(self) -> dict[str, Any]:
+        return {"log_tilt_ema": self._log_tilt_ema}
+
+    def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
+        value = extra.get("log_tilt_ema")
+        self._log_tilt_ema = None if value is None else float(value)
 
     # tilt is read every step, so a schedule (or a user) may change it between steps
     @property
     def tilt(self) -> float:
+        """``t`` of the next step (with ``tilt="auto"``: the one the rule has chosen for it)."""
+        if self.auto_tilt:
+            return self._tilt_from_aggregation(self._auto_aggregation_tilt())
         return self.hyperparameters["tilt"]
 
     @tilt.setter
-    def tilt(self, value: float) -> None:
+    def tilt(self, value: float | str) -> None:
+        if value == AUTO_TILT:
+            explicit_delta = self.hyperparameters["sample_tilt"]
+            if explicit_delta is not None and explicit_delta > self.max_tilt:
+                raise ValueError(f"max_tilt={self.max_tilt} is below sample_tilt={explicit_delta}")
+            self.hyperparameters["tilt"] = AUTO_TILT
+            return
         value = check_tilt(value, "tilt")
         if self.hyperparameters["sample_tilt"] is not None and self.hyperparameters["sample_tilt"] > value:
             raise ValueError(f"tilt={value} is below sample_tilt={self.hyperparameters['sample_tilt']}")
@@ -158,6 +286,8 @@ class TSAM(PerturbationOptimizer):
     @property
     def aggregation_tilt(self) -> float:
         """``t - delta``: the tilt of the weights that combine the sampled gradients."""
+        if self.auto_tilt:
+            return self._auto_aggregation_tilt()
         return math.inf if math.isinf(self.tilt) else self.tilt - self.sample_tilt
 
     @property
@@ -179,6 +309,7 @@ class TSAM(PerturbationOptimizer):
         return run_batched_step(self, inputs, loss_fn, randomness)
 
     def _algorithm(self) -> Generator[str, Any, float]:
+        tilt, aggregation_tilt = self.tilt, self.aggregation_tilt  # fixed for the whole step
         params, origin = self._snapshot()
         ctx = SamplingContext(
             params=params,
@@ -189,7 +320,7 @@ class TSAM(PerturbationOptimizer):
             loss_value=self._loss_value,
             local_loss_value=self._local_loss_value,
         )
-        accumulator = TiltedGradientAccumulator(self.aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
+        accumulator = TiltedGradientAccumulator(aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
         try:
             for j in range(self.num_samples):
                 if j > 0:
@@ -201,14 +332,40 @@ class TSAM(PerturbationOptimizer):
         finally:
             self._restore(params, origin)  # bit-exact, also when a sample failed or the loop was left
         self._write_grads(params, combined)
+        return self._finish_step(accumulator, ctx, tilt, aggregation_tilt)
+
+    def _finish_step(self, accumulator: TiltedGradientAccumulator, ctx: SamplingContext, tilt: float,
+                     aggregation_tilt: float) -> float:
+        """Record the step's diagnostics in :attr:`last_step` and, with ``tilt="auto"``, fold its (global)
+        losses into the rule's smoothed tilt; returns the objective estimate. Every step path calls it."""
         losses = accumulator.losses
         weights = accumulator.weights()
-        objective = float(tilted_mean(torch.tensor(losses, dtype=torch.float64), self.tilt, nonfinite="ignore"))
+        objective = float(tilted_mean(torch.tensor(losses, dtype=torch.float64), tilt, nonfinite="ignore"))
+        extra = {"tilt": tilt, "sample_tilt": ctx.sample_tilt, "aggregation_tilt": aggregation_tilt}
+        if self.auto_tilt:
+            extra["auto_tilt"] = self._update_auto_tilt(list(losses))
         self.last_step = StepDiagnostics(
             objective=objective,
             losses=list(losses),
             weights=weights.tolist(),
             effective_sample_size=float(effective_sample_size(weights)),
-            extra={"tilt": self.tilt, "sample_tilt": self.sample_tilt, **ctx.diagnostics},
+            extra={**extra, **ctx.diagnostics},
         )
         return objective
+
+
+#: log of a chosen tilt is taken of at least this (a bisection result of exactly 0 needs alpha = 1)
+_SMALLEST_TILT = 1e-12
+
+
+def _check_auto_settings(target_ess: Any, max_tilt: Any, tilt_smoothing: Any) -> tuple[float, float, float]:
+    """Validate the auto rule's settings (also when the rule is off, so a later ``tilt = "auto"`` works)."""
+    if isinstance(target_ess, bool) or not isinstance(target_ess, (int, float)) or not (0.0 < target_ess <= 1.0):
+        raise ValueError(f"target_ess must be a fraction of num_samples in (0, 1], got {target_ess!r}")
+    max_tilt = check_tilt(max_tilt, "max_tilt")
+    if math.isinf(max_tilt):
+        raise ValueError("max_tilt must be finite (nearly tied losses would ask tilt='auto' for an infinite tilt)")
+    if (isinstance(tilt_smoothing, bool) or not isinstance(tilt_smoothing, (int, float))
+            or not (0.0 <= tilt_smoothing < 1.0)):
+        raise ValueError(f"tilt_smoothing must be in [0, 1), got {tilt_smoothing!r}")
+    return float(target_ess), max_tilt, float(tilt_smoothing)
