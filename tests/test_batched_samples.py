@@ -41,7 +41,8 @@ def twins(build, **settings):
 
 
 @pytest.mark.parametrize("kind, build", [("mlp", mlp), ("cnn", cnn_with_batchnorm)])
-@pytest.mark.parametrize("settings", [{"tilt": 20.0}, {"tilt": 0.0}, {"tilt": float("inf"), "noise": "uniform"}])
+@pytest.mark.parametrize("settings", [{"tilt": 20.0}, {"tilt": 0.0}, {"tilt": float("inf"), "noise": "uniform"},
+                                      {"tilt": "auto", "tilt_smoothing": 0.5}])
 def test_batched_step_equals_the_loop(kind, build, settings):
     looped, loop_opt, batched, batch_opt = twins(build, **settings)
     for step in range(3):
@@ -58,6 +59,8 @@ def test_batched_step_equals_the_loop(kind, build, settings):
         assert batch_opt.last_step.losses == pytest.approx(loop_opt.last_step.losses, rel=1e-5)
         assert batch_opt.last_step.weights == pytest.approx(loop_opt.last_step.weights, rel=1e-4, abs=1e-6)
         assert batch_opt.last_step.extra["noise_loss"] == pytest.approx(loop_opt.last_step.extra["noise_loss"], rel=1e-5)
+        # tilt="auto": the batched path folds its losses into the rule exactly as the loop does
+        assert batch_opt.tilt == pytest.approx(loop_opt.tilt, rel=1e-4)
     for (name, a), b in zip(looped.state_dict().items(), batched.state_dict().values()):
         if a.is_floating_point():  # parameters and BatchNorm running statistics
             torch.testing.assert_close(b, a, **TOLERANCE, msg=f"{name} differs")
