@@ -10,7 +10,9 @@ bytes in use before the step — Linux only).
 
     python benchmarks/step_cost.py                  # CPU
     python benchmarks/step_cost.py --device cuda    # GPU
-    python benchmarks/step_cost.py --all            # + ESAM2, PGN, RSAM, TSAM with the HMC and naive samplers
+    python benchmarks/step_cost.py --all            # + ESAM2, PGN, RSAM, TSAM with the HMC and naive samplers,
+                                                    #   and TSAM's cheap ascent variants at s = 3 and 5
+    python benchmarks/step_cost.py --compile        # each optimizer also on a torch.compile'd model, side by side
     python benchmarks/step_cost.py --optimizers sgd sam tsam:num_samples=3 esam2   # any registry names
 """
 
@@ -29,6 +31,10 @@ from torch import nn
 
 DEFAULT = ["sgd", "sam", "tsam:num_samples=1", "tsam:num_samples=3", "tsam:num_samples=5"]
 BASELINES = ["esam2", "pgn", "rsam", "tsam-hmc", 'tsam-hmc:sampler_options={"num_steps":2}', "tsam-naive"]
+#: TSAM's cheap ascent variants (docs/cost.md), at s = 3 and s = 5 (memory should not grow with s,
+#: except for the per-sample lazy variant, which keeps s directions between steps)
+CHEAP_VARIANTS = [spec for name in ("tsam-shared", "tsam-subbatch", "tsam-lazy", "tsam-shared-lazy")
+                  for spec in (name, f"{name}:num_samples=5")]
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -57,7 +63,9 @@ def build(spec: str, device: str, seed: int = 0):
     from tiltedsam import create_optimizer
 
     torch.manual_seed(seed)
+    spec, compiled = (spec[: -len(COMPILED)], True) if spec.endswith(COMPILED) else (spec, False)
     model = small_cnn().to(device)
+    net = torch.compile(model) if compiled else model
     name, settings = parse_spec(spec)
     opt = create_optimizer(name, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, model=model,
                            seed=seed, **settings)
@@ -65,12 +73,17 @@ def build(spec: str, device: str, seed: int = 0):
     y = torch.randint(0, 10, (64,), device=device)
     loss_fn = nn.CrossEntropyLoss()
 
-    def closure():
-        loss = loss_fn(model(x), y)
+    def closure(evaluation):  # sub-batch ascent: the direction-only evaluations use a fraction of the batch
+        inputs, targets = evaluation.batch(x, y)
+        loss = loss_fn(net(inputs), targets)
         loss.backward()
         return loss
 
     return opt, closure
+
+
+#: suffix of a spec timed on a torch.compile'd model (--compile)
+COMPILED = " [compiled]"
 
 
 def sync(device: str) -> None:
@@ -106,8 +119,8 @@ def measure_extra_memory(opt, closure, device: str) -> float | None:
         return None
     peak = [before]
 
-    def watched():
-        loss = closure()
+    def watched(evaluation):
+        loss = closure(evaluation)
         peak[0] = max(peak[0], _heap_in_use() or 0)
         return loss
 
@@ -139,16 +152,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--optimizers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT)}")
-    parser.add_argument("--all", action="store_true", help="also time the baselines and the other samplers")
+    parser.add_argument("--all", action="store_true",
+                        help="also time the baselines, the other samplers and TSAM's cheap ascent variants")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every optimizer on a torch.compile'd model (CPU: inductor, needs a C compiler)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = list(args.optimizers or DEFAULT) + (BASELINES if args.all else [])
+    specs = list(args.optimizers or DEFAULT) + (BASELINES + CHEAP_VARIANTS if args.all else [])
     if specs[0] != "sgd":
         specs.insert(0, "sgd")
+    if args.compile:
+        specs += [spec + COMPILED for spec in specs]
     rows = time_round_robin(specs, args.device, args.warmup, args.repeats)
     base = rows[0]
     sam = next((r for r in rows if r["spec"] == "sam"), None)
@@ -157,12 +175,20 @@ def main() -> None:
     print(f"device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"median of {args.repeats} round-robin steps after {args.warmup} warm-up; model {params} parameters "
           f"({params * 4 / 2**20:.2f} MiB in float32)")
-    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | extra MiB during step |")
-    print("|---|---|---|---|---|---|")
+    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | ideal to SAM | extra MiB during step |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         to_sam = f"{r['ms'] / sam['ms']:.2f}" if sam else "-"
         extra = "n/a" if r["extra"] is None else f"{r['extra']:.1f}"
-        print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | {extra} |")
+        print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | "
+              f"{r['evals'] / 2:.2f} | {extra} |")
+    if args.compile:
+        eager = {r["spec"]: r["ms"] for r in rows if not r["spec"].endswith(COMPILED)}
+        print("\n| optimizer | eager ms/step | compiled ms/step | compiled / eager |\n|---|---|---|---|")
+        for r in rows:
+            if r["spec"].endswith(COMPILED):
+                plain = r["spec"][: -len(COMPILED)]
+                print(f"| {plain} | {eager[plain]:.2f} | {r['ms']:.2f} | {r['ms'] / eager[plain]:.2f} |")
     if any(r["spec"].startswith("tsam") for r in rows):
         from tiltedsam.optim.registry import budget_multiplier
 
