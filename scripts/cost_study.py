@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tiltedsam._atomic import atomic_write  # noqa: E402
 from tiltedsam.harness.config import RunConfig, from_dict  # noqa: E402
+from tiltedsam.harness.report import markdown_table, mean_std  # noqa: E402
 from tiltedsam.harness.stats import paired_difference  # noqa: E402
 from tiltedsam.harness.train import read_result, summarize, train  # noqa: E402
 from tiltedsam.optim.registry import create_optimizer, grad_evals_per_step  # noqa: E402
@@ -125,7 +126,7 @@ def time_steps(args: argparse.Namespace, rounds: int, warmup: int = 5) -> list[d
     config = from_dict(RunConfig, base_config(args))
     data = load_dataset(config.data.name, **dataset_kwargs(config))
     inputs, targets = next(iter(torch.utils.data.DataLoader(data.train, batch_size=config.batch_size, shuffle=False)))
-    labels = ["sam"] + list(OPTIMIZERS)
+    labels = ["erm", "sam"] + [label for label in OPTIMIZERS if label != "erm"]
     runs = []
     for label in labels:
         name, settings = ("sam", {"rho": 0.05}) if label == "sam" else OPTIMIZERS[label]
@@ -229,8 +230,8 @@ def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]],
         seeds = sorted(runs[label])
         final = [runs[label][s]["final"] for s in seeds]
         best = [runs[label][s]["best"] for s in seeds]
-        entry = {"seeds": seeds, "final_mean": float(np.mean(final)), "final_std": float(np.std(final, ddof=1)) if len(final) > 1 else float("nan"),
-                 "best_mean": float(np.mean(best)), "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else float("nan"),
+        (final_mean, final_std), (best_mean, best_std) = mean_std(final), mean_std(best)
+        entry = {"seeds": seeds, "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
                  "ess": float(np.mean([runs[label][s]["ess"] for s in seeds])),
                  "train_seconds": float(np.mean([runs[label][s]["train_seconds"] for s in seeds])),
                  "steps": int(np.mean([runs[label][s]["steps"] for s in seeds])),
@@ -256,29 +257,29 @@ def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]],
     header = ["optimizer", "evals/step", "steps", "final test acc %", "best-val test acc %",
               "Δ final vs TSAM [95% CI]", "Δ best-val vs TSAM", "Δ final vs ESAM1", "Δ best-val vs ESAM1",
               "Δ final vs s=1", "mean ESS", "ms/step", "× SAM (measured)", "× SAM (ideal)", "train s/run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table_rows = []
     for label in order:
         e = json_out[label]
         t = times.get(label, {})
-        lines.append("| " + " | ".join([
+        table_rows.append([
             DISPLAY[label], f"{_evals(label)}", str(e["steps"]),
             pm(e["final_mean"], e["final_std"]), pm(e["best_mean"], e["best_std"]),
             diff_text(e, "final_vs_tsam"), diff_text(e, "best_vs_tsam"), diff_text(e, "final_vs_esam1"),
             diff_text(e, "best_vs_esam1"), diff_text(e, "final_vs_s1"), f"{e['ess']:.2f}",
             f"{t['ms_per_step']:.2f}" if t else "—", f"{t['ratio_to_sam']:.2f}" if t else "—",
-            f"{t['ideal_ratio_to_sam']:.2f}" if t else "—", f"{e['train_seconds']:.1f}"]) + " |")
+            f"{t['ideal_ratio_to_sam']:.2f}" if t else "—", f"{e['train_seconds']:.1f}"])
         csv_rows.append({"label": label, "seeds": len(e["seeds"]), "steps": e["steps"], "grad_evals": e["grad_evals"],
                          "final_mean": e["final_mean"], "final_std": e["final_std"], "best_mean": e["best_mean"],
                          "best_std": e["best_std"], "ess": e["ess"], "train_seconds": e["train_seconds"],
                          **{f"{m}_vs_{k}_{part}": getattr(e.get(f"{m}_vs_{k}"), part, None)
                             for m in ("final", "best") for k in ("tsam", "esam1", "s1") for part in ("mean", "low", "high")},
                          **{k: t.get(k) for k in ("ms_per_step", "ratio_to_sam", "ratio_to_sgd", "evals_per_step")}})
-    table = "\n".join(lines)
+    table = markdown_table(header, table_rows)
 
-    timing_lines = ["| optimizer | evals/step (ideal × SGD) | ms/step | × SGD | × SAM | ideal × SAM |", "|---|---|---|---|---|---|"]
-    for row in timing:
-        timing_lines.append(f"| {DISPLAY[row['label']]} | {row['evals_per_step']} | {row['ms_per_step']:.2f} | "
-                            f"{row['ratio_to_sgd']:.2f} | {row['ratio_to_sam']:.2f} | {row['ideal_ratio_to_sam']:.2f} |")
+    timing_table = markdown_table(
+        ["optimizer", "evals/step (ideal × SGD)", "ms/step", "× SGD", "× SAM", "ideal × SAM"],
+        [[DISPLAY[row["label"]], row["evals_per_step"], f"{row['ms_per_step']:.2f}", f"{row['ratio_to_sgd']:.2f}",
+          f"{row['ratio_to_sam']:.2f}", f"{row['ideal_ratio_to_sam']:.2f}"] for row in timing])
 
     verdicts = []
     if "tsam" in json_out:
@@ -290,15 +291,17 @@ def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]],
             cheap = times[label]["ratio_to_sam"] <= 2.0
             checks = []
             for metric in ("final", "best"):
-                within = abs(e[f"{metric}_mean"] - tsam[f"{metric}_mean"]) <= tsam[f"{metric}_std"]
+                # "within the seed spread of full TSAM": not below TSAM's mean minus one standard deviation
+                # over seeds (being above it is fine: at equal compute a cheap variant takes more steps)
+                within = e[f"{metric}_mean"] >= tsam[f"{metric}_mean"] - tsam[f"{metric}_std"]
                 above_sam = all(e[f"{metric}_mean"] > json_out[ref][f"{metric}_mean"] for ref in ("sam", "esam1", "tsam-s1") if ref in json_out)
                 checks.append(within and above_sam)
                 e[f"{metric}_within_tsam_spread"], e[f"{metric}_above_sam_esam1_s1"] = within, above_sam
             e["meets_criterion"] = cheap and all(checks)
             verdicts.append(f"- {DISPLAY[label]}: {times[label]['ratio_to_sam']:.2f}× SAM's step "
-                            f"({'≤' if cheap else '>'} 2×); final acc within TSAM's seed spread: "
+                            f"({'≤' if cheap else '>'} 2×); final acc not below TSAM's seed spread: "
                             f"{e['final_within_tsam_spread']}, above SAM/ESAM1/s=1: {e['final_above_sam_esam1_s1']}; "
-                            f"best-val acc within spread: {e['best_within_tsam_spread']}, above: {e['best_above_sam_esam1_s1']} "
+                            f"best-val acc not below the spread: {e['best_within_tsam_spread']}, above: {e['best_above_sam_esam1_s1']} "
                             f"-> **{'meets' if e['meets_criterion'] else 'does not meet'}** the criterion")
 
     machine = (f"{platform.platform()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, 1 thread "
@@ -308,7 +311,7 @@ def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]],
             f"evaluations for every optimizer except SAM (TSAM's epochs: a third of it). Seeds: {args.seeds}. "
             + (f"Wall time of the training runs: {wall_seconds / 60:.1f} min.\n\n" if wall_seconds else "\n\n")
             + table + "\n\nStep time side by side (study model, one real mini-batch, median of "
-            f"{args.timing_steps} round-robin steps):\n\n" + "\n".join(timing_lines) + "\n\nVerdicts:\n\n"
+            f"{args.timing_steps} round-robin steps):\n\n" + timing_table + "\n\nVerdicts:\n\n"
             + "\n".join(verdicts) + "\n")
     atomic_write(args.out / "summary.md", text)
     buffer = io.StringIO()
@@ -341,7 +344,7 @@ def plot(args: argparse.Namespace, runs: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     styles = {"erm": ("tab:gray", "-"), "esam1": ("tab:blue", "-"), "tsam-s1": ("tab:cyan", "--"),
               "tsam": ("black", "-"), "tsam-shared": ("tab:red", "-"), "tsam-subbatch": ("tab:orange", "-."),
               "tsam-lazy": ("tab:green", "--"), "tsam-shared-lazy": ("tab:purple", ":")}
@@ -364,7 +367,8 @@ def plot(args: argparse.Namespace, runs: dict) -> Path:
         ax.set_xlabel("gradient evaluations (thousands, full-batch equivalents)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%), mean over seeds, band = 95% t interval")
+    for ax in axes:
+        ax.set_ylabel("accuracy (%), mean over seeds; band: 95% t interval")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Equal compute: mnist5k, 20% label noise, MLP 256-256, t={TILT:g}, noise radius {NOISE_RADIUS:g}, "
                  f"{args.seeds} seeds")
@@ -382,7 +386,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "cost")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=8, help="the budget: this many epochs of full TSAM (s=3)")
-    parser.add_argument("--timing-steps", type=int, default=40)
+    parser.add_argument("--timing-steps", type=int, default=150)
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, 1000 examples, 1 epoch")
     parser.add_argument("--report-only", action="store_true", help="only re-tabulate finished runs")
     args = parser.parse_args()
