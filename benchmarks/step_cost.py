@@ -14,6 +14,12 @@ bytes in use before the step — Linux only).
                                                     #   and TSAM's cheap ascent variants at s = 3 and 5
     python benchmarks/step_cost.py --compile        # each optimizer also on a torch.compile'd model, side by side
     python benchmarks/step_cost.py --optimizers sgd sam tsam:num_samples=3 esam2   # any registry names
+    python benchmarks/step_cost.py --optimizers registered   # the defaults + every registered optimizer
+    python benchmarks/step_cost.py --device cuda --model resnet18 --json step_cost.json   # the paper's scale
+
+``tsam:parallel_samples=true`` times the EXPERIMENTAL batched step (``TSAM.step_batched``). On CUDA
+``cudnn.benchmark`` is on, every timed step is bracketed by ``torch.cuda.synchronize()``, and the
+peak memory of a step (``max_memory_allocated``) is reported next to the extra memory.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import ctypes
+import math
 import platform
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -35,6 +43,8 @@ BASELINES = ["esam2", "pgn", "rsam", "tsam-hmc", 'tsam-hmc:sampler_options={"num
 #: except for the per-sample lazy variant, which keeps s directions between steps)
 CHEAP_VARIANTS = [spec for name in ("tsam-shared", "tsam-subbatch", "tsam-lazy", "tsam-shared-lazy")
                   for spec in (name, f"{name}:num_samples=5")]
+#: suffix of a spec timed on a torch.compile'd model (--compile)
+COMPILED = " [compiled]"
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -58,32 +68,73 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, settings
 
 
-def build(spec: str, device: str, seed: int = 0):
+MODELS = ("small_cnn", "resnet18")
+#: registered optimizers that ``--optimizers registered`` leaves out: their step is another's (ESAM1 is SAM's)
+SAME_STEP_AS_ANOTHER = {"esam1"}
+
+
+def make_model(name: str, classes: int = 10) -> nn.Module:
+    """``small_cnn`` (this file's) or ``resnet18`` (the harness's CIFAR ResNet18, 3x32x32 inputs)."""
+    if name == "small_cnn":
+        return small_cnn(classes)
+    if name == "resnet18":
+        sys.path.insert(0, "src")
+        from tiltedsam.harness.models import build_model
+
+        cifar = SimpleNamespace(name="cifar-shaped", input_shape=(3, 32, 32), num_classes=classes, info={})
+        return build_model("resnet18", cifar)
+    raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+
+
+def expand_specs(specs: list[str]) -> list[str]:
+    """``registered`` expands to every registered optimizer (default settings) not yet in the list."""
+    sys.path.insert(0, "src")
+    from tiltedsam.optim.registry import list_optimizers
+
+    out: list[str] = []
+    for spec in specs:
+        if spec != "registered":
+            out.append(spec)
+            continue
+        names = [entry["name"] for entry in list_optimizers() if entry["name"] not in SAME_STEP_AS_ANOTHER]
+        out.extend(name for name in names if name not in {parse_spec(s)[0] for s in specs if s != "registered"})
+    return list(dict.fromkeys(out))
+
+
+def build(spec: str, device: str, seed: int = 0, model_name: str = "small_cnn", batch_size: int = 64,
+          classes: int = 10):
+    """The optimizer for ``spec`` on a fresh model and a fixed random batch, and a function running one
+    step (``step(watch)``: ``watch`` is called after each closure evaluation; the batched TSAM step
+    makes no closure calls)."""
     sys.path.insert(0, "src")
     from tiltedsam import create_optimizer
 
     torch.manual_seed(seed)
     spec, compiled = (spec[: -len(COMPILED)], True) if spec.endswith(COMPILED) else (spec, False)
-    model = small_cnn().to(device)
+    model = make_model(model_name, classes).to(device)
     net = torch.compile(model) if compiled else model
     name, settings = parse_spec(spec)
     opt = create_optimizer(name, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, model=model,
                            seed=seed, **settings)
-    x = torch.randn(64, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (64,), device=device)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, classes, (batch_size,), device=device)
     loss_fn = nn.CrossEntropyLoss()
 
-    def closure(evaluation):  # sub-batch ascent: the direction-only evaluations use a fraction of the batch
-        inputs, targets = evaluation.batch(x, y)
-        loss = loss_fn(net(inputs), targets)
-        loss.backward()
-        return loss
+    def step(watch=None):
+        if settings.get("parallel_samples"):
+            return opt.step_batched(x, lambda output: loss_fn(output, y))
 
-    return opt, closure
+        def closure(evaluation):  # sub-batch ascent: direction-only evaluations use a fraction of the batch
+            inputs, targets = evaluation.batch(x, y)
+            loss = loss_fn(net(inputs), targets)
+            loss.backward()
+            if watch is not None:
+                watch()
+            return loss
 
+        return opt.step(closure)
 
-#: suffix of a spec timed on a torch.compile'd model (--compile)
-COMPILED = " [compiled]"
+    return opt, step
 
 
 def sync(device: str) -> None:
@@ -107,54 +158,82 @@ def _heap_in_use() -> int | None:
     return info.uordblks + info.hblkhd
 
 
-def measure_extra_memory(opt, closure, device: str) -> float | None:
-    """MiB the optimizer holds on top of the model during one more step (see the module docstring)."""
+def measure_memory(step, device: str) -> tuple[float | None, float | None]:
+    """MiB the optimizer holds on top of the model during one more step (see the module docstring), and
+    on CUDA the step's peak allocated memory in MiB (model, optimizer state, activations): (extra, peak)."""
     if device.startswith("cuda"):
+        sync(device)
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        opt.step(closure)
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+        step()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated()
+        return (peak - before) / 2**20, peak / 2**20
     before = _heap_in_use()
     if before is None:
-        return None
+        return None, None
     peak = [before]
+    watched = [0]
 
-    def watched(evaluation):
-        loss = closure(evaluation)
+    def watch():
+        watched[0] += 1
         peak[0] = max(peak[0], _heap_in_use() or 0)
-        return loss
 
-    opt.step(watched)
-    return (peak[0] - before) / 2**20
+    step(watch)
+    # the batched step makes no closure call to sample the heap in: no CPU figure for it
+    return ((peak[0] - before) / 2**20 if watched[0] else None), None
 
 
-def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int) -> list[dict]:
-    runs = [build(spec, device) for spec in specs]
-    for opt, closure in runs:
+def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, **model_options) -> list[dict]:
+    runs = [build(spec, device, **model_options) for spec in specs]
+    for opt, step in runs:
         for _ in range(warmup):
-            opt.step(closure)
+            step()
     times: list[list[float]] = [[] for _ in specs]
     for _ in range(repeats):
-        for k, (opt, closure) in enumerate(runs):
+        for k, (opt, step) in enumerate(runs):
             # lazy ascent costs more on its refresh steps: time whole refresh periods, per step
             period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
             sync(device)
             start = time.perf_counter()
             for _ in range(period):
-                opt.step(closure)
+                step()
             sync(device)
             times[k].append((time.perf_counter() - start) / period)
-    return [
-        {"spec": spec, "ms": statistics.median(t) * 1e3, "evals": opt.grad_evals_per_step,
-         "extra": measure_extra_memory(opt, closure, device)}
-        for spec, t, (opt, closure) in zip(specs, times, runs)
-    ]
+    rows = []
+    for spec, t, (opt, step) in zip(specs, times, runs):
+        extra, peak = measure_memory(step, device)
+        rows.append({"spec": spec, "ms": statistics.median(t) * 1e3, "evals": opt.grad_evals_per_step,
+                     "extra": extra, "peak": peak})
+    return rows
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def results_json(rows: list[dict], meta: dict) -> str:
+    """The run as standard JSON (non-finite numbers as null): ``meta`` plus one record per optimizer."""
+    base = rows[0]["ms"]
+    sam = next((r["ms"] for r in rows if r["spec"] == "sam"), None)
+    records = [{"optimizer": r["spec"], "ms_per_step": r["ms"], "ratio_to_sgd": r["ms"] / base,
+                "ratio_to_sam": r["ms"] / sam if sam else None, "grad_evals_per_step": r["evals"],
+                "extra_mib": r["extra"], "peak_mib": r["peak"]} for r in rows]
+    payload = {**meta, "rows": [{k: _finite_or_none(v) for k, v in rec.items()} for rec in records]}
+    return json.dumps(payload, indent=2, allow_nan=False) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--optimizers", nargs="+", default=None, help=f"default: {' '.join(DEFAULT)}")
+    parser.add_argument("--optimizers", nargs="+", default=None,
+                        help=f"default: {' '.join(DEFAULT)}; 'registered' adds every registered optimizer")
+    parser.add_argument("--model", choices=MODELS, default="small_cnn")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON (atomically)")
     parser.add_argument("--all", action="store_true",
                         help="also time the baselines, the other samplers and TSAM's cheap ascent variants")
     parser.add_argument("--compile", action="store_true",
@@ -165,26 +244,31 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = list(args.optimizers or DEFAULT) + (BASELINES + CHEAP_VARIANTS if args.all else [])
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # pick the fastest convolution algorithms, as training would
+    specs = expand_specs(list(args.optimizers or DEFAULT) + (BASELINES + CHEAP_VARIANTS if args.all else []))
     if specs[0] != "sgd":
         specs.insert(0, "sgd")
     if args.compile:
         specs += [spec + COMPILED for spec in specs]
-    rows = time_round_robin(specs, args.device, args.warmup, args.repeats)
+    rows = time_round_robin(specs, args.device, args.warmup, args.repeats, model_name=args.model,
+                            batch_size=args.batch_size, classes=args.classes)
     base = rows[0]
     sam = next((r for r in rows if r["spec"] == "sam"), None)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    params = sum(p.numel() for p in small_cnn().parameters())
+    params = sum(p.numel() for p in make_model(args.model, args.classes).parameters())
     print(f"device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"median of {args.repeats} round-robin steps after {args.warmup} warm-up; model {params} parameters "
-          f"({params * 4 / 2**20:.2f} MiB in float32)")
-    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | ideal to SAM | extra MiB during step |")
-    print("|---|---|---|---|---|---|---|")
+          f"median of {args.repeats} round-robin steps after {args.warmup} warm-up; model {args.model} with {params} "
+          f"parameters ({params * 4 / 2**20:.2f} MiB in float32), batch {args.batch_size}")
+    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | ideal to SAM | extra MiB during step "
+          "| peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         to_sam = f"{r['ms'] / sam['ms']:.2f}" if sam else "-"
         extra = "n/a" if r["extra"] is None else f"{r['extra']:.1f}"
+        peak = "n/a" if r["peak"] is None else f"{r['peak']:.1f}"
         print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | "
-              f"{r['evals'] / 2:.2f} | {extra} |")
+              f"{r['evals'] / 2:.2f} | {extra} | {peak} |")
     if args.compile:
         eager = {r["spec"]: r["ms"] for r in rows if not r["spec"].endswith(COMPILED)}
         print("\n| optimizer | eager ms/step | compiled ms/step | compiled / eager |\n|---|---|---|---|")
@@ -192,6 +276,14 @@ def main() -> None:
             if r["spec"].endswith(COMPILED):
                 plain = r["spec"][: -len(COMPILED)]
                 print(f"| {plain} | {eager[plain]:.2f} | {r['ms']:.2f} | {r['ms'] / eager[plain]:.2f} |")
+    if args.json:
+        from tiltedsam._atomic import atomic_write
+
+        meta = {"device": args.device, "device_name": device_name, "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "model": args.model, "parameters": params,
+                "batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats,
+                "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if args.device.startswith("cuda") else None}
+        atomic_write(args.json, results_json(rows, meta))
     if any(r["spec"].startswith("tsam") for r in rows):
         from tiltedsam.optim.registry import budget_multiplier
 

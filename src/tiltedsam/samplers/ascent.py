@@ -18,6 +18,10 @@ __all__ = ["AscentSampler", "ASCENT_DIRECTIONS"]
 ASCENT_DIRECTIONS = ("per_sample", "shared")
 
 
+def _detached(loss: Any) -> Any:
+    return loss.detach() if isinstance(loss, Tensor) else loss
+
+
 class AscentSampler(Sampler):
     r"""The cheap sampler of Algorithm 2 (used in all of the paper's main experiments), and cheaper variants.
 
@@ -176,10 +180,14 @@ class AscentSampler(Sampler):
             ctx.step_scratch["refresh"] = self._refresh_due(ctx.num_samples)
         refresh = ctx.step_scratch["refresh"]
         lazy = self.refresh_every > 1
+        # Losses that are only logged: kept on the device (detached, so their graph is freed) and read
+        # after the perturbed loss, whose value the weights need; by then they are computed, so reading
+        # them does not stall the device a second time per sample.
+        logged: list[tuple[str, Any]] = []
         if self.direction == "shared":
             if j == 0 and refresh:
                 clean_loss = yield "clean"  # at theta: the clean loss, and the direction for every sample
-                ctx.record("clean_loss", ctx.local_loss_value(clean_loss))
+                logged.append(("clean_loss", _detached(clean_loss)))
                 # a non-finite direction is used this step (the perturbed losses then show it to TSAM's
                 # nonfinite policy) but never kept for reuse
                 shared, finite = self._unit(ctx.grads())
@@ -193,7 +201,7 @@ class AscentSampler(Sampler):
             self._add_noise(ctx)
             if refresh:
                 noise_loss = yield "noise"
-                ctx.record("noise_loss", ctx.local_loss_value(noise_loss))  # logged only
+                logged.append(("noise_loss", _detached(noise_loss)))
                 if lazy:
                     unit, finite = self._unit(ctx.grads())
                     kept = ctx.step_scratch.setdefault("directions", [])
@@ -204,6 +212,9 @@ class AscentSampler(Sampler):
             else:
                 self._move(ctx.params, self._directions[j], ctx.rho)
         loss = yield "perturbed"
+        value = ctx.loss_value(loss)
+        for key, logged_loss in logged:
+            ctx.record(key, ctx.local_loss_value(logged_loss))
         if j == ctx.num_samples - 1 and lazy:
             self._steps_since_refresh = 1 if refresh else self._steps_since_refresh + 1
-        return ctx.loss_value(loss), ctx.grads()
+        return value, ctx.grads()
