@@ -100,25 +100,20 @@ def frozen_batchnorm_stats(model: nn.Module | None) -> Iterator[None]:
     """Context in which BatchNorm layers of ``model`` use batch statistics but do not update their
     running mean/variance or ``num_batches_tracked`` (in train mode). Exact: the buffers are untouched.
 
-    Implemented by copying the running buffers before and back after (the layer normalises with the
-    batch statistics in train mode either way). The modules' attributes are never changed, so a
-    ``torch.compile``d model sees the same module at every evaluation and compiles one graph, not one
-    per BatchNorm mode (clearing ``track_running_stats`` instead would make it recompile).
+    Implemented by clearing ``track_running_stats`` for the duration, which makes the layer normalise
+    with the batch statistics and skip the buffer update, then restoring it.
     """
     if model is None:
         yield
         return
     touched = [m for m in model.modules() if _is_batchnorm(m) and m.track_running_stats]
-    saved = [[b.detach().clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-             for m in touched]
+    for m in touched:
+        m.track_running_stats = False
     try:
         yield
     finally:
-        with torch.no_grad():
-            for m, buffers in zip(touched, saved):
-                live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-                for target, value in zip(live, buffers):
-                    target.copy_(value)
+        for m in touched:
+            m.track_running_stats = True
 
 
 def _takes_an_argument(closure: Callable[..., Any]) -> bool:
