@@ -214,3 +214,52 @@ def test_closure_without_argument_warns_that_sub_batch_saves_nothing() -> None:
     with pytest.warns(UserWarning, match="whole batch"):
         optimizer.step(closure)
     assert math.isfinite(optimizer.last_step.objective)
+
+
+# ------------------------------------------------------------------ the harness
+def _harness_config(out, *extra):
+    import json
+
+    from tiltedsam.harness.config import load_config
+
+    return load_config(None, ["data.name=digits", "data.limit=300", "model.name=mlp", "optimizer.lr=0.05",
+                              "budget.kind=grad_evals", "budget.amount=100", "run.progress=false",
+                              "run.num_threads=1", f"run.out_dir={json.dumps(str(out))}", *extra])
+
+
+def test_harness_runs_sub_batch_ascent_on_a_fractional_budget(tmp_path) -> None:
+    from tiltedsam.harness.train import train
+
+    config = _harness_config(tmp_path / "run", "optimizer.name=tsam-subbatch",
+                             "optimizer.settings={num_samples = 2, ascent_fraction = 0.5}")
+    seen = []
+    original = Evaluation.batch
+
+    def spy(self, *tensors):  # record which fraction of the batch each evaluation used
+        out = original(self, *tensors)
+        seen.append((self.label, len(out[1]) / len(tensors[1])))
+        return out
+
+    Evaluation.batch = spy
+    try:
+        result = train(config)
+    finally:
+        Evaluation.batch = original
+    assert result["grad_evals_per_step"] == 3  # s (1 + f) = 2 * 1.5
+    assert result["steps"] == 33 and result["grad_evals"] == 99  # floor(100 / 3) steps
+    first_batch = seen[:4]
+    assert first_batch == [("noise", 0.5), ("perturbed", 1.0), ("noise", 0.5), ("perturbed", 1.0)]
+
+
+def test_harness_resumes_lazy_ascent_mid_period(tmp_path) -> None:
+    from tiltedsam.harness.train import RunInterrupted, train
+
+    settings = "optimizer.settings={num_samples = 2, refresh_every = 3}"
+    straight = train(_harness_config(tmp_path / "a", "optimizer.name=tsam", settings, "budget.amount=150"))
+    with pytest.raises(RunInterrupted):
+        train(_harness_config(tmp_path / "b", "optimizer.name=tsam", settings, "budget.amount=150"),
+              stop_after_epochs=1)
+    resumed = train(_harness_config(tmp_path / "b", "optimizer.name=tsam", settings, "budget.amount=150"), resume=True)
+    assert straight["grad_evals_per_step"] == pytest.approx(2 + 2 / 3)  # s (1 + 1/k)
+    for key in ("final_test_acc", "best_val_test_acc", "final_train_loss", "steps", "grad_evals"):
+        assert resumed[key] == straight[key], key
