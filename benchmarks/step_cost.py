@@ -10,7 +10,9 @@ bytes in use before the step — Linux only).
 
     python benchmarks/step_cost.py                  # CPU
     python benchmarks/step_cost.py --device cuda    # GPU
-    python benchmarks/step_cost.py --all            # + ESAM2, PGN, RSAM, TSAM with the HMC and naive samplers
+    python benchmarks/step_cost.py --all            # + ESAM2, PGN, RSAM, TSAM with the HMC and naive samplers,
+                                                    #   and TSAM's cheap ascent variants at s = 3 and 5
+    python benchmarks/step_cost.py --compile        # each optimizer also on a torch.compile'd model, side by side
     python benchmarks/step_cost.py --optimizers sgd sam tsam:num_samples=3 esam2   # any registry names
     python benchmarks/step_cost.py --optimizers registered   # the defaults + every registered optimizer
     python benchmarks/step_cost.py --device cuda --model resnet18 --json step_cost.json   # the paper's scale
@@ -37,6 +39,12 @@ from torch import nn
 
 DEFAULT = ["sgd", "sam", "tsam:num_samples=1", "tsam:num_samples=3", "tsam:num_samples=5"]
 BASELINES = ["esam2", "pgn", "rsam", "tsam-hmc", 'tsam-hmc:sampler_options={"num_steps":2}', "tsam-naive"]
+#: TSAM's cheap ascent variants (docs/cost.md), at s = 3 and s = 5 (memory should not grow with s,
+#: except for the per-sample lazy variant, which keeps s directions between steps)
+CHEAP_VARIANTS = [spec for name in ("tsam-shared", "tsam-subbatch", "tsam-lazy", "tsam-shared-lazy")
+                  for spec in (name, f"{name}:num_samples=5")]
+#: suffix of a spec timed on a torch.compile'd model (--compile)
+COMPILED = " [compiled]"
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -102,7 +110,9 @@ def build(spec: str, device: str, seed: int = 0, model_name: str = "small_cnn", 
     from tiltedsam import create_optimizer
 
     torch.manual_seed(seed)
+    spec, compiled = (spec[: -len(COMPILED)], True) if spec.endswith(COMPILED) else (spec, False)
     model = make_model(model_name, classes).to(device)
+    net = torch.compile(model) if compiled else model
     name, settings = parse_spec(spec)
     opt = create_optimizer(name, model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, model=model,
                            seed=seed, **settings)
@@ -114,8 +124,9 @@ def build(spec: str, device: str, seed: int = 0, model_name: str = "small_cnn", 
         if settings.get("parallel_samples"):
             return opt.step_batched(x, lambda output: loss_fn(output, y))
 
-        def closure():
-            loss = loss_fn(model(x), y)
+        def closure(evaluation):  # sub-batch ascent: direction-only evaluations use a fraction of the batch
+            inputs, targets = evaluation.batch(x, y)
+            loss = loss_fn(net(inputs), targets)
             loss.backward()
             if watch is not None:
                 watch()
@@ -181,11 +192,14 @@ def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, *
     times: list[list[float]] = [[] for _ in specs]
     for _ in range(repeats):
         for k, (opt, step) in enumerate(runs):
+            # lazy ascent costs more on its refresh steps: time whole refresh periods, per step
+            period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
             sync(device)
             start = time.perf_counter()
-            step()
+            for _ in range(period):
+                step()
             sync(device)
-            times[k].append(time.perf_counter() - start)
+            times[k].append((time.perf_counter() - start) / period)
     rows = []
     for spec, t, (opt, step) in zip(specs, times, runs):
         extra, peak = measure_memory(step, device)
@@ -220,7 +234,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON (atomically)")
-    parser.add_argument("--all", action="store_true", help="also time the baselines and the other samplers")
+    parser.add_argument("--all", action="store_true",
+                        help="also time the baselines, the other samplers and TSAM's cheap ascent variants")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every optimizer on a torch.compile'd model (CPU: inductor, needs a C compiler)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -229,9 +246,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution algorithms, as training would
-    specs = expand_specs(list(args.optimizers or DEFAULT) + (BASELINES if args.all else []))
+    specs = expand_specs(list(args.optimizers or DEFAULT) + (BASELINES + CHEAP_VARIANTS if args.all else []))
     if specs[0] != "sgd":
         specs.insert(0, "sgd")
+    if args.compile:
+        specs += [spec + COMPILED for spec in specs]
     rows = time_round_robin(specs, args.device, args.warmup, args.repeats, model_name=args.model,
                             batch_size=args.batch_size, classes=args.classes)
     base = rows[0]
@@ -241,13 +260,22 @@ def main() -> None:
     print(f"device: {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"median of {args.repeats} round-robin steps after {args.warmup} warm-up; model {args.model} with {params} "
           f"parameters ({params * 4 / 2**20:.2f} MiB in float32), batch {args.batch_size}")
-    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | extra MiB during step | peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| optimizer | ms/step | ratio to SGD | ideal (evals/step) | ratio to SAM | ideal to SAM | extra MiB during step "
+          "| peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         to_sam = f"{r['ms'] / sam['ms']:.2f}" if sam else "-"
         extra = "n/a" if r["extra"] is None else f"{r['extra']:.1f}"
         peak = "n/a" if r["peak"] is None else f"{r['peak']:.1f}"
-        print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | {extra} | {peak} |")
+        print(f"| {r['spec']} | {r['ms']:.2f} | {r['ms'] / base['ms']:.2f} | {r['evals']} | {to_sam} | "
+              f"{r['evals'] / 2:.2f} | {extra} | {peak} |")
+    if args.compile:
+        eager = {r["spec"]: r["ms"] for r in rows if not r["spec"].endswith(COMPILED)}
+        print("\n| optimizer | eager ms/step | compiled ms/step | compiled / eager |\n|---|---|---|---|")
+        for r in rows:
+            if r["spec"].endswith(COMPILED):
+                plain = r["spec"][: -len(COMPILED)]
+                print(f"| {plain} | {eager[plain]:.2f} | {r['ms']:.2f} | {r['ms'] / eager[plain]:.2f} |")
     if args.json:
         from tiltedsam._atomic import atomic_write
 

@@ -16,7 +16,7 @@ behave identically either way.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -56,10 +56,24 @@ class StepRngReplay:
         if self._cuda is not None:
             torch.cuda.set_rng_state_all(self._cuda)
 
-    def wrap(self, closure: Callable[[], T]) -> Callable[[], T]:
-        """``closure`` preceded by :meth:`restore`: each evaluation of the step draws the same masks."""
+    def wrap(self, closure: Callable[..., T]) -> Callable[..., T]:
+        """``closure`` preceded by :meth:`restore`: each evaluation of the step draws the same masks.
+
+        The wrapper takes what the optimizer passes (the :class:`~tiltedsam.optim.base.Evaluation` when
+        ``closure`` takes one, for sub-batch ascent) and hands it on unchanged."""
+        from ..optim.base import closure_takes_evaluation
+
+        if not self.enabled:
+            return closure
+        if closure_takes_evaluation(closure):
+            def replayed_with(evaluation: Any) -> T:
+                self.restore()
+                return closure(evaluation)
+
+            return replayed_with
+
         def replayed() -> T:
             self.restore()
             return closure()
 
-        return replayed if self.enabled else closure
+        return replayed

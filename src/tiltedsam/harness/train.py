@@ -98,7 +98,7 @@ class Budget:
 
     total_steps: int
     steps_per_epoch: int
-    grad_evals_per_step: int
+    grad_evals_per_step: int | float  # full-batch equivalents, averaged over steps (fractional: cheap TSAM)
     description: str
 
     @property
@@ -106,8 +106,13 @@ class Budget:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
     @property
-    def total_grad_evals(self) -> int:
-        return self.total_steps * self.grad_evals_per_step
+    def total_grad_evals(self) -> int | float:
+        return self.evals_after(self.total_steps)
+
+    def evals_after(self, steps: int) -> int | float:
+        """Gradient evaluations spent after ``steps`` steps (rounded to 6 decimals when fractional)."""
+        value = steps * self.grad_evals_per_step
+        return value if isinstance(value, int) else round(value, 6)
 
 
 def optimizer_settings(config: RunConfig) -> dict[str, Any]:
@@ -130,7 +135,7 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     if match:
         reference_evals = grad_evals_per_step(match, **budget.match_settings)
         steps_of = {"epochs": budget.amount * steps_per_epoch, "steps": budget.amount,
-                    "grad_evals": budget.amount // reference_evals}[budget.kind]
+                    "grad_evals": math.floor(budget.amount / reference_evals + 1e-9)}[budget.kind]
         evals = steps_of * reference_evals
         description = (f"{budget.amount} {budget.kind} of {match} "
                        f"({reference_evals} evals/step) = {evals} gradient evaluations")
@@ -141,7 +146,7 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     else:
         evals = budget.amount
         description = f"{evals} gradient evaluations"
-    total_steps = evals // own_evals
+    total_steps = math.floor(evals / own_evals + 1e-9)  # own_evals may be fractional (cheap TSAM variants)
     if total_steps < 1:
         raise ValueError(f"budget.amount={budget.amount} ({description}) is less than one step of "
                          f"{config.optimizer.name} ({own_evals} gradient evaluations per step)")
@@ -347,15 +352,18 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             if step >= budget.total_steps:
                 break
             inputs, targets = inputs.to(device), torch.as_tensor(targets).to(device)
-            first_evaluation: dict[str, Tensor] = {}
+            first_evaluation: dict[str, Any] = {}
 
-            def closure() -> Tensor:
-                outputs = net(inputs)
-                loss = loss_fn(outputs, targets)
+            def closure(evaluation) -> Tensor:
+                # sub-batch ascent: the direction-only evaluations use a fraction of the batch
+                used_inputs, used_targets = evaluation.batch(inputs, targets)
+                outputs = net(used_inputs)
+                loss = loss_fn(outputs, used_targets)
                 loss.backward()
                 if not first_evaluation:  # the mini-batch loss/accuracy at the step's first point
                     first_evaluation["loss"] = loss.detach()
-                    first_evaluation["correct"] = (outputs.detach().argmax(1) == targets).sum()
+                    first_evaluation["correct"] = (outputs.detach().argmax(1) == used_targets).sum()
+                    first_evaluation["count"] = len(used_targets)
                 return loss
 
             replay.save()  # every evaluation of this step sees the same dropout masks (harness/dropout.py)
@@ -363,9 +371,9 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             step += 1
             if tilt_scheduler is not None:
                 tilt_scheduler.step()
-            sums["loss"] += float(first_evaluation["loss"]) * len(targets)
+            sums["loss"] += float(first_evaluation["loss"]) * first_evaluation["count"]
             sums["correct"] += float(first_evaluation["correct"])
-            sums["count"] += len(targets)
+            sums["count"] += first_evaluation["count"]
             sums["objective"] += optimizer.last_step.objective
             sums["ess"].append(optimizer.last_step.effective_sample_size)
             if getattr(optimizer, "auto_tilt", False):  # tilt="auto" chooses t per step: log the epoch's mean
@@ -386,7 +394,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         test_loss, test_acc = evaluate(model, data.test, eval_loss_fn, config.run.eval_batch_size, device, world)
         wall_seconds += time.perf_counter() - epoch_start
         row = {
-            "epoch": epoch, "step": step, "grad_evals": step * budget.grad_evals_per_step,
+            "epoch": epoch, "step": step, "grad_evals": budget.evals_after(step),
             "train_seconds": round(train_seconds, 4), "wall_seconds": round(wall_seconds, 4),
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": sums["loss"] / max(sums["count"], 1), "train_acc": sums["correct"] / max(sums["count"], 1),
@@ -401,7 +409,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
                 "config": json.loads(json.dumps(_config_dict(config))), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
                 "tilt_scheduler": None if tilt_scheduler is None else tilt_scheduler.state_dict(),
-                "grad_evals": step * budget.grad_evals_per_step, "train_seconds": train_seconds,
+                "grad_evals": budget.evals_after(step), "train_seconds": train_seconds,
                 "wall_seconds": wall_seconds, "rng": _rng_states(loader_generator), "metrics": rows,
                 "finished": step >= budget.total_steps})
             _write_metrics(run_dir / "metrics.csv", rows)
@@ -417,7 +425,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     result = {
         "format": RESULT_FORMAT, "package_version": __version__, "run_key": run_key(config),
         "label": config.display_label, "optimizer": config.optimizer.name, "seed": config.seed,
-        "epochs": epoch, "steps": step, "grad_evals": step * budget.grad_evals_per_step,
+        "epochs": epoch, "steps": step, "grad_evals": budget.evals_after(step),
         "grad_evals_per_step": budget.grad_evals_per_step, "budget": budget.description,
         "train_seconds": train_seconds, "wall_seconds": wall_seconds,
         **summarize(rows),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -44,15 +45,34 @@ class Evaluation:
     When the loop body runs, the parameters are already at the point to evaluate and their ``.grad``
     are cleared. Compute the loss, call ``backward()`` (scaled, accumulated over micro-batches, as
     you like), then :meth:`record` the (unscaled) loss value.
+
+    ``batch_fraction`` is the fraction of the mini-batch this evaluation should use (``< 1`` for the
+    direction-only evaluations of sub-batch ascent, ``ascent_fraction``); :meth:`batch` slices it.
+    A ``step(closure)`` closure that takes one argument receives this object.
     """
 
     index: int
     label: str
     loss: Tensor | float | None = None
+    batch_fraction: float = 1.0
 
     def record(self, loss: Tensor | float) -> None:
         """Hand the loss at this point back to the optimizer (its value is used for tilting/logging)."""
         self.loss = loss
+
+    def batch(self, *tensors: Tensor) -> Any:
+        """The first ``ceil(batch_fraction * B)`` rows (at least one) of each tensor of a batch of ``B``
+        examples: ``x, y = evaluation.batch(x, y)``. The loaders shuffle, so these are a random sub-batch.
+        Returns the tensors unchanged when ``batch_fraction == 1``; one tensor in, one tensor out."""
+        if not tensors:
+            raise ValueError("Evaluation.batch needs at least one tensor")
+        sizes = {len(t) for t in tensors}
+        if len(sizes) != 1:
+            raise ValueError(f"Evaluation.batch: the tensors hold different numbers of examples {sorted(sizes)}")
+        size = sizes.pop()
+        keep = size if self.batch_fraction >= 1 else max(1, math.ceil(self.batch_fraction * size - 1e-9))
+        sliced = tuple(t if keep == size else t[:keep] for t in tensors)
+        return sliced[0] if len(sliced) == 1 else sliced
 
 
 @dataclass
@@ -94,6 +114,19 @@ def frozen_batchnorm_stats(model: nn.Module | None) -> Iterator[None]:
     finally:
         for m in touched:
             m.track_running_stats = True
+
+
+def closure_takes_evaluation(closure: Callable[..., Any]) -> bool:
+    """Whether ``step`` passes the :class:`Evaluation` to ``closure``: when its first positional parameter
+    is required, or is named ``evaluation``. An optional one (``closure(backward=True)``, a common idiom)
+    keeps its default, so existing closures behave exactly as before."""
+    try:
+        parameters = list(inspect.signature(closure).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    first = next((p for p in parameters if p.kind in positional), None)
+    return first is not None and (first.default is inspect.Parameter.empty or first.name == "evaluation")
 
 
 def _check_base_optimizer(base_optimizer: Any) -> None:
@@ -188,9 +221,21 @@ class PerturbationOptimizer(Optimizer):
     ascent_labels: frozenset[str] = frozenset()
 
     @property
-    def grad_evals_per_step(self) -> int:
-        """Loss/gradient evaluations (closure calls) one :meth:`step` makes."""
+    def grad_evals_per_step(self) -> int | float:
+        """Gradient evaluations one :meth:`step` costs, in full-batch equivalents (closure calls weighted by
+        their :attr:`Evaluation.batch_fraction`), averaged over steps. Budgets use it; it may be fractional
+        for TSAM's cheap variants (sub-batch or lazy ascent)."""
         raise NotImplementedError
+
+    @property
+    def evaluations_next_step(self) -> int | float:
+        """The exact cost (as in :attr:`grad_evals_per_step`) of the next step; equal to it unless the cost
+        varies from step to step (lazy ascent)."""
+        return self.grad_evals_per_step
+
+    def batch_fraction(self, label: str) -> float:
+        """Fraction of the mini-batch the evaluation ``label`` should use (1 unless sub-batch ascent)."""
+        return 1.0
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
@@ -345,7 +390,7 @@ class PerturbationOptimizer(Optimizer):
             index = 0
             while True:
                 self.zero_grad(set_to_none=True)
-                evaluation = Evaluation(index=index, label=label)
+                evaluation = Evaluation(index=index, label=label, batch_fraction=self.batch_fraction(label))
                 context = frozen_batchnorm_stats(self.model) if index > 0 else contextlib.nullcontext()
                 # m-sharpness under DDP: ascent evaluations skip the gradient all-reduce (no-op otherwise)
                 local = self.distributed.evaluation_context(self.model, label in self.ascent_labels)
@@ -374,18 +419,38 @@ class PerturbationOptimizer(Optimizer):
         """Let the base optimizer step with the combined gradient now in ``.grad``."""
         self.base_optimizer.step()
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[..., Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """One optimizer step. ``closure`` must clear nothing, compute the loss, call ``backward()`` and
-        return the loss; it is called :attr:`grad_evals_per_step` times. Returns the objective estimate."""
+        return the loss; it is called once per evaluation (:attr:`grad_evals_per_step` times for the
+        full-batch optimizers). A closure that takes one argument receives the :class:`Evaluation` it
+        serves (its ``label``, ``batch_fraction`` and ``batch()``), which sub-batch ascent needs::
+
+            def closure(evaluation):
+                x_used, y_used = evaluation.batch(x, y)
+                loss = loss_fn(model(x_used), y_used)
+                loss.backward()
+                return loss
+
+        Returns the objective estimate."""
         if closure is None or not callable(closure):
             raise ValueError(
                 f"{type(self).__name__}.step needs a closure that computes the loss, calls backward() and "
                 "returns the loss (it is evaluated at several perturbed points); for loops that run their own "
                 f"forward/backward use {type(self).__name__}.manual_step() instead"
             )
+        takes_evaluation = closure_takes_evaluation(closure)
         for evaluation in self.manual_step(apply=True):
             with torch.enable_grad():
-                evaluation.record(closure())
+                if takes_evaluation:
+                    evaluation.record(closure(evaluation))
+                else:
+                    if evaluation.batch_fraction < 1 and not getattr(self, "_warned_full_batch", False):
+                        self._warned_full_batch = True
+                        warnings.warn(
+                            f"the closure takes no argument, so evaluation {evaluation.label!r} used the whole batch "
+                            f"instead of the fraction {evaluation.batch_fraction} (sub-batch ascent saves nothing); "
+                            "define closure(evaluation) and slice with evaluation.batch(x, y)", stacklevel=3)
+                    evaluation.record(closure())
         return torch.tensor(self.last_step.objective)
 
     # ------------------------------------------------------------------ shared math

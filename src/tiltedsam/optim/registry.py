@@ -15,14 +15,14 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from ..samplers import Sampler, make_sampler
+from ..samplers.base import evaluation_count
 from .base import PerturbationOptimizer
 from .erm import ERM
 from .esam2 import ESAM2
 from .pgn import PGN
 from .rsam import RSAM
 from .sam import SAM
-from .tsam import TSAM
+from .tsam import ASCENT_SETTINGS, TSAM, build_sampler
 
 __all__ = ["OptimizerSpec", "REGISTRY", "register", "create_optimizer", "list_optimizers", "grad_evals_per_step",
            "BASE_OPTIMIZERS", "resolve_base_optimizer", "ALIASES", "equal_compute_steps", "budget_multiplier"]
@@ -52,13 +52,14 @@ class OptimizerSpec:
     cls: type[PerturbationOptimizer]
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)  # the optimizer's own settings by default
-    #: gradient evaluations per step as a function of the (merged) settings
-    grad_evals: Callable[[dict[str, Any]], int] = lambda settings: 1
+    #: gradient evaluations per step (full-batch equivalents, averaged over steps; may be fractional)
+    #: as a function of the (merged) settings
+    grad_evals: Callable[[dict[str, Any]], int | float] = lambda settings: 1
     #: name of the optimizer whose compute budget this entry is meant to be given (ESAM1: "tsam")
     budget_reference: str | None = None
 
-    def evals_for(self, **settings: Any) -> int:
-        return int(self.grad_evals({**self.defaults, **settings}))
+    def evals_for(self, **settings: Any) -> int | float:
+        return evaluation_count(self.grad_evals({**self.defaults, **settings}))
 
 
 REGISTRY: dict[str, OptimizerSpec] = {}
@@ -103,8 +104,9 @@ def list_optimizers() -> list[dict[str, Any]]:
     ]
 
 
-def grad_evals_per_step(name: str, **settings: Any) -> int:
-    """Gradient evaluations per step of optimizer ``name`` with these settings (for compute budgets)."""
+def grad_evals_per_step(name: str, **settings: Any) -> int | float:
+    """Gradient evaluations per step of optimizer ``name`` with these settings (for compute budgets): an
+    ``int``, or a float for TSAM's sub-batch / lazy ascent (full-batch equivalents averaged over steps)."""
     return _spec(name).evals_for(**settings)
 
 
@@ -146,12 +148,10 @@ def equal_compute_steps(name: str, reference_steps: int, *, reference: str | Non
     return math.ceil(reference_steps * ratio - 1e-9)
 
 
-def _tsam_evals(settings: dict[str, Any]) -> int:
-    sampler = settings.get("sampler", "ascent")
-    if not isinstance(sampler, Sampler):
-        options = dict(settings.get("sampler_options") or {})
-        sampler = make_sampler(sampler, **options)
-    return int(settings.get("num_samples", 3)) * sampler.evaluations_per_sample()
+def _tsam_evals(settings: dict[str, Any]) -> int | float:
+    ascent = {key: settings[key] for key in ASCENT_SETTINGS if key in settings}
+    sampler = build_sampler(settings.get("sampler", "ascent"), settings.get("sampler_options"), **ascent)
+    return sampler.evaluations_per_step(int(settings.get("num_samples", 3)))
 
 
 register(OptimizerSpec("sgd", ERM, "ERM: the base optimizer alone (SGD with momentum by default)", {}, lambda s: 1))
@@ -167,6 +167,21 @@ register(OptimizerSpec("tsam-hmc", TSAM, "TSAM with the exact HMC sampler of Eq.
                        lambda s: _tsam_evals(s)))
 register(OptimizerSpec("tsam-naive", TSAM, "TSAM with naive sampling (App. C.3, Eq. 75): eps ~ uniform ball, weights exp(tL)",
                        {"tilt": 20.0, "num_samples": 6, "rho": 0.05, "sampler": "naive"},
+                       lambda s: _tsam_evals(s)))
+# the cheap ways to draw TSAM's samples (issue 13, docs/cost.md); s = 3 as the default TSAM
+register(OptimizerSpec("tsam-shared", TSAM, "TSAM, one shared ascent direction from grad L(theta): s + 1 evaluations",
+                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "ascent_direction": "shared"},
+                       lambda s: _tsam_evals(s)))
+register(OptimizerSpec("tsam-subbatch", TSAM,
+                       "TSAM, ascent gradients on a fraction f of the batch: s (1 + f) evaluation-equivalents",
+                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "ascent_fraction": 0.25},
+                       lambda s: _tsam_evals(s)))
+register(OptimizerSpec("tsam-lazy", TSAM, "TSAM, ascent directions recomputed every k steps: s (1 + 1/k) evaluations",
+                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "refresh_every": 5},
+                       lambda s: _tsam_evals(s)))
+register(OptimizerSpec("tsam-shared-lazy", TSAM,
+                       "TSAM, one shared ascent direction recomputed every k steps: s + 1/k evaluations",
+                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "ascent_direction": "shared", "refresh_every": 5},
                        lambda s: _tsam_evals(s)))
 register(OptimizerSpec("esam1", SAM, "ESAM1: plain SAM run for more steps, to TSAM's budget (equal_compute_steps)",
                        {"rho": 0.05}, lambda s: 2, budget_reference="tsam"))

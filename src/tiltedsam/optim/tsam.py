@@ -10,10 +10,11 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..samplers import Sampler, SamplingContext, make_sampler
+from ..samplers.base import evaluation_count
 from ..tilt import TiltedGradientAccumulator, check_tilt, effective_sample_size, tilt_for_ess, tilted_mean
 from .base import PerturbationOptimizer, StepDiagnostics
 
-__all__ = ["TSAM", "AUTO_TILT", "DEFAULT_TARGET_ESS", "DEFAULT_MAX_TILT", "DEFAULT_TILT_SMOOTHING"]
+__all__ = ["TSAM", "build_sampler", "AUTO_TILT", "DEFAULT_TARGET_ESS", "DEFAULT_MAX_TILT", "DEFAULT_TILT_SMOOTHING"]
 
 #: the value of ``tilt`` that switches on the adaptive (target-ESS) rule
 AUTO_TILT = "auto"
@@ -24,6 +25,33 @@ DEFAULT_TARGET_ESS = 0.5
 DEFAULT_MAX_TILT = 1000.0
 #: default EMA factor of ``log`` (aggregation tilt) across steps: a memory of about 10 steps
 DEFAULT_TILT_SMOOTHING = 0.9
+
+#: TSAM's own keyword arguments that configure the ``"ascent"`` sampler, with their defaults
+ASCENT_SETTINGS = {"noise": "gaussian", "noise_radius": 1.0, "noise_std": 1.0, "ascent_direction": "per_sample",
+                   "ascent_fraction": 1.0, "refresh_every": 1}
+
+
+def build_sampler(sampler: str | Sampler = "ascent", sampler_options: dict[str, Any] | None = None,
+                  **ascent: Any) -> Sampler:
+    """The sampler TSAM builds from its arguments (also used by the registry to count evaluations).
+
+    ``ascent`` holds TSAM's top-level ascent settings (:data:`ASCENT_SETTINGS`); they configure the
+    ``"ascent"`` sampler. The cheap-variant settings (``ascent_direction``, ``ascent_fraction``,
+    ``refresh_every``) are rejected with another sampler when they differ from their defaults."""
+    unknown = set(ascent) - set(ASCENT_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown TSAM settings {sorted(unknown)}")
+    settings = {**ASCENT_SETTINGS, **ascent}
+    if sampler == "ascent":
+        return make_sampler("ascent", noise=settings["noise"], noise_radius=settings["noise_radius"],
+                            noise_std=settings["noise_std"], direction=settings["ascent_direction"],
+                            ascent_fraction=settings["ascent_fraction"], refresh_every=settings["refresh_every"],
+                            **(sampler_options or {}))
+    for key in ("ascent_direction", "ascent_fraction", "refresh_every"):
+        if settings[key] != ASCENT_SETTINGS[key]:
+            name = sampler.name if isinstance(sampler, Sampler) else sampler
+            raise ValueError(f"{key}={settings[key]!r} applies to the 'ascent' sampler only, got sampler={name!r}")
+    return make_sampler(sampler, **(sampler_options or {}))
 
 
 class TSAM(PerturbationOptimizer):
@@ -44,6 +72,9 @@ class TSAM(PerturbationOptimizer):
 
     With the default ``"ascent"`` sampler (Algorithm 2) each sample costs two evaluations (at
     ``theta + delta_j`` and at ``theta + eps_j``), so :meth:`step` calls the closure ``2 s`` times.
+    Cheaper ways to draw the samples (``ascent_direction="shared"``: ``s + 1``; ``ascent_fraction=f``:
+    ``s (1 + f)``; ``refresh_every=k``: ``s (1 + 1/k)`` on average) are documented on
+    :class:`~tiltedsam.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
     ``tilt = 0`` weights the samples uniformly; ``tilt = inf`` keeps the gradient of the largest loss
     (whatever ``sample_tilt``). With ``num_samples=1, noise_radius=0`` the update is exactly SAM's.
 
@@ -57,6 +88,10 @@ class TSAM(PerturbationOptimizer):
             the authors' code) or ``"uniform"`` (uniform in the global-L2 ball of radius ``noise_radius``).
         noise_radius: radius of the noise ball (global L2 norm over all parameters), ``>= 0``.
         noise_std: standard deviation of the Gaussian noise before clipping.
+        ascent_direction: ``"per_sample"`` (Algorithm 2) or ``"shared"`` (one ascent gradient at ``theta``).
+        ascent_fraction: fraction ``f`` of the mini-batch used by the direction-only evaluations; the
+            closure receives the :class:`~tiltedsam.optim.base.Evaluation` (``evaluation.batch(x, y)``).
+        refresh_every: recompute the ascent directions every ``k`` steps, reuse them in between.
         sample_tilt: ``delta`` with ``0 <= delta <= tilt``; ``None`` means ``tilt / 2`` (the paper's
             choice, App. C.1); ``0`` weights by ``exp(t L_j)``, as the authors' published code does.
         sampler: ``"ascent"`` (Algorithm 2), another registered name, or a :class:`Sampler`.
@@ -110,6 +145,9 @@ class TSAM(PerturbationOptimizer):
         noise: str = "gaussian",
         noise_radius: float = 1.0,
         noise_std: float = 1.0,
+        ascent_direction: str = "per_sample",
+        ascent_fraction: float = 1.0,
+        refresh_every: int = 1,
         sample_tilt: float | None = None,
         sampler: str | Sampler = "ascent",
         sampler_options: dict[str, Any] | None = None,
@@ -142,18 +180,19 @@ class TSAM(PerturbationOptimizer):
         if parallel_samples and (sampler != "ascent" or model is None):
             raise ValueError(f"parallel_samples=True needs sampler='ascent' and model=; got sampler={sampler!r}, "
                              f"model={type(model).__name__}")
+        if parallel_samples and (ascent_direction, ascent_fraction, refresh_every) != ("per_sample", 1.0, 1):
+            raise ValueError("parallel_samples=True batches Algorithm 2's per-sample ascent only; got "
+                             f"ascent_direction={ascent_direction!r}, ascent_fraction={ascent_fraction!r}, "
+                             f"refresh_every={refresh_every!r}")
         if parallel_samples:
             from ..samplers.batched import BatchedAscentSampler
 
             self.sampler = BatchedAscentSampler(noise=noise, noise_radius=noise_radius, noise_std=noise_std,
                                                 **(sampler_options or {}))
-        elif isinstance(sampler, Sampler):
-            self.sampler = make_sampler(sampler, **(sampler_options or {}))
-        elif sampler == "ascent":
-            self.sampler = make_sampler("ascent", noise=noise, noise_radius=noise_radius, noise_std=noise_std,
-                                        **(sampler_options or {}))
         else:
-            self.sampler = make_sampler(sampler, **(sampler_options or {}))
+            self.sampler = build_sampler(sampler, sampler_options, noise=noise, noise_radius=noise_radius,
+                                         noise_std=noise_std, ascent_direction=ascent_direction,
+                                         ascent_fraction=ascent_fraction, refresh_every=refresh_every)
         if not self.sampler.targets_tilted_density and sample_tilt not in (None, 0.0):
             raise ValueError(
                 f"sample_tilt={sample_tilt!r} given, but the {self.sampler.name!r} sampler draws eps from mu, not from "
@@ -238,13 +277,6 @@ class TSAM(PerturbationOptimizer):
             self._log_tilt_ema = beta * self._log_tilt_ema + (1.0 - beta) * log_chosen
         return chosen
 
-    def _extra_state_dict(self) -> dict[str, Any]:
-        return {"log_tilt_ema": self._log_tilt_ema}
-
-    def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
-        value = extra.get("log_tilt_ema")
-        self._log_tilt_ema = None if value is None else float(value)
-
     # tilt is read every step, so a schedule (or a user) may change it between steps
     @property
     def tilt(self) -> float:
@@ -295,8 +327,30 @@ class TSAM(PerturbationOptimizer):
         return frozenset(getattr(self.sampler, "ascent_labels", frozenset()))
 
     @property
-    def grad_evals_per_step(self) -> int:
-        return self.num_samples * self.sampler.evaluations_per_sample()
+    def grad_evals_per_step(self) -> int | float:
+        """Gradient-evaluation equivalents per step, averaged over steps (``2 s`` for Algorithm 2; may be
+        fractional for the cheap variants, see :class:`~tiltedsam.samplers.AscentSampler`)."""
+        return evaluation_count(self.sampler.evaluations_per_step(self.num_samples))
+
+    @property
+    def evaluations_next_step(self) -> int | float:
+        return evaluation_count(self.sampler.evaluations_next_step(self.num_samples))
+
+    def batch_fraction(self, label: str) -> float:
+        return self.sampler.batch_fraction(label)
+
+    def _extra_state_dict(self) -> dict[str, Any]:
+        # the auto rule's smoothed log-tilt and the sampler's own state (lazy ascent's kept directions)
+        extra: dict[str, Any] = {"log_tilt_ema": self._log_tilt_ema}
+        sampler_state = self.sampler.state_dict()
+        if sampler_state:
+            extra["sampler"] = sampler_state
+        return extra
+
+    def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
+        value = extra.get("log_tilt_ema")
+        self._log_tilt_ema = None if value is None else float(value)
+        self.sampler.load_state_dict(extra.get("sampler", {}))
 
     def step_batched(self, inputs: Any, loss_fn: Callable[[Any], torch.Tensor], *,
                      randomness: str = "error") -> torch.Tensor:
@@ -325,6 +379,7 @@ class TSAM(PerturbationOptimizer):
             for j in range(self.num_samples):
                 if j > 0:
                     ctx.reset()
+                ctx.sample_index, ctx.num_samples = j, self.num_samples
                 loss, grads = yield from self.sampler.draw(ctx)
                 accumulator.add(loss, grads)
                 del grads  # hold no reference to this sample's .grad: it is freed at the next zero_grad

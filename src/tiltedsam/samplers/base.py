@@ -17,11 +17,17 @@ from typing import Any, Callable, Generator
 import torch
 from torch import Tensor
 
-__all__ = ["Sampler", "SamplingContext", "DrawResult"]
+__all__ = ["Sampler", "SamplingContext", "DrawResult", "evaluation_count"]
 
 #: What :meth:`Sampler.draw` returns: the loss at ``theta + eps_j`` and the gradient there (one entry
 #: per parameter, ``None`` where a parameter got no gradient).
 DrawResult = tuple[float, list[Tensor | None]]
+
+
+def evaluation_count(value: float) -> int | float:
+    """An evaluation count as an ``int`` when it is whole (``6``), else the float (``3.6``)."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
 
 
 @dataclass
@@ -37,6 +43,9 @@ class SamplingContext:
     # for losses that are only logged: this rank's value, no communication under DDP
     local_loss_value: Callable[[Any], float] = float
     diagnostics: dict[str, list[Any]] = field(default_factory=dict)  # per-sample extras for logging
+    sample_index: int = 0  # j: which of the step's samples this draw produces (0-based)
+    num_samples: int = 1  # s: how many draws this step makes
+    step_scratch: dict[str, Any] = field(default_factory=dict)  # shared by the draws of one step only
 
     def record(self, key: str, value: Any) -> None:
         self.diagnostics.setdefault(key, []).append(value)
@@ -63,6 +72,28 @@ class Sampler:
     def evaluations_per_sample(self) -> int:
         """Loss/gradient evaluations one call of :meth:`draw` makes."""
         raise NotImplementedError
+
+    def evaluations_per_step(self, num_samples: int) -> int | float:
+        """Cost of one TSAM step of ``num_samples`` draws, averaged over steps, in gradient-evaluation
+        equivalents (one forward/backward on the whole mini-batch = 1; one on a fraction ``f`` of it = ``f``).
+        This is what compute budgets use; it may be fractional."""
+        return num_samples * self.evaluations_per_sample()
+
+    def evaluations_next_step(self, num_samples: int) -> int | float:
+        """The exact cost of the *next* step (differs from :meth:`evaluations_per_step` for samplers whose
+        cost varies from step to step, e.g. lazy ascent)."""
+        return self.evaluations_per_step(num_samples)
+
+    def batch_fraction(self, label: str) -> float:
+        """Fraction of the mini-batch the evaluation ``label`` should use (1 = all of it)."""
+        return 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried from step to step (saved in the optimizer's ``state_dict``); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
     #: labels of the evaluations whose gradient only sets the ascent direction (m-sharpness under DDP)
     ascent_labels: frozenset[str] = frozenset()
