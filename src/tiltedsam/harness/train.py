@@ -178,8 +178,9 @@ def check_optimizer_settings(config: RunConfig) -> None:
     unknown = sorted(set(config.optimizer.settings) - own - base_keys)
     if unknown:
         raise ConfigError(f"unknown optimizer setting(s) {', '.join('optimizer.settings.' + k for k in unknown)} "
-                          f"for {name!r} on base {config.optimizer.base!r}; allowed: {', '.join(sorted(own))} "
-                          f"(the optimizer's) and {', '.join(sorted(base_keys))} (the base optimizer's)")
+                          f"for {name!r} on base {config.optimizer.base!r}; allowed: "
+                          f"{', '.join(sorted(own)) or 'none'} (the optimizer's own) and "
+                          f"{', '.join(sorted(base_keys)) or 'none'} (the base optimizer's)")
     dummy = torch.zeros(1, requires_grad=True)
     try:
         create_optimizer(name, [dummy], base_optimizer=config.optimizer.base, seed=config.seed,
@@ -400,6 +401,12 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     world = world or World()
     run_dir = Path(config.run.out_dir)
     check_run(config, stop_after_epochs)
+    if world.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
+                              f"{exc.strerror or exc}") from None
     device = world.device(config.run.device)
     if config.run.num_threads:
         torch.set_num_threads(config.run.num_threads)
@@ -498,8 +505,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
                 progress.close()
                 raise RunDiverged(f"run diverged at step {step + 1} (epoch {epoch + 1}): the training loss is "
                                   f"{float(first_evaluation['loss'])}; lower optimizer.lr (now "
-                                  f"{config.optimizer.lr:g}) or check the data; the last checkpoint is of epoch "
-                                  f"{epoch}")
+                                  f"{config.optimizer.lr:g}) or check the data; "
+                                  + (f"the last checkpoint is of epoch {epoch}" if epoch else "no checkpoint was written"))
             step += 1
             if tilt_scheduler is not None:
                 tilt_scheduler.step()
