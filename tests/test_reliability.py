@@ -496,3 +496,54 @@ def test_resume_stays_bit_exact_with_the_new_checkpoint_format(tmp_path):
                                  "budget.amount=1", "run.progress=false",
                                  f"run.out_dir={json.dumps(str(tmp_path / 'c'))}"]))
 
+
+
+def test_C_configs_round_trip_infinite_settings_through_strict_json(tmp_path):
+    """tilt = inf is a valid TSAM setting: config files and the sweep database write it as "inf"."""
+    out = tmp_path / "inf"
+    config = load_config(None, ["data.name=digits", "data.limit=200", "model.name=mlp", "optimizer.name=tsam",
+                                "optimizer.settings={tilt = inf, num_samples = 2}", "budget.kind=steps",
+                                "budget.amount=2", "run.progress=false", f"run.out_dir={json.dumps(str(out))}"])
+    from tiltedsam.harness.config import save_config
+
+    out.mkdir()
+    save_config(config, out)
+    saved = strict_json((out / "config.json").read_text())
+    assert saved["optimizer"]["settings"]["tilt"] == "inf"
+    assert load_config(out / "config.json").optimizer.settings["tilt"] == float("inf")
+    sweep = SweepConfig(name="inf", out_dir=str(tmp_path / "s"), optimizers=["tsam"], seeds=[0], progress=False,
+                        base={"data": {"name": "digits", "limit": 200}, "model": {"name": "mlp"},
+                              "budget": {"kind": "steps", "amount": 2}, "run": {"num_threads": 1}},
+                        per_optimizer={"tsam": {"t": [float("inf")], "s": [2]}})
+    assert run_sweep(sweep)["done"] == 1
+    db = sqlite3.connect(tmp_path / "s" / "sweep.db")
+    for column in ("config", "setting", "result"):
+        strict_json(db.execute(f"SELECT {column} FROM runs").fetchone()[0])
+    db.close()
+    from tiltedsam.harness.report import build_report
+
+    assert build_report(tmp_path / "s").summary["tsam"]["setting"] == {"optimizer.settings.tilt": float("inf"),
+                                                                        "optimizer.settings.num_samples": 2}
+
+
+@pytest.mark.parametrize("name", ["sgd", "sam", "asam", "esam1", "esam2", "pgn", "rsam", "tsam", "tsam-hmc",
+                                  "tsam-naive"])
+def test_A_every_optimizer_state_is_checkpoint_data(tmp_path, name):
+    from tiltedsam.optim.registry import REGISTRY, create_optimizer
+
+    if name not in REGISTRY:
+        pytest.skip(f"{name} not registered here")
+    model = torch.nn.Linear(3, 2)
+    optimizer = create_optimizer(name, model.parameters(), model=model, seed=0, lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    save_checkpoint(tmp_path / "c.pt", {"optimizer": optimizer.state_dict(), "model": model.state_dict()})
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    restored = create_optimizer(name, model.parameters(), model=model, seed=0, lr=0.1, momentum=0.9)
+    restored.load_state_dict(loaded["optimizer"])

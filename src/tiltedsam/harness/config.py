@@ -29,6 +29,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
     import tomli as tomllib  # type: ignore[no-redef]
 
+from .. import _json
 from .._atomic import atomic_write as atomic_write_text
 
 __all__ = [
@@ -163,7 +164,9 @@ def validate(config: RunConfig) -> None:
                       ("data.noise_seed", config.data.noise_seed)):
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise bad(key, seed, f"an integer from 0 to 2**32 - 1 = {MAX_SEED}")
-    check_name("label", config.label, allow_empty=True)
+    # a display name (sweeps use safe names, checked by check_name, for their run directories)
+    if len(config.label) > 200 or any(not ch.isprintable() for ch in config.label):
+        raise bad("label", config.label, "at most 200 printable characters (no newlines or control characters)")
     for section in (config, config.data, config.model, config.optimizer, config.budget, config.run):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -219,6 +222,20 @@ def _is_json_value(value: Any) -> bool:
     return False
 
 
+def _nonfinite_from_strings(value: Any) -> Any:
+    """``"inf"``, ``"-inf"``, ``"nan"`` -> floats inside free-form tables (``optimizer.settings`` and
+    the like): JSON has no infinity, so configs are written with these strings (see ``_json``)."""
+    from .._json import NONFINITE_STRINGS
+
+    if isinstance(value, str):
+        return NONFINITE_STRINGS.get(value.lower(), value)
+    if isinstance(value, dict):
+        return {k: _nonfinite_from_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nonfinite_from_strings(v) for v in value]
+    return value
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
     if dataclasses.is_dataclass(tp):
@@ -247,7 +264,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping) or not _is_json_value(dict(value)):
             raise ConfigError(f"{key} must be a table of plain values (strings, numbers, booleans, lists), "
                               f"got {value!r}")
-        return json.loads(json.dumps(dict(value)))  # deep copy, tuples -> lists
+        return _nonfinite_from_strings(json.loads(json.dumps(dict(value))))  # deep copy, tuples -> lists
     if tp is Any:
         return value
     if tp is bool:
@@ -535,4 +552,4 @@ def save_config(config: RunConfig, directory: str | os.PathLike[str]) -> None:
     """Write the resolved config as ``config.toml`` and ``config.json`` into ``directory``."""
     data = to_dict(config)
     atomic_write_text(Path(directory) / "config.toml", to_toml(data))
-    atomic_write_text(Path(directory) / "config.json", json.dumps(data, indent=2) + "\n")
+    atomic_write_text(Path(directory) / "config.json", _json.dumps(data, nonfinite="string", indent=2) + "\n")

@@ -337,8 +337,8 @@ def register_points(connection: sqlite3.Connection, points: list[GridPoint]) -> 
         connection.execute(
             "INSERT OR IGNORE INTO runs (run_key, label, optimizer, seed, setting, config, run_dir) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (p.key, p.label, p.config.optimizer.name, p.seed, _json.dumps(p.setting, sort_keys=True),
-             _json.dumps(to_dict(p.config)), p.config.run.out_dir))
+            (p.key, p.label, p.config.optimizer.name, p.seed, _json.dumps(p.setting, nonfinite="string", sort_keys=True),
+             _json.dumps(to_dict(p.config), nonfinite="string"), p.config.run.out_dir))
     connection.execute("COMMIT")
 
 
@@ -607,7 +607,7 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     out = Path(sweep.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "sweep.json", _json.dumps(to_dict(sweep), indent=2) + "\n")
+        atomic_write(out / "sweep.json", _json.dumps(to_dict(sweep), nonfinite="string", indent=2) + "\n")
     except OSError as exc:
         raise SweepError(f"cannot write the sweep to out_dir {str(out)!r}: {exc.strerror or exc}") from None
     since = time.time()
@@ -715,6 +715,13 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     return counts
 
 
+def _decode(text: str) -> Any:
+    """A config or setting column: JSON with ``"inf"``/``"-inf"``/``"nan"`` strings for non-finite floats."""
+    from .config import _nonfinite_from_strings
+
+    return _nonfinite_from_strings(json.loads(text))
+
+
 def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
     """Runs that failed or were interrupted: label, seed, setting, status and the error's last line."""
     out = []
@@ -724,7 +731,7 @@ def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = Non
             continue
         lines = [line.strip() for line in (r["error"] or "").strip().splitlines() if line.strip()]
         out.append({"run_key": r["run_key"], "label": r["label"], "seed": r["seed"],
-                    "setting": json.loads(r["setting"]), "status": r["status"],
+                    "setting": _decode(r["setting"]), "status": r["status"],
                     "error": lines[-1] if lines else ""})
     return out
 
@@ -733,5 +740,5 @@ def iter_results(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     """Finished runs: label, optimizer, seed, setting, config and result as Python objects."""
     for r in connection.execute("SELECT * FROM runs WHERE status='done' ORDER BY rowid"):
         yield {"run_key": r["run_key"], "label": r["label"], "optimizer": r["optimizer"], "seed": r["seed"],
-               "setting": json.loads(r["setting"]), "config": json.loads(r["config"]),
+               "setting": _decode(r["setting"]), "config": _decode(r["config"]),
                "result": json.loads(r["result"]), "run_dir": r["run_dir"]}
