@@ -210,12 +210,9 @@ def _check_model_size(config: RunConfig, data: Any) -> None:
     from .models import build_model
 
     try:
-        with torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the run's RNG stream is untouched
             model = build_model(config.model.name, data, **config.model.options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {config.model.name!r} with options {config.model.options}: "
-                          f"{' '.join(str(exc).split())}") from None
-    except Exception:  # a builder that cannot run on the meta device: the real build will tell
+    except Exception:  # bad options, or a builder that cannot run on the meta device: the real build tells
         return
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
