@@ -98,19 +98,36 @@ def stop_once(how: str) -> dict:
             os.killpg(sweep.pid, signal.SIGINT)
         else:
             sweep.send_signal(signal.SIGKILL)
-        code = sweep.wait(timeout=60)
-        exited = time.monotonic() - sent
-        while any(alive(p) for p in workers) and time.monotonic() - sent < 30:
+        gone = marked = exited = None
+        while time.monotonic() - sent < 60 and (gone is None or exited is None or (marked is None and how != "kill -9")):
+            now = time.monotonic() - sent
+            if gone is None and not any(alive(p) for p in workers):
+                gone = now
+            if marked is None and how != "kill -9" and statuses(db)["running"] == 0:
+                marked = now
+            if exited is None and sweep.poll() is not None:
+                exited = now
             time.sleep(0.02)
-        gone = time.monotonic() - sent
+        code = sweep.wait(timeout=60)
         stderr = sweep.stderr.read()
         counts = statuses(db)
         rerun = subprocess.run([sys.executable, "-m", "tiltedsam", "sweep", str(config), "--no-report"], env=ENV,
                                capture_output=True, text=True, timeout=600)
         return {"exit_code": code, "seconds_to_exit": exited, "seconds_until_workers_gone": gone,
+                "seconds_until_runs_marked_interrupted": marked,
                 "workers": len(workers), "workers_left": sum(alive(p) for p in workers),
                 "traceback": "Traceback" in stderr, "after_stop": dict(counts),
                 "rerun_exit_code": rerun.returncode, "after_rerun": dict(statuses(db))}
+
+
+def interpreter_exit() -> float:
+    """How long a process that imported the harness takes to exit (teardown), for comparison."""
+    code = ("import sys, time; import tiltedsam.harness.sweep, tiltedsam.harness.train; "
+            "print(time.time(), flush=True)")
+    process = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
+    printed = float(process.stdout.readline())
+    process.wait()
+    return time.time() - printed
 
 
 def two_processes() -> dict:
@@ -221,12 +238,15 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    figures: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, 1 thread per process"}
+    figures: dict = {"interpreter_exit_seconds": interpreter_exit(), "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, 1 thread per process"}
     for how in ("SIGTERM", "SIGINT to the process group", "kill -9"):
         trials = [stop_once(how) for _ in range(args.repeats)]
         figures[how] = {"trials": trials,
                         "median_seconds_to_exit": statistics.median(t["seconds_to_exit"] for t in trials),
                         "max_seconds_until_workers_gone": max(t["seconds_until_workers_gone"] for t in trials)}
+        if how != "kill -9":
+            figures[how]["max_seconds_until_runs_marked"] = max(t["seconds_until_runs_marked_interrupted"]
+                                                                for t in trials)
         print(how, json.dumps(figures[how]["median_seconds_to_exit"]),
               json.dumps(figures[how]["max_seconds_until_workers_gone"]), flush=True)
     figures["two sweep processes"] = two_processes()

@@ -547,3 +547,15 @@ def test_A_every_optimizer_state_is_checkpoint_data(tmp_path, name):
     loaded = load_checkpoint(tmp_path / "c.pt")
     restored = create_optimizer(name, model.parameters(), model=model, seed=0, lr=0.1, momentum=0.9)
     restored.load_state_dict(loaded["optimizer"])
+
+
+def test_G_adam_base_gets_no_momentum_and_trains(tmp_path):
+    """base = "adam" used to fail with Adam.__init__() got an unexpected keyword argument 'momentum'."""
+    result = train(load_config(None, ["data.name=digits", "data.limit=200", "model.name=mlp", "optimizer.base=adam",
+                                      "optimizer.lr=0.001", "optimizer.settings={betas = [0.8, 0.99]}",
+                                      "budget.kind=steps", "budget.amount=2", "run.progress=false",
+                                      f"run.out_dir={json.dumps(str(tmp_path / 'adam'))}"]))
+    assert result["steps"] == 2
+    state = load_checkpoint(tmp_path / "adam")["optimizer"]["base_optimizer"]["param_groups"][0]
+    assert state["betas"] == (0.8, 0.99) or state["betas"] == [0.8, 0.99]
+    assert "momentum" not in state

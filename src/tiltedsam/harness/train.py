@@ -129,6 +129,19 @@ def optimizer_settings(config: RunConfig) -> dict[str, Any]:
     return dict(config.optimizer.settings)
 
 
+def base_optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
+    """``lr``, ``weight_decay`` and, for base optimizers that have one (SGD), ``momentum``: Adam and
+    AdamW take no ``momentum`` (their ``betas`` go in ``optimizer.settings``)."""
+    import inspect
+
+    from ..optim.registry import resolve_base_optimizer
+
+    kwargs = {"lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}
+    if "momentum" in inspect.signature(resolve_base_optimizer(config.optimizer.base).__init__).parameters:
+        kwargs["momentum"] = config.optimizer.momentum
+    return kwargs
+
+
 def check_device(requested: str) -> torch.device:
     """``run.device`` as a torch device this build and machine can use, else :class:`ConfigError`."""
     try:
@@ -184,8 +197,7 @@ def check_optimizer_settings(config: RunConfig) -> None:
     dummy = torch.zeros(1, requires_grad=True)
     try:
         create_optimizer(name, [dummy], base_optimizer=config.optimizer.base, seed=config.seed,
-                         lr=config.optimizer.lr, momentum=config.optimizer.momentum,
-                         weight_decay=config.optimizer.weight_decay, **optimizer_settings(config))
+                         **base_optimizer_kwargs(config), **optimizer_settings(config))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {name!r} rejects its settings {config.optimizer.settings}: "
                           f"{' '.join(str(exc).split())}") from None
@@ -433,8 +445,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     net = world.wrap_model(model)  # DDP under torch.distributed; `model` itself is saved and evaluated
     optimizer = create_optimizer(
         config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
-        seed=config.seed, lr=config.optimizer.lr, momentum=config.optimizer.momentum,
-        weight_decay=config.optimizer.weight_decay, **optimizer_settings(config))
+        seed=config.seed, **base_optimizer_kwargs(config), **optimizer_settings(config))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
     loader_generator = torch.Generator().manual_seed(config.seed)
