@@ -559,3 +559,33 @@ def test_G_adam_base_gets_no_momentum_and_trains(tmp_path):
     state = load_checkpoint(tmp_path / "adam")["optimizer"]["base_optimizer"]["param_groups"][0]
     assert state["betas"] == (0.8, 0.99) or state["betas"] == [0.8, 0.99]
     assert "momentum" not in state
+
+
+def test_F_a_schema_1_database_is_migrated_and_its_crashed_run_reclaimed(tmp_path):
+    """Databases written before the leases existed keep their runs; a 'running' row left by a crash
+    has no heartbeat and is claimable at once."""
+    old = sqlite3.connect(tmp_path / "sweep.db")
+    old.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE runs (
+            run_key TEXT PRIMARY KEY, label TEXT NOT NULL, optimizer TEXT NOT NULL, seed INTEGER NOT NULL,
+            setting TEXT NOT NULL, config TEXT NOT NULL, run_dir TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','running','done','failed')),
+            attempts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, result TEXT, error TEXT);
+        CREATE TABLE epochs (run_key TEXT NOT NULL REFERENCES runs(run_key), epoch INTEGER NOT NULL,
+                             metrics TEXT NOT NULL, PRIMARY KEY (run_key, epoch));
+        INSERT INTO meta VALUES ('schema_version', '1'), ('package_version', '0.1.0');
+        INSERT INTO runs (run_key, label, optimizer, seed, setting, config, run_dir, status, attempts, result)
+            VALUES ('d', 'sgd', 'sgd', 0, '{}', '{}', 'rd', 'done', 1, '{"final_test_acc": 0.9}'),
+                   ('r', 'sgd', 'sgd', 1, '{}', '{}', 'rr', 'running', 1, NULL);
+        INSERT INTO epochs VALUES ('d', 1, '{"epoch": 1}');
+    """)
+    old.close()
+    connection = open_database(tmp_path)
+    assert dict(connection.execute("SELECT key, value FROM meta").fetchall())["schema_version"] == "2"
+    rows = {r["run_key"]: (r["status"], r["attempts"], r["owner"]) for r in connection.execute("SELECT * FROM runs")}
+    assert rows == {"d": ("done", 1, None), "r": ("running", 1, None)}
+    assert connection.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 1
+    assert claim_run(connection, "host:1:x", ["d", "r"], since=time.time()) == "r"
+    connection.execute("UPDATE runs SET status='interrupted' WHERE run_key='r'")  # the new status is allowed
+    connection.close()

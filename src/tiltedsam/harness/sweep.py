@@ -534,6 +534,7 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    connection.send("ready")  # only now may the parent claim a run for this worker
     while True:
         try:
             key = connection.recv()
@@ -549,6 +550,7 @@ class _Worker:
     process: Any
     connection: Any
     key: str | None = None
+    ready: bool = False  # set once it has imported the harness and arranged to die with the parent
 
 
 def _start_worker(context: Any, db_file: str, threads: int, owner: str) -> _Worker:
@@ -661,36 +663,52 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
         else:
             context = get_context("spawn")
             workers = [_start_worker(context, db_file, threads, owner) for _ in range(min(sweep.workers, budget))]
-            idle = list(workers)
+            idle: list[_Worker] = []
+            exhausted = False  # nothing was left to claim when a worker was free
             while True:
-                while idle and (key := claim()) is not None:
+                while idle and not exhausted:
+                    key = claim()
+                    if key is None:
+                        exhausted = True
+                        break
                     worker = idle.pop()
                     worker.key = key
                     worker.connection.send(key)
                 busy = [w for w in workers if w.key is not None]
-                if not busy:
+                starting = [w for w in workers if not w.ready]
+                if not busy and (exhausted or not starting):
                     break
-                ready = set(wait_for([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout=5))
-                for worker in busy:
+                watched = busy + starting
+                ready = set(wait_for([w.connection for w in watched] + [w.process.sentinel for w in watched],
+                                     timeout=5))
+                for worker in watched:
                     if worker.connection not in ready and worker.process.sentinel not in ready:
                         continue
                     try:
-                        _, status = worker.connection.recv()
-                    except (EOFError, OSError):  # the worker died mid-run (killed, out of memory)
+                        message = worker.connection.recv()
+                    except (EOFError, OSError):  # the worker died (killed, out of memory)
                         worker.process.join(timeout=5)
-                        status = "failed"
+                        workers.remove(worker)
+                        worker.connection.close()
+                        if worker.key is None:
+                            raise SweepError(f"a sweep worker process failed to start (exit code "
+                                             f"{worker.process.exitcode}); see its output above") from None
                         connection.execute(
                             "UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
                             (time.time(), f"the worker process died (exit code {worker.process.exitcode})",
                              worker.key, owner))
-                        workers.remove(worker)
-                        worker.connection.close()
-                        worker = _start_worker(context, db_file, threads, owner)
-                        workers.append(worker)
+                        counts["failed"] += 1
+                        bar.update(1)
+                        if not exhausted:
+                            workers.append(_start_worker(context, db_file, threads, owner))
+                        continue
+                    if message == "ready":
+                        worker.ready = True
+                    else:
+                        counts[message[1]] += 1
+                        bar.update(1)
                     worker.key = None
                     idle.append(worker)
-                    counts[status] += 1
-                    bar.update(1)
             for worker in workers:
                 worker.connection.send(None)
             for worker in workers:
