@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -147,7 +148,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     file = find_checkpoint(path)
     try:
         # weights_only: tensors and plain containers only; a pickled object is refused, never built
-        payload = torch.load(file, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would break the one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
             raise CheckpointError(f"refusing to load {str(file)!r}: it is not plain checkpoint data (it holds "
