@@ -62,12 +62,12 @@ def test_sweep_killed_midway_then_restarted_runs_each_point_once(tmp_path, monke
         run_sweep(sweep)
     db = sqlite3.connect(tmp_path / "s" / "sweep.db")
     status = dict(db.execute("SELECT run_key, status FROM runs").fetchall())
-    assert Counter(status.values()) == {"done": 2, "running": 1, "pending": 1}
+    assert Counter(status.values()) == {"done": 2, "interrupted": 1, "pending": 1}  # not left 'running'
     finished_before = dict(db.execute("SELECT run_key, finished FROM runs WHERE status='done'").fetchall())
 
     monkeypatch.setattr(train_module, "train", real_train)
     counts = run_sweep(sweep)
-    assert counts == {"done": 2, "failed": 0, "skipped": 2}
+    assert counts == {"done": 2, "failed": 0, "skipped": 2, "elsewhere": 0}
     rows = {r[0]: r[1:] for r in db.execute("SELECT run_key, status, attempts, finished FROM runs")}
     assert set(rows) == set(keys) and all(r[0] == "done" for r in rows.values())
     for key, finished in finished_before.items():  # done runs were not run again
@@ -76,7 +76,7 @@ def test_sweep_killed_midway_then_restarted_runs_each_point_once(tmp_path, monke
     epochs = Counter(k for (k,) in db.execute("SELECT run_key FROM epochs"))
     assert epochs == {k: 2 for k in keys}
     db.close()
-    assert run_sweep(sweep) == {"done": 0, "failed": 0, "skipped": 4}
+    assert run_sweep(sweep) == {"done": 0, "failed": 0, "skipped": 4, "elsewhere": 0}
 
     report = write_report(tmp_path / "s")
     assert set(report.summary) == {"sgd", "tsam"}
@@ -109,7 +109,7 @@ def test_missing_or_foreign_databases_give_clear_errors(tmp_path, capsys):
     connection = open_database(tmp_path / "old", create=True)
     connection.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
     connection.close()
-    with pytest.raises(SweepError, match="schema version '0'.*schema version 1"):
+    with pytest.raises(SweepError, match="schema version '0'.*schema version 2"):
         open_database(tmp_path / "old")
     other = sqlite3.connect(tmp_path / "other.db")
     other.execute("CREATE TABLE x (y)")

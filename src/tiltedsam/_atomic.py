@@ -2,17 +2,55 @@
 
 Each writer produces the file under a temporary name in the target's folder and moves it into place
 with ``os.replace``, which is atomic on POSIX and Windows; on any error the temporary file is removed
-and the old target, if any, is left as it was.
+and the old target, if any, is left as it was. A process killed between the two (``kill -9``) leaves
+the temporary file behind; :func:`remove_stale_temporaries` deletes such leftovers (the next write of
+the same file and ``train --resume`` call it).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_with"]
+__all__ = ["atomic_write", "atomic_write_with", "remove_stale_temporaries", "temporary_name_pattern"]
+
+#: ``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp" + SUFFIX)`` names: 8 random characters in between
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(?P<suffix>.*)$")
+
+
+def temporary_name_pattern() -> re.Pattern[str]:
+    """The pattern of the temporary names this module writes (group ``target``: the file's name)."""
+    return _TEMPORARY
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str], target: str | None = None) -> list[Path]:
+    """Delete temporary files that an interrupted atomic write left in ``directory``.
+
+    Only names of the form ``.NAME.XXXXXXXX.tmpSUFFIX`` whose ``SUFFIX`` is ``NAME``'s own suffix
+    are touched (so user files are never matched); with ``target`` only those of that one file.
+    Call it only where no other process writes the same files at the same time (a run directory is
+    written by the one process that holds the run). Returns the removed paths.
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["suffix"] != Path(match["target"]).suffix:
+            continue
+        if target is not None and match["target"] != target:
+            continue
+        try:
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+                removed.append(entry)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    return removed
 
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:

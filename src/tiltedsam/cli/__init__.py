@@ -3,6 +3,11 @@
 Each sub-command lives in its own module of this package with two functions:
 ``add_parser(subparsers)`` (defines the arguments) and ``run(args) -> int``. Modules that are not
 importable (an optional dependency missing) are listed in the help with the reason.
+
+Expected failures (a bad config or input file, a refused or corrupt checkpoint, a diverged run, a
+file that cannot be written, a database that is not one) end as one line ``error: ...`` on stderr
+and exit status 1; an interrupted sweep exits 130 (SIGINT) or 143 (SIGTERM) without a traceback.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -45,7 +50,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not hasattr(args, "run"):
         parser.error(f"command {args.command!r} is unavailable in this installation")
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt as exc:  # SweepInterrupted carries its signal's exit code
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
+    except _expected_errors() as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are a user's input or environment, not a bug (see the module docstring)."""
+    import pickle
+    import sqlite3
+
+    types: list[type[BaseException]] = [ValueError, OSError, pickle.UnpicklingError, sqlite3.DatabaseError]
+    try:
+        from ..harness.sweep import SweepError
+        from ..harness.train import RunDiverged
+
+        types += [SweepError, RunDiverged]
+    except ImportError:  # pragma: no cover - harness dependencies missing
+        pass
+    try:
+        from ..tilt import NonFiniteLossError
+
+        types.append(NonFiniteLossError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line; file errors as "cannot use PATH: reason"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {str(exc.filename)!r}" if exc.filename is not None else ""
+        return f"cannot use{where}: {exc.strerror}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 1000 else text[:1000] + " ..."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,13 +37,26 @@ def run(args: argparse.Namespace) -> int:
         counts = run_sweep(sweep, retry_failed=not args.no_retry_failed)
     except (ConfigError, SweepError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    elsewhere = f", {counts['elsewhere']} left to another sweep process" if counts.get("elsewhere") else ""
     print(f"sweep {sweep.name}: {counts['done']} runs done, {counts['failed']} failed, "
-          f"{counts['skipped']} already finished (database {sweep.out_dir}/sweep.db)")
-    if not args.no_report:
-        from ..harness.sweep import expand_grid
+          f"{counts['skipped']} already finished{elsewhere} (database {sweep.out_dir}/sweep.db)")
+    from ..harness.sweep import expand_grid, failed_runs, open_database
 
-        report = write_report(sweep.out_dir, title=f"Sweep {sweep.name}",
-                              only_keys={p.key for p in expand_grid(sweep)})
-        print(report.markdown.split("## Cost")[0].split("## Test accuracy (Table 1 style)")[-1].strip())
-        print(f"report: {sweep.out_dir}/report.md")
+    keys = {p.key for p in expand_grid(sweep, check=False)}
+    connection = open_database(sweep.out_dir)
+    try:
+        failures = failed_runs(connection, keys)
+    finally:
+        connection.close()
+    for failure in failures:
+        print(f"{failure['status']}: {failure['label']} seed {failure['seed']} {failure['setting'] or ''}: "
+              f"{failure['error']}")
+    if not args.no_report:
+        try:
+            report = write_report(sweep.out_dir, title=f"Sweep {sweep.name}", only_keys=keys)
+        except ValueError as exc:  # no finished run to report on (e.g. every run diverged)
+            print(f"no report: {exc}")
+        else:
+            print(report.markdown.split("## Cost")[0].split("## Test accuracy (Table 1 style)")[-1].strip())
+            print(f"report: {sweep.out_dir}/report.md")
     return 1 if counts["failed"] else 0

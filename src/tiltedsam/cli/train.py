@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise SystemExit(f"error: --nproc must be >= 1, got {args.nproc}")
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        raise SystemExit(f"error: --stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
     world = world_from_environment(config.run.device)  # under torchrun: join its process group
     if world is not None and args.nproc != 1:
         raise SystemExit("error: --nproc cannot be combined with torchrun (torchrun already starts the processes)")

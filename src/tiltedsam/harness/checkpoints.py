@@ -1,25 +1,39 @@
-"""Checkpoints of harness runs: atomic save, checked load, and loading a run for analysis.
+"""Checkpoints of harness runs: data only, checksummed, written atomically, loaded safely.
 
 A checkpoint (``checkpoint.pt`` in the run directory, rewritten after every epoch) is a
-``torch.save`` of a dict::
+``torch.save`` of a dict of tensors, plain containers (dict, list, tuple), strings, numbers,
+booleans and ``None``, nothing else::
 
-    format            "tiltedsam.checkpoint/1"
+    format            "tiltedsam.checkpoint/2"
     package_version   tiltedsam.__version__ that wrote it
+    checksum          SHA-256 (hex) of the canonical serialisation of every other entry
     config            the resolved RunConfig as a dict
     model             model.state_dict()
     optimizer         optimizer.state_dict() (base state, own settings, noise generator)
     epoch, step, grad_evals, train_seconds, wall_seconds
     rng               {"torch", "numpy", "python", "loader"}: global RNG states and the shuffling generator
+                      (numpy's state as {"kind", "keys" (int64 tensor), "pos", "has_gauss", "cached_gaussian"})
     metrics           the per-epoch metric rows so far (metrics.csv is rewritten from them on resume)
     finished          True once the budget is spent
 
+Checkpoints are data, never code: :func:`save_checkpoint` refuses anything else (naming where it
+sits in the payload) and :func:`load_checkpoint` reads with ``torch.load(weights_only=True)``, whose
+unpickler rebuilds only tensors and plain containers, so a file carrying a pickled object with a
+``__reduce__`` (the usual way to run code on unpickling) is refused before anything runs. The
+checksum (over tensor dtypes, shapes and bytes, and every key and value) is verified on load, so
+flipped bytes give a one-line error instead of a run that silently trains from corrupt weights.
+
 It is written to a temporary file next to the target and moved into place with ``os.replace``,
-so a crash leaves either the previous checkpoint or the new one, never a torn file.
+so a crash leaves either the previous checkpoint or the new one, never a torn file; a temporary
+file left by a killed process is removed by the next save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,24 +41,88 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_write_with
+from .._atomic import atomic_write_with, remove_stale_temporaries
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
-           "AnalysisTarget", "load_for_analysis", "stack_dataset"]
+           "payload_checksum", "AnalysisTarget", "load_for_analysis", "stack_dataset"]
 
-CHECKPOINT_FORMAT = "tiltedsam.checkpoint/1"
+CHECKPOINT_FORMAT = "tiltedsam.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or of another format."""
+    """A checkpoint is missing, unreadable, corrupt, not plain data, or of another format."""
+
+
+def _feed(digest: Any, value: Any, where: str) -> None:
+    """Canonical serialisation of ``value`` into ``digest`` (type tag, length-prefixed contents).
+
+    Mappings are fed in the order of their sorted (type, repr) keys, lists and tuples alike (the
+    unpickler may rebuild either), tensors as dtype, shape and raw bytes. Anything else is not
+    checkpoint data: :class:`CheckpointError` naming ``where`` it sits.
+    """
+    def tag(kind: bytes, body: bytes) -> None:
+        digest.update(kind + struct.pack("<Q", len(body)) + body)
+
+    if value is None:
+        tag(b"N", b"")
+    elif isinstance(value, bool):
+        tag(b"B", b"1" if value else b"0")
+    elif isinstance(value, int):
+        tag(b"I", str(value).encode())
+    elif isinstance(value, float):
+        tag(b"F", struct.pack("<d", value))  # bit-exact, NaN payloads included
+    elif isinstance(value, str):
+        tag(b"S", value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, bytes):
+        tag(b"Y", value)
+    elif isinstance(value, Tensor):
+        if value.layout != torch.strided:
+            raise CheckpointError(f"checkpoint entry {where} is a {value.layout} tensor; only dense tensors are saved")
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+        tag(b"T", f"{value.dtype}|{tuple(value.shape)}".encode() + b"|" + hashlib.sha256(raw).digest())
+    elif isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0])))
+        tag(b"D", str(len(items)).encode())
+        for key, item in items:
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise CheckpointError(f"checkpoint entry {where} has a key of type {type(key).__name__}; "
+                                      "only strings and numbers are allowed")
+            _feed(digest, key, f"{where}[{key!r}]")
+            _feed(digest, item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        tag(b"L", str(len(value)).encode())
+        for index, item in enumerate(value):
+            _feed(digest, item, f"{where}[{index}]")
+    else:
+        raise CheckpointError(f"checkpoint entry {where} is a {type(value).__module__}.{type(value).__qualname__}; "
+                              "checkpoints hold only tensors, dicts, lists, tuples, strings, numbers, "
+                              "booleans and None")
+
+
+def payload_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical serialisation of ``payload`` without its ``checksum`` entry.
+
+    Raises :class:`CheckpointError` when the payload holds anything but plain data.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != "checksum"}, "payload")
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """``torch.save`` ``payload`` (plus the format tag and version) to ``path`` atomically."""
+    """``torch.save`` ``payload`` (plus the format tag, version and checksum) to ``path`` atomically.
+
+    The payload must be plain data (see the module docstring); temporary files a killed earlier
+    save left next to ``path`` are removed first.
+    """
     from .._version import __version__
 
+    path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}
+    payload["checksum"] = payload_checksum(payload)
+    remove_stale_temporaries(path.parent, target=path.name)
     atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
 
 
@@ -59,18 +137,37 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint written by :func:`save_checkpoint`."""
+    """Load a checkpoint written by :func:`save_checkpoint`, verifying that it is plain data of our
+    format and that its checksum matches (:class:`CheckpointError`, one line naming the file, if not)."""
     file = find_checkpoint(path)
     try:
-        # weights_only: the payload is tensors, numbers, strings and numpy's RNG state tuple
-        payload = torch.load(file, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain containers only; a pickled object is refused, never built
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would break the one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {str(file)!r}: {exc}") from exc
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
+            raise CheckpointError(f"refusing to load {str(file)!r}: it is not plain checkpoint data (it holds "
+                                  f"pickled objects that could run code); nothing from it was executed") from None
+        raise CheckpointError(f"cannot read checkpoint {str(file)!r} (corrupt or not a checkpoint): "
+                              f"{_first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{str(file)!r} is not a tiltedsam checkpoint of format {CHECKPOINT_FORMAT!r} "
                               f"(found {found!r}); it was written by another version or program")
+    try:
+        actual = payload_checksum(payload)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{str(file)!r}: {exc}") from None
+    if payload.get("checksum") != actual:
+        raise CheckpointError(f"checkpoint {str(file)!r} is corrupt: its contents do not match its checksum "
+                              "(the file was changed after it was written); not using it")
     return payload
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,15 +29,40 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
     import tomli as tomllib  # type: ignore[no-redef]
 
+from .. import _json
 from .._atomic import atomic_write as atomic_write_text
 
 __all__ = [
     "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig", "BudgetConfig", "ExecutionConfig",
     "RunConfig", "BUDGET_KINDS", "from_dict", "to_dict", "load_config", "save_config", "apply_overrides",
-    "parse_override", "run_key", "identity_dict", "to_toml", "atomic_write_text",
+    "parse_override", "run_key", "identity_dict", "to_toml", "atomic_write_text", "check_name",
+    "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_NODES", "MAX_SEED",
 ]
 
 BUDGET_KINDS = ("epochs", "steps", "grad_evals")
+
+#: a config file larger than this is refused before it is parsed
+MAX_CONFIG_BYTES = 1 << 20
+#: deepest nesting of tables/lists a config may have (JSON/TOML/YAML and --set values)
+MAX_CONFIG_DEPTH = 32
+#: most values a config may hold once YAML aliases are expanded (an alias bomb is refused before any copy)
+MAX_CONFIG_NODES = 100_000
+#: seeds seed numpy's generator too, which takes 32-bit seeds
+MAX_SEED = 2**32 - 1
+#: integers beyond int64 cannot reach torch
+_INT_LIMIT = 2**63
+#: labels and names that become file names: letters, digits, ``_ . + -``; no separators, no ``..``
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}$")
+
+
+def check_name(key: str, value: str, allow_empty: bool = False) -> str:
+    """``value`` if it is safe as (part of) a file name, else :class:`ConfigError` naming ``key``."""
+    if allow_empty and value == "":
+        return value
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
+        raise ConfigError(f"{key} = {value!r} is not a safe name; allowed: 1 to 100 letters, digits and _ . + = - "
+                          "(starting with a letter or digit; no path separators, no '..')")
+    return value
 
 
 class ConfigError(ValueError):
@@ -136,8 +162,25 @@ def validate(config: RunConfig) -> None:
         raise bad("batch_size", config.batch_size, "an integer >= 1")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise bad("label_smoothing", config.label_smoothing, "0 <= label_smoothing < 1")
-    if config.seed < 0:
-        raise bad("seed", config.seed, "an integer >= 0")
+    for key, seed in (("seed", config.seed), ("data.split_seed", config.data.split_seed),
+                      ("data.noise_seed", config.data.noise_seed)):
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise bad(key, seed, f"an integer from 0 to 2**32 - 1 = {MAX_SEED}")
+    # a display name (sweeps use safe names, checked by check_name, for their run directories)
+    if len(config.label) > 200 or any(not ch.isprintable() for ch in config.label):
+        raise bad("label", config.label, "at most 200 printable characters (no newlines or control characters)")
+    for section in (config, config.data, config.model, config.optimizer, config.budget, config.run):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                prefix = "" if section is config else {DataConfig: "data.", ModelConfig: "model.",
+                                                       OptimizerConfig: "optimizer.", BudgetConfig: "budget.",
+                                                       ExecutionConfig: "run."}[type(section)]
+                raise bad(prefix + f.name, value, "a finite number")
+    if config.optimizer.momentum < 0:
+        raise bad("optimizer.momentum", config.optimizer.momentum, "a finite number >= 0")
+    if config.optimizer.weight_decay < 0:
+        raise bad("optimizer.weight_decay", config.optimizer.weight_decay, "a finite number >= 0")
     if not 0.0 <= config.data.label_noise <= 1.0:
         raise bad("data.label_noise", config.data.label_noise, "a fraction in [0, 1]")
     if config.budget.kind not in BUDGET_KINDS:
@@ -181,6 +224,20 @@ def _is_json_value(value: Any) -> bool:
     return False
 
 
+def _nonfinite_from_strings(value: Any) -> Any:
+    """``"inf"``, ``"-inf"``, ``"nan"`` -> floats inside free-form tables (``optimizer.settings`` and
+    the like): JSON has no infinity, so configs are written with these strings (see ``_json``)."""
+    from .._json import NONFINITE_STRINGS
+
+    if isinstance(value, str):
+        return NONFINITE_STRINGS.get(value.lower(), value)
+    if isinstance(value, dict):
+        return {k: _nonfinite_from_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nonfinite_from_strings(v) for v in value]
+    return value
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
     if dataclasses.is_dataclass(tp):
@@ -209,17 +266,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping) or not _is_json_value(dict(value)):
             raise ConfigError(f"{key} must be a table of plain values (strings, numbers, booleans, lists), "
                               f"got {value!r}")
-        return json.loads(json.dumps(dict(value)))  # deep copy, tuples -> lists
+        return _nonfinite_from_strings(json.loads(json.dumps(dict(value))))  # deep copy, tuples -> lists
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -_INT_LIMIT < value < _INT_LIMIT:
+                raise ConfigError(f"{key} = {value!r} is out of range; allowed: an integer of magnitude below 2**63")
+            return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -235,7 +294,7 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(k) for k in set(data) - set(names))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
                           f"allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}")
@@ -277,10 +336,16 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects KEY=VALUE with a non-empty key, got {text!r}")
     if raw.lower() in ("none", "null"):
         return key, None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--set {key}=...: the value is longer than {MAX_CONFIG_BYTES} bytes")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"--set {key}=...: the value is nested too deeply (at most {MAX_CONFIG_DEPTH} levels)") \
+            from None
+    check_structure(value, f"--set {key}")
     return key, value
 
 
@@ -299,7 +364,11 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | list[str]) -> dict[str, Any]:
     """A deep copy of the raw config mapping with dotted-key overrides applied (before type checks)."""
-    result = json.loads(json.dumps(data))
+    try:
+        result = json.loads(json.dumps(data))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"the config holds a value that is not plain data (strings, numbers, booleans, lists, "
+                          f"tables): {' '.join(str(exc).split())}") from None
     items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
     for key, value in items:
         _set_dotted(result, key, value)
@@ -307,32 +376,123 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | list
 
 
 # ---------------------------------------------------------------------- files
+def check_structure(data: Any, where: str) -> None:
+    """Refuse values nested deeper than :data:`MAX_CONFIG_DEPTH` or with more than
+    :data:`MAX_CONFIG_NODES` values (iteratively: no recursion, no copy)."""
+    stack = [(data, 1)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"{where} holds more than {MAX_CONFIG_NODES} values; configs are small tables")
+        if isinstance(value, (dict, list, tuple)):
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{where} is nested too deeply (more than {MAX_CONFIG_DEPTH} levels)")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses alias expansion beyond :data:`MAX_CONFIG_NODES` values (a
+    "billion laughs" bomb) and recursive aliases, measured on the composed node graph before any
+    Python object is built or copied."""
+    try:
+        import yaml
+    except ModuleNotFoundError as exc:  # pragma: no cover
+        raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or use TOML") from exc
+
+    class _CheckedLoader(yaml.SafeLoader):
+        def compose_document(self) -> Any:  # type: ignore[override]
+            node = super().compose_document()
+            _check_yaml_graph(node, where)
+            return node
+
+    try:
+        return yaml.load(text, Loader=_CheckedLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} cannot be parsed: {' '.join(str(exc).split())}") from None
+
+
+def _check_yaml_graph(root: Any, where: str) -> None:
+    """Expanded size (every alias counted as a full copy of its target) and depth of a YAML node
+    graph, computed once per node; a node reachable from itself is a recursive alias."""
+    import yaml
+
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, depth)
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if not children_done:
+            if id(node) in on_path:
+                raise ConfigError(f"{where} has a recursive YAML alias; configs must be finite tables")
+            on_path.add(id(node))
+            stack.append((node, True))
+            for child in children:
+                if id(child) in on_path:
+                    raise ConfigError(f"{where} has a recursive YAML alias; configs must be finite tables")
+                if id(child) not in sizes:
+                    stack.append((child, False))
+            continue
+        on_path.discard(id(node))
+        size = 1 + sum(sizes[id(c)][0] for c in children)
+        depth = 1 + max((sizes[id(c)][1] for c in children), default=0)
+        if size > MAX_CONFIG_NODES:
+            raise ConfigError(f"{where} expands to more than {MAX_CONFIG_NODES} values (YAML aliases); "
+                              "refusing it (an alias bomb?)")
+        if depth > 2 * MAX_CONFIG_DEPTH:  # keys and values both count as nodes
+            raise ConfigError(f"{where} is nested too deeply (more than {MAX_CONFIG_DEPTH} levels)")
+        sizes[id(node)] = (size, depth)
+
+
 def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML, YAML or JSON file into a dict (format from the extension)."""
+    """Read a TOML, YAML or JSON file into a dict (format from the extension).
+
+    Refused with a one-line :class:`ConfigError`: files over :data:`MAX_CONFIG_BYTES`, text that is
+    not UTF-8, unparsable text, nesting deeper than :data:`MAX_CONFIG_DEPTH`, more than
+    :data:`MAX_CONFIG_NODES` values (YAML aliases expanded, checked before anything is built).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    where = f"config file {str(path)!r}"
     suffix = path.suffix.lower()
-    text = path.read_text()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"{where}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where} is {size} bytes; configs are at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        with open(path, "rb") as stream:
+            text = stream.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {exc.start}); is it a config file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
     try:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ModuleNotFoundError as exc:  # pragma: no cover
-                raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or use TOML") from exc
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
+            data = _yaml_load(text, where)
+            data = {} if data is None else data
         else:
-            raise ConfigError(f"config file {str(path)!r}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be parsed: {exc}") from exc
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
-        if type(exc).__module__.startswith("yaml"):
-            raise ConfigError(f"config file {str(path)!r} cannot be parsed: {exc}") from exc
-        raise
+            data = json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where} cannot be parsed: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply (more than {MAX_CONFIG_DEPTH} levels)") from None
+    check_structure(data, where)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a table of settings, got {type(data).__name__}")
     return data
@@ -394,4 +554,4 @@ def save_config(config: RunConfig, directory: str | os.PathLike[str]) -> None:
     """Write the resolved config as ``config.toml`` and ``config.json`` into ``directory``."""
     data = to_dict(config)
     atomic_write_text(Path(directory) / "config.toml", to_toml(data))
-    atomic_write_text(Path(directory) / "config.json", json.dumps(data, indent=2) + "\n")
+    atomic_write_text(Path(directory) / "config.json", _json.dumps(data, nonfinite="string", indent=2) + "\n")

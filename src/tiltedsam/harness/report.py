@@ -31,9 +31,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import _json
 from .._atomic import atomic_write_with
 from .config import atomic_write_text
-from .sweep import database_path, iter_results, open_database
+from .sweep import database_path, failed_runs, iter_results, open_database
 
 __all__ = ["Report", "build_report", "write_report", "run_report", "select_best", "mean_std",
            "markdown_table"]
@@ -102,7 +103,8 @@ def _load(connection) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, An
     runs = list(iter_results(connection))
     epochs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in connection.execute("SELECT run_key, metrics FROM epochs ORDER BY run_key, epoch"):
-        epochs[r["run_key"]].append(json.loads(r["metrics"]))
+        row = json.loads(r["metrics"])  # non-finite numbers are stored as null
+        epochs[r["run_key"]].append({k: float("nan") if v is None else v for k, v in row.items()})
     return runs, epochs
 
 
@@ -152,10 +154,15 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
             runs = [r for r in runs if r["run_key"] in only_keys]
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         counts = dict(connection.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        failures = failed_runs(connection, only_keys)
     finally:
         connection.close()
     if not runs:
-        raise ValueError(f"the sweep database {str(database_path(db))!r} has no finished runs yet")
+        detail = ""
+        if failures:
+            detail = f"; {len(failures)} failed or interrupted, e.g. {failures[0]['label']} seed " \
+                     f"{failures[0]['seed']}: {failures[0]['error']}"
+        raise ValueError(f"the sweep database {str(database_path(db))!r} has no finished runs yet{detail}")
     order = list(dict.fromkeys(r["label"] for r in runs))
     chosen = select_best(runs)
     first = runs[0]["config"]
@@ -226,6 +233,7 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
                  f"batch {first['batch_size']}, label smoothing {first['label_smoothing']}")
     parts = [f"# {title or 'Sweep report'}", "",
              f"{data_line}. Runs done: {counts.get('done', 0)}, failed: {counts.get('failed', 0)}, "
+             f"interrupted: {counts.get('interrupted', 0)}, "
              f"pending/running: {counts.get('pending', 0) + counts.get('running', 0)}. "
              f"Written by tiltedsam {meta.get('package_version')} (schema {meta.get('schema_version')}).", "",
              f"Setting per optimizer chosen by mean validation accuracy (best epoch) over seeds; the validation "
@@ -240,6 +248,11 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
         parts += ["## Accuracy per number of samples s (Table 2 style)", "", markdown_table(*tables["accuracy_by_s"]),
                   ""]
     parts += ["## Convergence (Fig. 7 style)", "", "![convergence](convergence.png)", ""]
+    if failures:  # diverged or broken runs are named, not averaged away
+        parts += ["## Failed runs", "", "These runs are not in the tables above (a diverged run fails: see its error).",
+                  "", markdown_table(["optimizer", "seed", "setting", "status", "error"],
+                                     [[f["label"], f["seed"], _setting_text(f["setting"]), f["status"],
+                                       f["error"].replace("|", "\\|")] for f in failures]), ""]
     if epilogue is not None:
         parts += [epilogue(summary)]
     run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), r["result"]["final_test_acc"],
@@ -337,7 +350,7 @@ def write_report(db: str | Path, out_dir: str | Path | None = None, title: str |
     if report.by_t:
         _plot_by_t(report, out / "accuracy_vs_t.png")
     atomic_write_text(out / "report.md", report.markdown)
-    atomic_write_text(out / "summary.json", json.dumps(report.summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", _json.dumps(report.summary, indent=2) + "\n")
     return report
 
 

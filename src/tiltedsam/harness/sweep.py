@@ -30,31 +30,55 @@ the registry's ``esam1`` entry when there is one).
 
 The database (WAL mode, safe for several worker processes) has a ``meta`` table (schema version,
 package version), a ``runs`` table (one row per grid point: ``run_key`` = hash of the resolved
-config, ``status`` pending/running/done/failed, the result JSON) and an ``epochs`` table (one row
-per run and epoch). Restarting a sweep skips ``done`` runs and re-runs the rest, resuming each from
-its run directory's checkpoint when there is one, so a crash costs at most one epoch per run.
+config, ``status`` pending/running/done/failed/interrupted, the lease ``owner`` and its
+``heartbeat``, the result JSON) and an ``epochs`` table (one row per run and epoch). Restarting a
+sweep skips ``done`` runs and re-runs the rest, resuming each from its run directory's checkpoint
+when there is one, so a crash costs at most one epoch per run.
+
+Several sweep processes may work on one database at once (two terminals, two machines on a shared
+disk): a run is *claimed* in one ``BEGIN IMMEDIATE`` transaction (status ``running``, ``owner`` =
+host:pid:nonce, ``heartbeat`` = now), so each run is trained by one process. The claiming process
+refreshes the heartbeat of its runs every ``lease_seconds / 4``; a lease whose heartbeat is older
+than ``lease_seconds``, or whose owner is a process of this host that no longer exists, is stale
+and the run may be claimed again (it resumes from its checkpoint).
+
+SIGINT/SIGTERM stop a sweep within seconds: its worker processes are terminated, the runs in flight
+are marked ``interrupted`` and :class:`SweepInterrupted` (exit code 130/143 in the CLI) is raised.
+Workers die with their parent (``PR_SET_PDEATHSIG`` on Linux, and a parent-pid poll everywhere), so
+a ``kill -9`` of the sweep leaves no process behind; rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import signal
+import socket
 import sqlite3
+import sys
+import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import uuid
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ConfigError, RunConfig, apply_overrides, from_dict, read_mapping, run_key, to_dict
+from .. import _json
+from .._atomic import atomic_write
+from .config import (MAX_SEED, ConfigError, RunConfig, apply_overrides, check_name, from_dict, read_mapping,
+                     run_key, to_dict)
 
-__all__ = ["SCHEMA_VERSION", "SweepConfig", "SweepError", "GridPoint", "expand_grid", "open_database",
-           "run_sweep", "load_sweep_config", "AXIS_ALIASES", "database_path"]
+__all__ = ["SCHEMA_VERSION", "SweepConfig", "SweepError", "SweepInterrupted", "GridPoint", "expand_grid",
+           "open_database", "run_sweep", "load_sweep_config", "AXIS_ALIASES", "database_path", "claim_run",
+           "STATUSES", "failed_runs"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STATUSES = ("pending", "running", "done", "failed", "interrupted")
 DATABASE_NAME = "sweep.db"
 
 #: short axis names -> dotted config keys
@@ -76,6 +100,22 @@ class SweepError(RuntimeError):
     """A sweep database is missing, of another schema version, or a sweep config is invalid."""
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by SIGINT/SIGTERM (or Ctrl-C): workers terminated, runs in flight marked
+    ``interrupted``. ``exit_code`` is the shell convention 128 + signal number (130, 143)."""
+
+    def __init__(self, signum: int = signal.SIGINT, interrupted: int = 0) -> None:
+        self.signum = int(signum)
+        self.interrupted = interrupted
+        self.exit_code = 128 + self.signum
+        name = signal.Signals(self.signum).name
+        super().__init__(f"sweep stopped by {name}: {interrupted} run(s) in flight marked interrupted; "
+                         "run the same command again to resume")
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "sweep interrupted"
+
+
 @dataclass
 class SweepConfig:
     name: str = "sweep"
@@ -89,14 +129,31 @@ class SweepConfig:
     grid: dict[str, Any] = field(default_factory=dict)
     per_optimizer: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Any] = field(default_factory=dict)
+    lease_seconds: float = 60.0  # a run whose claimer sent no heartbeat for this long may be claimed again
 
     def __post_init__(self) -> None:
+        check_name("name", self.name)
         if self.workers < 1:
             raise ConfigError(f"workers = {self.workers!r} is invalid; allowed: an integer >= 1")
+        if self.threads_per_worker < 0:
+            raise ConfigError(f"threads_per_worker = {self.threads_per_worker!r} is invalid; allowed: 0 (cores / "
+                              "workers) or a positive count")
+        if not (math.isfinite(self.lease_seconds) and self.lease_seconds > 0):
+            raise ConfigError(f"lease_seconds = {self.lease_seconds!r} is invalid; allowed: a finite number > 0")
         if not self.optimizers:
             raise ConfigError("optimizers must list at least one optimizer label")
+        for index, label in enumerate(self.optimizers):
+            check_name(f"optimizers[{index}]", label)
+        for label in self.variants:
+            check_name(f"variants.{label}", label)
+            if not isinstance(self.variants[label], dict):
+                raise ConfigError(f"variants.{label} must be a table of key = value overrides, "
+                                  f"got {self.variants[label]!r}")
         if not self.seeds:
             raise ConfigError("seeds must list at least one seed")
+        for seed in self.seeds:
+            if not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"seeds: {seed!r} is invalid; allowed: integers from 0 to 2**32 - 1 = {MAX_SEED}")
         for where, axes in [("grid", self.grid), *((f"per_optimizer.{k}", v) for k, v in self.per_optimizer.items())]:
             if not isinstance(axes, dict):
                 raise ConfigError(f"{where} must be a table of axis = [values], got {axes!r}")
@@ -141,8 +198,15 @@ def _axis_key(axis: str) -> str:
     return AXIS_ALIASES.get(axis, axis)
 
 
-def expand_grid(sweep: SweepConfig) -> list[GridPoint]:
-    """Every (label, setting, seed) of the sweep as a resolved, checked run config."""
+def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
+    """Every (label, setting, seed) of the sweep as a resolved, checked run config.
+
+    With ``check`` every point is also checked as far as possible without data (device,
+    optimizer settings, budget: :func:`tiltedsam.harness.train.check_run`), so that an invalid
+    sweep fails before anything is written.
+    """
+    from .train import check_run
+
     out_root = Path(sweep.out_dir)
     points: list[GridPoint] = []
     seen: set[str] = set()
@@ -156,6 +220,8 @@ def expand_grid(sweep: SweepConfig) -> list[GridPoint]:
                 overrides = {**variant, **setting, "seed": seed, "label": label}
                 try:
                     config = from_dict(RunConfig, apply_overrides(sweep.base, overrides))
+                    if check:
+                        check_run(config)
                 except ConfigError as exc:
                     raise ConfigError(f"sweep point {label} {setting} seed {seed}: {exc}") from exc
                 key = run_key(config)
@@ -175,12 +241,44 @@ def database_path(path: str | os.PathLike[str]) -> Path:
     return path if path.suffix == ".db" or path.is_file() else path / DATABASE_NAME
 
 
+_RUNS_TABLE = """
+    CREATE TABLE runs (
+        run_key TEXT PRIMARY KEY, label TEXT NOT NULL, optimizer TEXT NOT NULL, seed INTEGER NOT NULL,
+        setting TEXT NOT NULL, config TEXT NOT NULL, run_dir TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending','running','done','failed','interrupted')),
+        attempts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, result TEXT, error TEXT,
+        owner TEXT, heartbeat REAL)"""
+_RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, status, attempts, started, finished, " \
+                  "result, error"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=120, isolation_level=None)  # autocommit; explicit transactions
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA busy_timeout=120000")
+    try:
+        connection.execute("PRAGMA busy_timeout=120000")
+        connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise SweepError(f"{str(path)!r} is not an SQLite database ({exc}); expected a tiltedsam sweep.db") from None
     connection.row_factory = sqlite3.Row
     return connection
+
+
+def _migrate_v1(connection: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the ``interrupted`` status and the lease columns (``owner``, ``heartbeat``).
+    SQLite cannot change a CHECK constraint in place: new table, copy, drop, rename, in one transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(_RUNS_TABLE.replace("CREATE TABLE runs", "CREATE TABLE runs_v2"))
+        connection.execute(f"INSERT INTO runs_v2 ({_RUN_COLUMNS_V1}) SELECT {_RUN_COLUMNS_V1} FROM runs")
+        connection.execute("DROP TABLE runs")
+        connection.execute("ALTER TABLE runs_v2 RENAME TO runs")
+        connection.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
 
 
 def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3.Connection:
@@ -193,8 +291,18 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
         if not create:
             raise SweepError(f"no sweep database at {str(file)!r}; run `tiltedsam sweep` or `tiltedsam compare` first")
         file.parent.mkdir(parents=True, exist_ok=True)
+    if file.is_file():  # never let SQLite turn someone's text file into a database
+        with open(file, "rb") as stream:
+            header = stream.read(16)
+        if header != b"SQLite format 3\x00" and not (create and file.stat().st_size == 0):
+            raise SweepError(f"{str(file)!r} is not an SQLite database (no SQLite header); expected a tiltedsam "
+                             "sweep.db")
     connection = _connect(file)
-    tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    try:
+        tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise SweepError(f"{str(file)!r} is not an SQLite database ({exc}); expected a tiltedsam sweep.db") from None
     if "meta" not in tables:
         if not create or tables:
             connection.close()
@@ -202,11 +310,7 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
         connection.executescript(f"""
             BEGIN;
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE runs (
-                run_key TEXT PRIMARY KEY, label TEXT NOT NULL, optimizer TEXT NOT NULL, seed INTEGER NOT NULL,
-                setting TEXT NOT NULL, config TEXT NOT NULL, run_dir TEXT NOT NULL,
-                status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','running','done','failed')),
-                attempts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, result TEXT, error TEXT);
+            {_RUNS_TABLE};
             CREATE TABLE epochs (
                 run_key TEXT NOT NULL REFERENCES runs(run_key), epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
                 PRIMARY KEY (run_key, epoch));
@@ -215,6 +319,9 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
             COMMIT;""")
         return connection
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("schema_version") == "1":
+        _migrate_v1(connection)
+        meta["schema_version"] = str(SCHEMA_VERSION)
     if meta.get("schema_version") != str(SCHEMA_VERSION):
         connection.close()
         raise SweepError(f"{str(file)!r} has sweep schema version {meta.get('schema_version')!r} (written by "
@@ -230,14 +337,126 @@ def register_points(connection: sqlite3.Connection, points: list[GridPoint]) -> 
         connection.execute(
             "INSERT OR IGNORE INTO runs (run_key, label, optimizer, seed, setting, config, run_dir) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (p.key, p.label, p.config.optimizer.name, p.seed, json.dumps(p.setting, sort_keys=True),
-             json.dumps(to_dict(p.config)), p.config.run.out_dir))
+            (p.key, p.label, p.config.optimizer.name, p.seed, _json.dumps(p.setting, nonfinite="string", sort_keys=True),
+             _json.dumps(to_dict(p.config), nonfinite="string"), p.config.run.out_dir))
     connection.execute("COMMIT")
 
 
-def execute_run(db_file: str, key: str, num_threads: int = 0) -> tuple[str, str]:
-    """Run one grid point (in a worker process): mark it running, train (resuming from its
-    checkpoint if a crash left one), store epochs and result, mark it done or failed."""
+# ---------------------------------------------------------------------- leases
+def _owner_id() -> str:
+    """``host:pid:nonce``: who holds a lease (the nonce tells two lives of one pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` names a process of this host that no longer exists."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine: only the heartbeat can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def claim_run(connection: sqlite3.Connection, owner: str, candidates: list[str], *, since: float,
+              retry_failed: bool = True, lease_seconds: float = 60.0) -> str | None:
+    """Atomically claim the first claimable run of ``candidates`` (in their order) for ``owner``.
+
+    Claimable: ``pending`` or ``interrupted``; ``failed`` before ``since`` (when ``retry_failed``);
+    ``running`` under a stale lease (no heartbeat for ``lease_seconds``, or an owner process of
+    this host that is gone). The claim (status ``running``, owner, heartbeat, attempts + 1) happens
+    in the same ``BEGIN IMMEDIATE`` transaction as the check, so no two processes claim one run.
+    Returns the run key, or ``None`` when nothing is left to claim.
+    """
+    now = time.time()
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        rows = {r["run_key"]: r for r in connection.execute(
+            "SELECT run_key, status, owner, heartbeat, finished FROM runs WHERE status != 'done'")}
+        chosen = None
+        for key in candidates:
+            row = rows.get(key)
+            if row is None:
+                continue
+            status = row["status"]
+            if status in ("pending", "interrupted"):
+                chosen = key
+            elif status == "failed" and retry_failed and (row["finished"] or 0) < since:
+                chosen = key
+            elif status == "running" and row["owner"] != owner and (
+                    row["heartbeat"] is None or now - row["heartbeat"] > lease_seconds
+                    or _owner_is_dead(row["owner"])):
+                chosen = key
+            if chosen is not None:
+                break
+        if chosen is not None:
+            connection.execute("UPDATE runs SET status='running', owner=?, heartbeat=?, started=?, "
+                               "attempts=attempts+1, error=NULL WHERE run_key=?", (owner, now, now, chosen))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return chosen
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the heartbeat of every run ``owner`` holds, every ``interval`` seconds."""
+
+    def __init__(self, db_file: str, owner: str, interval: float) -> None:
+        super().__init__(name="sweep-heartbeat", daemon=True)
+        self.db_file, self.owner, self.interval = db_file, owner, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        connection = _connect(Path(self.db_file))
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    connection.execute("UPDATE runs SET heartbeat=? WHERE owner=? AND status='running'",
+                                       (time.time(), self.owner))
+                except sqlite3.Error:  # busy beyond the timeout: try again next beat
+                    continue
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def _mark_interrupted(db_file: str, owner: str) -> int:
+    """Runs ``owner`` holds that are still ``running`` -> ``interrupted``; returns how many."""
+    connection = _connect(Path(db_file))
+    try:
+        cursor = connection.execute(
+            "UPDATE runs SET status='interrupted', finished=?, error='interrupted by a signal; rerun to resume' "
+            "WHERE owner=? AND status='running'", (time.time(), owner))
+        return cursor.rowcount
+    finally:
+        connection.close()
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for the expected failures (divergence, bad config, bad checkpoint), else the traceback."""
+    from .checkpoints import CheckpointError
+    from .train import RunDiverged
+
+    if isinstance(exc, (RunDiverged, ConfigError, CheckpointError)):
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return traceback.format_exc()
+
+
+def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None) -> tuple[str, str]:
+    """Train one grid point (resuming from its checkpoint if a crash left one), store its epochs
+    and result, mark it done or failed. ``owner`` is the lease holder that claimed the run; without
+    one the run is claimed here first (whatever its status)."""
     import torch
 
     from .train import train
@@ -246,23 +465,24 @@ def execute_run(db_file: str, key: str, num_threads: int = 0) -> tuple[str, str]
         torch.set_num_threads(num_threads)
     connection = _connect(Path(db_file))
     try:
+        if owner is None:
+            owner = _owner_id()
+            now = time.time()
+            connection.execute("UPDATE runs SET status='running', owner=?, heartbeat=?, started=?, "
+                               "attempts=attempts+1, error=NULL WHERE run_key=?", (owner, now, now, key))
         row = connection.execute("SELECT config FROM runs WHERE run_key = ?", (key,)).fetchone()
         config = from_dict(RunConfig, json.loads(row["config"]))
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute("UPDATE runs SET status='running', attempts=attempts+1, started=?, error=NULL "
-                           "WHERE run_key=?", (time.time(), key))
         connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
-        connection.execute("COMMIT")
 
         def store_epoch(metrics: dict[str, Any]) -> None:
             connection.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)",
-                               (key, metrics["epoch"], json.dumps(metrics)))
+                               (key, metrics["epoch"], _json.dumps(metrics)))
 
         try:
             result = train(config, resume=True, on_epoch=store_epoch)
-        except Exception:
-            connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=?",
-                               (time.time(), traceback.format_exc(), key))
+        except Exception as exc:
+            connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
+                               (time.time(), _error_text(exc), key, owner))
             return key, "failed"
         from .checkpoints import load_checkpoint
 
@@ -270,33 +490,135 @@ def execute_run(db_file: str, key: str, num_threads: int = 0) -> tuple[str, str]
         connection.execute("BEGIN IMMEDIATE")
         connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
         connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)",
-                               [(key, r["epoch"], json.dumps(r)) for r in rows])
-        connection.execute("UPDATE runs SET status='done', finished=?, result=? WHERE run_key=?",
-                           (time.time(), json.dumps(result), key))
+                               [(key, r["epoch"], _json.dumps(r)) for r in rows])
+        connection.execute("UPDATE runs SET status='done', finished=?, result=? WHERE run_key=? AND owner=?",
+                           (time.time(), _json.dumps(result), key, owner))
         connection.execute("COMMIT")
         return key, "done"
     finally:
         connection.close()
 
 
+# ---------------------------------------------------------------------- worker processes
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker exit when the sweep process dies, even by ``kill -9``.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill us when the parent exits.
+    Everywhere: a daemon thread polls ``os.getppid()`` (we are reparented when the parent dies).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the poll below still works
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def poll() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
+
+
+def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, parent_pid: int) -> None:
+    """A sweep worker: run the keys the parent sends until it sends ``None``.
+
+    SIGINT is ignored (Ctrl-C reaches the whole process group; the parent decides and terminates
+    the workers with SIGTERM, whose default action ends the process at once, without a traceback).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    connection.send("ready")  # only now may the parent claim a run for this worker
+    while True:
+        try:
+            key = connection.recv()
+        except (EOFError, OSError):
+            return
+        if key is None:
+            return
+        connection.send(execute_run(db_file, key, num_threads, owner))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    connection: Any
+    key: str | None = None
+    ready: bool = False  # set once it has imported the harness and arranged to die with the parent
+
+
+def _start_worker(context: Any, db_file: str, threads: int, owner: str) -> _Worker:
+    parent_end, child_end = context.Pipe()
+    process = context.Process(target=_worker_main, args=(child_end, db_file, threads, owner, os.getpid()),
+                              daemon=True, name="tiltedsam-sweep-worker")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _in_main_thread() else None
+    try:
+        process.start()  # inherits SIG_IGN for SIGINT: a Ctrl-C while it imports gives no traceback
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    child_end.close()
+    return _Worker(process, parent_end)
+
+
+def _stop_workers(workers: list[_Worker], grace: float = 3.0) -> None:
+    """SIGTERM every live worker, wait up to ``grace`` seconds, SIGKILL what is left."""
+    for worker in workers:
+        if worker.process.is_alive():
+            worker.process.terminate()
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(timeout=5)
+        worker.connection.close()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise SweepInterrupted(signum)
+
+
+# ---------------------------------------------------------------------- the sweep
 def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | None = None) -> dict[str, int]:
     """Run every grid point of ``sweep`` that is not done yet; returns counts by final status.
 
-    ``max_runs`` stops after that many runs were started (for tests and partial runs). With
-    ``workers > 1`` the runs go to a spawn-context process pool, each worker using
-    ``threads_per_worker`` torch threads (default: cores / workers).
+    Counts: ``done`` and ``failed`` (runs this call trained), ``skipped`` (already done before),
+    ``elsewhere`` (left to another sweep process working on the same database). The whole sweep is
+    checked (:func:`expand_grid`) before anything is written. ``max_runs`` stops after that many
+    runs were started (for tests and partial runs). With ``workers > 1`` the runs go to that many
+    spawned worker processes, each using ``threads_per_worker`` torch threads (default: cores /
+    workers). SIGINT/SIGTERM (in the main thread) raise :class:`SweepInterrupted` after the
+    workers are stopped and the runs in flight are marked ``interrupted``.
     """
     from tqdm.auto import tqdm
 
+    from .train import resolve_budget
+
+    points = expand_grid(sweep)  # validates everything before the first file is written
     out = Path(sweep.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(to_dict(sweep), indent=2) + "\n")
-    points = expand_grid(sweep)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "sweep.json", _json.dumps(to_dict(sweep), nonfinite="string", indent=2) + "\n")
+    except OSError as exc:
+        raise SweepError(f"cannot write the sweep to out_dir {str(out)!r}: {exc.strerror or exc}") from None
+    since = time.time()
     connection = open_database(out, create=True)
     try:
         register_points(connection, points)
         wanted = {p.key for p in points}
-        statuses = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+        statuses = ("pending", "running", "interrupted", "failed") if retry_failed else \
+            ("pending", "running", "interrupted")
         todo = [r["run_key"] for r in connection.execute(
             f"SELECT run_key FROM runs WHERE status IN ({','.join('?' * len(statuses))}) ORDER BY rowid", statuses)
             if r["run_key"] in wanted]
@@ -304,37 +626,137 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
         connection.close()
     # Longest runs first (by gradient evaluations for a nominal epoch length), so that parallel
     # workers finish together instead of one of them running a long run alone at the end.
-    from .train import resolve_budget
-
     cost = {p.key: resolve_budget(p.config, steps_per_epoch=1000).total_grad_evals for p in points}
     todo.sort(key=lambda key: -cost[key])
-    if max_runs is not None:
-        todo = todo[:max_runs]
     db_file = str(database_path(out).resolve())
     threads = sweep.threads_per_worker or max(1, (os.cpu_count() or 1) // sweep.workers)
-    counts = {"done": 0, "failed": 0, "skipped": len(points) - len(todo)}
-    bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run", disable=not sweep.progress)
-    if sweep.workers == 1 or len(todo) <= 1:
-        for key in todo:
-            _, status = execute_run(db_file, key, threads if sweep.workers > 1 else 0)
-            counts[status] += 1
-            bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=sweep.workers, mp_context=get_context("spawn")) as pool:
-            pending = {pool.submit(execute_run, db_file, key, threads) for key in todo}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    _, status = future.result()
-                    counts[status] += 1
-                    bar.update(1)
-    bar.close()
+    owner = _owner_id()
+    counts = {"done": 0, "failed": 0, "skipped": len(points) - len(todo), "elsewhere": 0}
+    budget = len(todo) if max_runs is None else min(max_runs, len(todo))
+    bar = tqdm(total=budget, desc=f"sweep {sweep.name}", unit="run", disable=not sweep.progress)
+    heartbeat = _Heartbeat(db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
+    heartbeat.start()
+    handlers: dict[int, Any] = {}
+    if _in_main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, _raise_interrupt)
+    workers: list[_Worker] = []
+    claims = connection = None
+    try:
+        connection = _connect(Path(db_file))
+        claims = 0
+
+        def claim() -> str | None:
+            nonlocal claims
+            if claims >= budget:
+                return None
+            key = claim_run(connection, owner, todo, since=since, retry_failed=retry_failed,
+                            lease_seconds=sweep.lease_seconds)
+            claims += key is not None
+            return key
+
+        if sweep.workers == 1 or budget <= 1:
+            while (key := claim()) is not None:
+                _, status = execute_run(db_file, key, threads if sweep.workers > 1 else 0, owner)
+                counts[status] += 1
+                bar.update(1)
+        else:
+            context = get_context("spawn")
+            workers = [_start_worker(context, db_file, threads, owner) for _ in range(min(sweep.workers, budget))]
+            idle: list[_Worker] = []
+            exhausted = False  # nothing was left to claim when a worker was free
+            while True:
+                while idle and not exhausted:
+                    key = claim()
+                    if key is None:
+                        exhausted = True
+                        break
+                    worker = idle.pop()
+                    worker.key = key
+                    worker.connection.send(key)
+                busy = [w for w in workers if w.key is not None]
+                starting = [w for w in workers if not w.ready]
+                if not busy and (exhausted or not starting):
+                    break
+                watched = busy + starting
+                ready = set(wait_for([w.connection for w in watched] + [w.process.sentinel for w in watched],
+                                     timeout=5))
+                for worker in watched:
+                    if worker.connection not in ready and worker.process.sentinel not in ready:
+                        continue
+                    try:
+                        message = worker.connection.recv()
+                    except (EOFError, OSError):  # the worker died (killed, out of memory)
+                        worker.process.join(timeout=5)
+                        workers.remove(worker)
+                        worker.connection.close()
+                        if worker.key is None:
+                            raise SweepError(f"a sweep worker process failed to start (exit code "
+                                             f"{worker.process.exitcode}); see its output above") from None
+                        connection.execute(
+                            "UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
+                            (time.time(), f"the worker process died (exit code {worker.process.exitcode})",
+                             worker.key, owner))
+                        counts["failed"] += 1
+                        bar.update(1)
+                        if not exhausted:
+                            workers.append(_start_worker(context, db_file, threads, owner))
+                        continue
+                    if message == "ready":
+                        worker.ready = True
+                    else:
+                        counts[message[1]] += 1
+                        bar.update(1)
+                    worker.key = None
+                    idle.append(worker)
+            for worker in workers:
+                worker.connection.send(None)
+            for worker in workers:
+                worker.process.join(timeout=10)
+    except KeyboardInterrupt as exc:  # SweepInterrupted (SIGINT/SIGTERM) or a plain Ctrl-C
+        for signum in handlers:  # a second signal must not interrupt the clean-up
+            signal.signal(signum, signal.SIG_IGN)
+        _stop_workers(workers)
+        heartbeat.stop()
+        interrupted = _mark_interrupted(db_file, owner)
+        signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
+        raise SweepInterrupted(signum, interrupted) from None
+    finally:
+        _stop_workers(workers, grace=1.0)
+        heartbeat.stop()
+        if connection is not None:
+            connection.close()
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
+        bar.close()
+    counts["elsewhere"] = max(0, len(todo) - counts["done"] - counts["failed"]) if max_runs is None else 0
     return counts
+
+
+def _decode(text: str) -> Any:
+    """A config or setting column: JSON with ``"inf"``/``"-inf"``/``"nan"`` strings for non-finite floats."""
+    from .config import _nonfinite_from_strings
+
+    return _nonfinite_from_strings(json.loads(text))
+
+
+def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
+    """Runs that failed or were interrupted: label, seed, setting, status and the error's last line."""
+    out = []
+    for r in connection.execute("SELECT run_key, label, seed, setting, status, error FROM runs "
+                                "WHERE status IN ('failed', 'interrupted') ORDER BY rowid"):
+        if only_keys is not None and r["run_key"] not in only_keys:
+            continue
+        lines = [line.strip() for line in (r["error"] or "").strip().splitlines() if line.strip()]
+        out.append({"run_key": r["run_key"], "label": r["label"], "seed": r["seed"],
+                    "setting": _decode(r["setting"]), "status": r["status"],
+                    "error": lines[-1] if lines else ""})
+    return out
 
 
 def iter_results(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
     """Finished runs: label, optimizer, seed, setting, config and result as Python objects."""
     for r in connection.execute("SELECT * FROM runs WHERE status='done' ORDER BY rowid"):
         yield {"run_key": r["run_key"], "label": r["label"], "optimizer": r["optimizer"], "seed": r["seed"],
-               "setting": json.loads(r["setting"]), "config": json.loads(r["config"]),
+               "setting": _decode(r["setting"]), "config": _decode(r["config"]),
                "result": json.loads(r["result"]), "run_dir": r["run_dir"]}

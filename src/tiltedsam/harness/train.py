@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import subprocess
 import time
@@ -33,12 +34,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import _json
+from .._atomic import remove_stale_temporaries
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .config import RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
+from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
 from .dropout import StepRngReplay
 
 __all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
-           "METRIC_COLUMNS", "RunInterrupted", "read_result"]
+           "METRIC_COLUMNS", "RunInterrupted", "RunDiverged", "read_result", "check_run", "check_device",
+           "check_optimizer_settings", "MAX_MODEL_BYTES_FRACTION"]
 
 RESULT_FORMAT = "tiltedsam.result/1"
 
@@ -52,6 +56,18 @@ METRIC_COLUMNS = [
 
 class RunInterrupted(RuntimeError):
     """Raised by :func:`train` when ``stop_after_epochs`` stops a run early (the checkpoint is on disk)."""
+
+
+class RunDiverged(RuntimeError):
+    """Raised by :func:`train` when the training loss (or the evaluated model) is no longer finite.
+
+    The run stops at once: no checkpoint or result of the diverged state is written (the last
+    checkpoint, of the last finite epoch, stays), and the sweep marks the run ``failed``.
+    """
+
+
+#: refuse models whose parameters alone would take more than this fraction of the machine's memory
+MAX_MODEL_BYTES_FRACTION = 0.5
 
 
 @dataclass
@@ -117,6 +133,115 @@ class Budget:
 
 def optimizer_settings(config: RunConfig) -> dict[str, Any]:
     return dict(config.optimizer.settings)
+
+
+def base_optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
+    """``lr``, ``weight_decay`` and, for base optimizers that have one (SGD), ``momentum``: Adam and
+    AdamW take no ``momentum`` (their ``betas`` go in ``optimizer.settings``)."""
+    import inspect
+
+    from ..optim.registry import resolve_base_optimizer
+
+    kwargs = {"lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}
+    if "momentum" in inspect.signature(resolve_base_optimizer(config.optimizer.base).__init__).parameters:
+        kwargs["momentum"] = config.optimizer.momentum
+    return kwargs
+
+
+def check_device(requested: str) -> torch.device:
+    """``run.device`` as a torch device this build and machine can use, else :class:`ConfigError`."""
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"run.device = {requested!r} is not a device; allowed: cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ConfigError(f"run.device = {requested!r}, but this torch build ({torch.__version__}) has no CUDA "
+                              "support; use run.device=cpu or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"run.device = {requested!r}, but no CUDA device is visible; use run.device=cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"run.device = {requested!r}, but only {count} CUDA device(s) are visible "
+                              f"(cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"run.device = {requested!r}, but MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ConfigError(f"run.device = {requested!r} is not supported; allowed: cpu, cuda, cuda:N, mps")
+    return device
+
+
+def check_optimizer_settings(config: RunConfig) -> None:
+    """Unknown keys of ``optimizer.settings`` are named (not left to a ``TypeError`` of the base
+    optimizer's ``__init__``), and bad values give :class:`ConfigError`: the optimizer is built
+    once on a one-element dummy parameter."""
+    import inspect
+
+    from ..optim.registry import ALIASES, REGISTRY, create_optimizer, resolve_base_optimizer
+
+    name = config.optimizer.name
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in REGISTRY:
+        raise ConfigError(f"optimizer.name = {name!r} is not a registered optimizer; allowed: "
+                          f"{', '.join(sorted(REGISTRY))} (`tiltedsam optimizers` lists them)")
+    try:
+        base = resolve_base_optimizer(config.optimizer.base)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer.base: {exc}") from None
+    own = {n for n, p in inspect.signature(REGISTRY[key].cls.__init__).parameters.items()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"model", "seed"}
+    base_keys = {n for n, p in inspect.signature(base.__init__).parameters.items()
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    base_keys -= {"self", "params", "lr", "momentum", "weight_decay"}
+    unknown = sorted(set(config.optimizer.settings) - own - base_keys)
+    if unknown:
+        raise ConfigError(f"unknown optimizer setting(s) {', '.join('optimizer.settings.' + k for k in unknown)} "
+                          f"for {name!r} on base {config.optimizer.base!r}; allowed: "
+                          f"{', '.join(sorted(own)) or 'none'} (the optimizer's own) and "
+                          f"{', '.join(sorted(base_keys)) or 'none'} (the base optimizer's)")
+    dummy = torch.zeros(1, requires_grad=True)
+    try:
+        create_optimizer(name, [dummy], base_optimizer=config.optimizer.base, seed=config.seed,
+                         **base_optimizer_kwargs(config), **optimizer_settings(config))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optimizer {name!r} rejects its settings {config.optimizer.settings}: "
+                          f"{' '.join(str(exc).split())}") from None
+
+
+def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
+    """Everything about ``config`` that can be checked without data: device, optimizer settings,
+    budget, ``stop_after_epochs``. Raises :class:`ConfigError` naming the key."""
+    if stop_after_epochs is not None and (isinstance(stop_after_epochs, bool) or stop_after_epochs < 1):
+        raise ConfigError(f"stop_after_epochs = {stop_after_epochs!r} is invalid; allowed: an integer >= 1")
+    check_device(config.run.device)
+    check_optimizer_settings(config)
+    try:
+        resolve_budget(config, steps_per_epoch=1)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"budget: {' '.join(str(exc).split())}") from None
+
+
+def _check_model_size(config: RunConfig, data: Any) -> None:
+    """Build the model on the ``meta`` device (no memory) and refuse it when its parameters alone
+    would take more than :data:`MAX_MODEL_BYTES_FRACTION` of the machine's memory."""
+    from .models import build_model
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the run's RNG stream is untouched
+            model = build_model(config.model.name, data, **config.model.options)
+    except Exception:  # bad options, or a builder that cannot run on the meta device: the real build tells
+        return
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return
+    if size > MAX_MODEL_BYTES_FRACTION * memory:
+        count = sum(p.numel() for p in model.parameters())
+        raise ConfigError(f"model {config.model.name!r} with options {config.model.options} has {count:,} "
+                          f"parameters ({size / 2**30:.1f} GiB), more than {MAX_MODEL_BYTES_FRACTION:.0%} of this "
+                          f"machine's {memory / 2**30:.1f} GiB memory; use smaller model.options")
 
 
 def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
@@ -208,14 +333,21 @@ def evaluate(model: nn.Module, dataset: Dataset, loss_fn: Callable[[Tensor, Tens
 
 
 def _rng_states(loader_generator: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """The global RNG states and the shuffling generator's, as checkpoint data (no numpy arrays)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
             "loader": loader_generator.get_state()}
 
 
 def _restore_rng_states(states: dict[str, Any], loader_generator: torch.Generator) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     loader_generator.set_state(states["loader"])
 
 
@@ -248,9 +380,13 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     file = Path(run_dir) / "result.json"
     if not file.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a finished tiltedsam run directory (no result.json)")
-    result = json.loads(file.read_text())
-    if result.get("format") != RESULT_FORMAT:
-        raise ValueError(f"{str(file)!r} has format {result.get('format')!r}, expected {RESULT_FORMAT!r} "
+    try:
+        result = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{str(file)!r} is not a readable result file: {exc.__class__.__name__}") from None
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
+        found = result.get("format") if isinstance(result, dict) else type(result).__name__
+        raise ValueError(f"{str(file)!r} has format {found!r}, expected {RESULT_FORMAT!r} "
                          "(written by another tiltedsam version)")
     return result
 
@@ -264,20 +400,36 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         stop_after_epochs: stop (raise :class:`RunInterrupted`) once this many epochs are done in
             total, after writing the checkpoint; simulates an interruption.
         on_epoch: called with each new metrics row (the sweep stores them in its database).
+
+    Raises :class:`ConfigError` for a config that cannot run here (device, optimizer settings,
+    model size), :class:`CheckpointError` for a checkpoint that is corrupt, not plain data or of
+    another config, and :class:`RunDiverged` when the training loss stops being finite (whether or
+    not the optimizer itself raises :class:`tiltedsam.tilt.NonFiniteLossError`).
     """
     from .._version import __version__
     from ..optim.registry import create_optimizer
     from .data import load_dataset
     from .models import build_model
 
+    from ..tilt import NonFiniteLossError
+
     world = world or World()
     run_dir = Path(config.run.out_dir)
+    check_run(config, stop_after_epochs)
+    if world.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
+                              f"{exc.strerror or exc}") from None
     device = world.device(config.run.device)
     if config.run.num_threads:
         torch.set_num_threads(config.run.num_threads)
 
     # ---- resume or start fresh
     checkpoint = None
+    if resume and world.is_main:  # leftovers of a write that a killed process never finished
+        remove_stale_temporaries(run_dir)
     if resume and (run_dir / CHECKPOINT_NAME).is_file():
         checkpoint = load_checkpoint(run_dir, map_location=device)
         saved = from_dict(RunConfig, checkpoint["config"])
@@ -294,12 +446,12 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     np.random.seed(config.seed)
     random.seed(config.seed)
     data = load_dataset(config.data.name, **dataset_kwargs(config))
+    _check_model_size(config, data)
     model = build_model(config.model.name, data, **config.model.options).to(device)
     net = world.wrap_model(model)  # DDP under torch.distributed; `model` itself is saved and evaluated
     optimizer = create_optimizer(
         config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
-        seed=config.seed, lr=config.optimizer.lr, momentum=config.optimizer.momentum,
-        weight_decay=config.optimizer.weight_decay, **optimizer_settings(config))
+        seed=config.seed, **base_optimizer_kwargs(config), **optimizer_settings(config))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
     loader_generator = torch.Generator().manual_seed(config.seed)
@@ -329,7 +481,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         train_seconds, wall_seconds = checkpoint["train_seconds"], checkpoint["wall_seconds"]
     if world.is_main:
         save_config(config, run_dir)
-        atomic_write_text(run_dir / "run.json", json.dumps({
+        atomic_write_text(run_dir / "run.json", _json.dumps({
             "run_key": run_key(config), "seed": config.seed, "label": config.display_label,
             "package_version": __version__, "git_commit": git_commit(), "budget": budget.description,
             "total_steps": budget.total_steps, "steps_per_epoch": budget.steps_per_epoch,
@@ -366,8 +518,20 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
                     first_evaluation["count"] = len(used_targets)
                 return loss
 
-            replay.save()  # every evaluation of this step sees the same dropout masks (harness/dropout.py)
-            optimizer.step(replay.wrap(closure))
+            try:
+                replay.save()  # every evaluation of this step sees the same dropout masks (harness/dropout.py)
+                optimizer.step(replay.wrap(closure))
+            except NonFiniteLossError as exc:
+                progress.close()
+                raise RunDiverged(f"run diverged at step {step + 1} (epoch {epoch + 1}): the optimizer met a "
+                                  f"non-finite loss ({' '.join(str(exc).split())}); lower optimizer.lr or "
+                                  "check the data") from None
+            if not math.isfinite(float(first_evaluation["loss"])):
+                progress.close()
+                raise RunDiverged(f"run diverged at step {step + 1} (epoch {epoch + 1}): the training loss is "
+                                  f"{float(first_evaluation['loss'])}; lower optimizer.lr (now "
+                                  f"{config.optimizer.lr:g}) or check the data; "
+                                  + (f"the last checkpoint is of epoch {epoch}" if epoch else "no checkpoint was written"))
             step += 1
             if tilt_scheduler is not None:
                 tilt_scheduler.step()
@@ -403,6 +567,11 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             "tilt": _mean(sums["tilts"]) if sums["tilts"] else float(getattr(optimizer, "tilt", float("nan"))),
             "effective_sample_size": _mean(sums["ess"]),
         }
+        if not math.isfinite(row["train_loss"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            progress.close()  # the last step of the epoch left non-finite weights: nothing of it is saved
+            raise RunDiverged(f"run diverged in epoch {epoch}: the model's parameters are no longer finite "
+                              f"(training loss {row['train_loss']}); lower optimizer.lr (now "
+                              f"{config.optimizer.lr:g}); the last checkpoint is of epoch {epoch - 1}")
         rows.append(row)
         if world.is_main:
             save_checkpoint(run_dir / CHECKPOINT_NAME, {
@@ -431,7 +600,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         **summarize(rows),
     }
     if world.is_main:
-        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run_dir / "result.json", _json.dumps(result, indent=2) + "\n")
     return result
 
 
