@@ -67,12 +67,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(default 1: no repeats)")
     p.add_argument("--measure", choices=("uniform", "gaussian"), default="uniform",
                    help="distribution μ of ε on [-ρ, ρ] (gaussian: std ρ/2, truncated; default uniform)")
+    from .._threads import add_threads_argument
+
+    add_threads_argument(p, " (default 1: the tensors are tiny)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from .._threads import configure_threads
     from ..toy.figures import FIG1_SAMPLES, FIG1_TILTS, SWEEP_RHOS, run_fig1, run_objective_sweep
 
     if not (math.isfinite(args.rho) and args.rho >= 0):
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--steps must be >= 0, got {args.steps}")
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention
+    configure_threads(args.threads, default_cap=1)  # tiny tensors: more threads only add contention
     figures = ("fig1", "fig5", "fig6") if args.figure == "all" else (args.figure,)
     for name in figures:
         if name == "fig1":
