@@ -224,7 +224,7 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
 
     acc_header = ["optimizer", "selected setting", "seeds", *MEASURES.values(), "val acc % (best epoch)",
                   "best-val epoch", "mean ESS / s"]
-    acc_rows, cost_rows, csv_rows, paired_rows = [], [], [], []
+    acc_rows, cost_rows, cost_csv, csv_rows, paired_rows = [], [], [], [], []
     cost_header = ["optimizer", "grad evals / step", "steps", "gradient evaluations", "epochs",
                    "train time (s)", "wall time incl. eval (s)", "s per 1k grad evals", "threads"]
     summary: dict[str, Any] = {}
@@ -244,8 +244,12 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
         evals = int(np.mean([x["grad_evals"] for x in res]))
         threads = sorted({str(x.get("threads", "?")) for x in res})
         cost_rows.append([label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals,
-                          res[0]["epochs"], _pm([x["train_seconds"] for x in res], scale=1.0).replace(" (n=1)", ""),
+                          res[0]["epochs"], _pm([x["train_seconds"] for x in res], scale=1.0),
                           f"{wall_s[0]:.1f}", f"{1000 * train_s[0] / max(evals, 1):.2f}", "/".join(threads)])
+        cost_csv.append([label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals,
+                         res[0]["epochs"], len(res), _number(train_s[0], 2),
+                         _number(train_s[1], 2) if len(res) > 1 else "", _number(wall_s[0], 2),
+                         _number(1000 * train_s[0] / max(evals, 1), 3), "/".join(threads)])
         paired: dict[str, Any] = {}
         for measure in (*MEASURES, "best_val_acc"):
             values = [x[measure] for x in res]
@@ -281,7 +285,9 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
 
     tables = {"accuracy": (["optimizer", "setting", "measure", "unit", "n", "mean", "std", "reference",
                             "diff_mean", "diff_low", "diff_high", "diff_n"], csv_rows),
-              "cost": (cost_header, cost_rows)}
+              "cost": (["optimizer", "grad_evals_per_step", "steps", "grad_evals", "epochs", "n",
+                        "train_seconds_mean", "train_seconds_std", "wall_seconds_mean", "seconds_per_1k_grad_evals",
+                        "threads"], cost_csv)}
     markdown_tables = {"accuracy": (acc_header, acc_rows)}
     by_t_rows, by_t_plot = [], {}
     for label, rows in _by_axis(runs, "optimizer.settings.tilt").items():
