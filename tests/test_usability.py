@@ -97,3 +97,12 @@ def test_compare_help_prints_a_single_percent_sign(capsys):
         main(["compare", "--help"])
     text = capsys.readouterr().out
     assert "20% symmetric" in text and "%%" not in text
+
+
+def test_toy_progress_writes_no_carriage_returns_to_a_redirected_log(capsys):
+    from tiltedsam.toy.descent import Run, descend_many
+    from tiltedsam.toy.problems import as_problem
+
+    descend_many(as_problem("fig1"), [Run("erm")], 0.5, 0.005, 50, 0.2, progress=True)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out

@@ -390,6 +390,8 @@ def _mean_band(ax, x: np.ndarray, values: np.ndarray, label: str, style: dict[st
     """Mean over seeds as a line, ± one standard deviation as a band (none for one seed)."""
     mean = np.nanmean(values, axis=0)
     n = values.shape[0]
+    if len(x) <= 8:  # few points: mark every one (staggered markers only help on long curves)
+        style = {**style, "markevery": None}
     (line,) = ax.plot(x, mean, markersize=5, label=f"{label} (n={n})", **style)
     if n > 1:
         std = np.nanstd(values, axis=0, ddof=1)

@@ -186,8 +186,9 @@ def _explain_plateau(ax, problem: ToyProblem, trajectory: Trajectory) -> None:
 
     SAM's objective ``max_{|ε| ≤ ρ} L(θ + ε)`` is constant in θ while the same local peak of ``L``
     stays inside ``[θ − ρ, θ + ρ]``, so its gradient is exactly 0 there; TSAM at a large ``t``
-    approaches that maximum, and its gradient is ``O(exp(−t · gap))``. Gradient descent started on
-    such a plateau does not move (the paper's Fig. 1 starts elsewhere).
+    approaches that maximum, and its gradient is ``O(exp(−t · gap))``. Gradient descent with exact
+    gradients started on such a plateau (θ = 0.5 with ρ = 0.2, the paper's start) does not move; the
+    sampled estimator and SAM's ascent-step algorithm are noisy enough to leave it.
     """
     path = trajectory.thetas
     if trajectory.kind not in ("sam", "sam-ascent", "tsam") or len(path) < 2 or float(np.ptp(path)) > 1e-3:
