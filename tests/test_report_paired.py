@@ -19,17 +19,20 @@ FINAL = {"sgd": [0.80, 0.78, 0.83], "sam": [0.90, 0.92, 0.94], "tsam": [0.91, 0.
 BEST = {"sgd": [0.85, 0.84, 0.86], "sam": [0.93, 0.93, 0.94], "tsam": [0.95, 0.96, 0.97]}
 
 
-def fake_database(out, seeds=(0, 1, 2), labels=("sgd", "sam", "tsam"), ess=2.997):
-    """A sweep database whose runs are 'done' with the results above (no training)."""
+def fake_database(out, seeds=(0, 1, 2), labels=("sgd", "sam", "tsam"), ess=2.997, tilts=None):
+    """A sweep database whose runs are 'done' with the results above (no training); with ``tilts``
+    TSAM is run at each tilt, its accuracy shifted by -0.01 per tilt index."""
     sweep = SweepConfig(name="fake", out_dir=str(out), optimizers=list(labels), seeds=list(seeds), progress=False,
                         base={"data": {"name": "digits", "label_noise": 0.2}, "model": {"name": "mlp"},
-                              "budget": {"kind": "epochs", "amount": 2}})
+                              "budget": {"kind": "epochs", "amount": 2}},
+                        per_optimizer={"tsam": {"t": list(tilts)}} if tilts else {})
     points = expand_grid(sweep)
     connection = open_database(out, create=True)
     register_points(connection, points)
     for p in points:
         i = list(seeds).index(p.seed)
-        final, best = FINAL[p.label][i], BEST[p.label][i]
+        shift = 0.01 * tilts.index(p.setting["optimizer.settings.tilt"]) if tilts and p.label == "tsam" else 0.0
+        final, best = FINAL[p.label][i] - shift, BEST[p.label][i] - shift
         result = {"final_test_acc": final, "best_val_test_acc": best, "best_val_acc": best - 0.01,
                   "best_val_epoch": 1, "grad_evals": 100, "grad_evals_per_step": 1, "steps": 100, "epochs": 2,
                   "train_seconds": 1.0 + i, "wall_seconds": 2.0, "threads": 1}
@@ -111,3 +114,16 @@ def test_sweep_prints_one_line_per_run_and_no_carriage_returns_when_not_a_termin
     lines = [line for line in captured.out.splitlines() if line.startswith("[")]
     assert len(lines) == 2 and lines[0].startswith("[1/2] sgd seed ") and lines[1].startswith("[2/2] sgd seed ")
     assert "final test acc" in lines[0] and "1 thread(s)" in lines[0]
+
+
+def test_the_t_plot_exists_only_for_several_tilts(tmp_path):
+    fake_database(tmp_path / "db", tilts=[20.0, 1.0, 100.0])
+    report = write_report(tmp_path / "db")
+    assert (tmp_path / "db" / "accuracy_vs_t.png").stat().st_size > 0
+    assert [t for t, _ in report.by_t["tsam"]] == [1.0, 20.0, 100.0]
+    assert report.summary["tsam"]["setting"] == {"optimizer.settings.tilt": 20.0}  # best validation accuracy
+    with open(tmp_path / "db" / "accuracy_by_t.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["measure"] == "best_val_test_acc"]
+    assert [(float(r["t"]), float(r["mean"])) for r in rows] == [(1.0, pytest.approx(95.0)), (20.0, pytest.approx(96.0)),
+                                                               (100.0, pytest.approx(94.0))]
+    assert all(float(r["mean_ess"]) == pytest.approx(2.997) for r in rows)

@@ -470,10 +470,20 @@ def _plot_by_t(report: Report, path: Path) -> None:
                    label=f"{label} (n={len(info['seeds'])}, band ± std)")
         if len(info["seeds"]) > 1:
             ax.axhspan(100 * (mean - std), 100 * (mean + std), color=color, alpha=0.12, linewidth=0)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xticks(sorted(all_ts))
-    ax.set_xticklabels([f"{t:g}" for t in sorted(all_ts)])
-    ax.set_xlabel("tilt t (symmetric log scale)")
+    ts = sorted(all_ts)
+    positive = [t for t in ts if t > 0]
+    if ts[0] > 0:  # all tilts positive: a plain log axis with a margin on both sides
+        ax.set_xscale("log")
+        ax.set_xlim(ts[0] / 1.6, ts[-1] * 1.6)
+        scale = "log scale"
+    else:  # t = 0 included: linear up to the smallest positive tilt, logarithmic beyond
+        ax.set_xscale("symlog", linthresh=positive[0] if positive else 1.0)
+        ax.set_xlim(-0.3 * (positive[0] if positive else 1.0), (ts[-1] or 1.0) * 1.6)
+        scale = "symmetric log scale"
+    ax.set_xticks(ts)
+    ax.set_xticklabels([f"{t:g}" for t in ts])
+    ax.minorticks_off()
+    ax.set_xlabel(f"tilt t ({scale})")
     ax.set_ylabel("test accuracy (%) at the best-val epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
