@@ -74,3 +74,19 @@ def test_a_run_records_its_threads(tmp_path):
         assert run_info["threads"]["threads"] == 2 and run_info["threads"]["source"] == "request"
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_counts_a_competitor_that_just_started(monkeypatch):
+    """The 1-minute load average lags; the runnable-task count of /proc/loadavg does not."""
+    import io
+
+    import tiltedsam._threads as threads_module
+
+    monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (0.2, 0.1, 0.05))
+    monkeypatch.setattr(threads_module, "open", lambda *a, **k: io.StringIO("0.20 0.10 0.05 2/180 4242\n"),
+                        raising=False)
+    assert threads_module.busy_cores() == 1.0  # two runnable tasks: this one and the competitor
+    assert choose_threads(None, environ={}, cores=2).threads == 1
+    monkeypatch.setattr(threads_module, "open", lambda *a, **k: io.StringIO("0.20 0.10 0.05 1/180 4242\n"),
+                        raising=False)
+    assert threads_module.busy_cores() == 0.2 and choose_threads(None, environ={}, cores=2).threads == 2

@@ -12,8 +12,8 @@ The policy, in order of precedence:
 2. the environment variable ``TILTEDSAM_THREADS``;
 3. ``OMP_NUM_THREADS`` when the user set it (torch honours it too, so we keep it);
 4. otherwise ``cores // processes`` capped by the cores that are idle right now: the cores this
-   process may run on (``os.sched_getaffinity``) minus the 1-minute load average, rounded down,
-   at least 1. A command that runs ``processes`` processes at once (the sweep's workers) divides
+   process may run on (``os.sched_getaffinity``) minus :func:`busy_cores` (the larger of the
+   1-minute load average and the other tasks runnable at this moment), rounded, at least 1. A command that runs ``processes`` processes at once (the sweep's workers) divides
    the cores between them.
 
 Nothing here imports the harness.
@@ -26,7 +26,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["ENV_VAR", "ThreadChoice", "available_cores", "choose_threads", "configure_threads", "add_threads_argument"]
+__all__ = ["ENV_VAR", "ThreadChoice", "available_cores", "busy_cores", "choose_threads", "configure_threads",
+           "add_threads_argument"]
 
 #: environment variable that overrides the automatic choice (an integer >= 1)
 ENV_VAR = "TILTEDSAM_THREADS"
@@ -52,6 +53,22 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cores() -> float:
+    """How many cores other work keeps busy: the larger of the 1-minute load average (which lags by
+    about a minute) and the tasks runnable right now other than this one (``/proc/loadavg``'s
+    fourth field, Linux), so a competitor that started a second ago counts too."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    try:
+        with open("/proc/loadavg", encoding="ascii") as handle:
+            running = int(handle.read().split()[3].split("/")[0]) - 1  # minus this process
+    except (OSError, ValueError, IndexError):
+        running = 0
+    return max(load, float(running))
+
+
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -73,8 +90,8 @@ def choose_threads(requested: int | None = None, processes: int = 1, *, default_
         requested: an explicit count (``--threads``); ``None`` or 0 means choose automatically.
         processes: how many processes of this command compute at the same time (>= 1).
         default_cap: at most this many threads when choosing automatically (the toy problems: 1).
-        environ, cores, load: the environment, the available cores and the 1-minute load average;
-            ``None`` reads them from this machine (arguments exist for tests).
+        environ, cores, load: the environment, the available cores and the cores busy with other
+            work (:func:`busy_cores`); ``None`` reads them from this machine (arguments exist for tests).
 
     Raises:
         ValueError: ``requested``, ``processes`` or an environment override is not an integer >= 1.
@@ -93,14 +110,11 @@ def choose_threads(requested: int | None = None, processes: int = 1, *, default_
             pass  # torch ignores a malformed value too; fall through to the policy
     cores = available_cores() if cores is None else max(1, int(cores))
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
+        load = busy_cores()
     share = max(1, cores // processes)
     idle = max(1, math.floor(cores - load + 0.25))  # 0.25: a core busy a quarter of the time still counts as free
     threads = max(1, min(share, idle, default_cap or share))
-    detail = (f"{cores} cores / {processes} process(es) = {share}, {idle} idle (load {load:.2f})"
+    detail = (f"{cores} cores / {processes} process(es) = {share}, {idle} idle (busy {load:.2f})"
               + (f", capped at {default_cap}" if default_cap else ""))
     return ThreadChoice(threads, "policy", detail)
 
