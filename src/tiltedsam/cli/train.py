@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if world is not None and not world.is_main:
         return 0  # rank 0 reports
     print(f"run directory: {config.run.out_dir}")
-    print(f"| {result['label']} | final test acc {result['final_test_acc']:.4f} | best-val-epoch test acc "
-          f"{result['best_val_test_acc']:.4f} (epoch {result['best_val_epoch']}) | {result['steps']} steps | "
+    print(f"| {result['label']} | final test acc {100 * result['final_test_acc']:.2f}% | best-val-epoch test acc "
+          f"{100 * result['best_val_test_acc']:.2f}% (epoch {result['best_val_epoch']}) | {result['steps']} steps | "
           f"{result['grad_evals']} gradient evaluations | {result['train_seconds']:.1f} s | "
           f"{result['threads']} thread(s) |")
     return 0
