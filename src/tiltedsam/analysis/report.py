@@ -350,6 +350,7 @@ def plot_neighborhood_curves(report: Mapping[str, Any], path: str | os.PathLike[
         axis.legend()
     if variances:
         axes[1].set_yscale("symlog", linthresh=min(variances))
+    axes[1].set_ylim(bottom=0)  # a variance is never negative (error bars may reach below 0)
     figure.suptitle("Neighbourhood loss around each solution (cf. TSAM paper, Fig. 2)")
     figure.tight_layout()
     buffer = io.BytesIO()
