@@ -359,6 +359,7 @@ def run_objective_sweep(
             rows.append([f"{rho:g}", label, best.theta, best.value, best.loss, erm.theta])
         ax.set_title(f"ρ = {rho:g}: argmin " + ", ".join(f"{row[2]:.3f}" for row in rows[-len(tilts):]), fontsize=9)
         ax.set_xlabel("θ")
+        ax.set_ylabel("L(θ), objective(θ)", fontsize=8)
     what = "SAM: max over |ε| ≤ ρ" if kind == "sam" else f"TSAM (Eq. 3), μ {measure} on [−ρ, ρ]"
     report.files.append(_finish_figure(figure, panels, f"{problem.description}\n{what}", folder / f"{name}.png"))
     header = ["ρ", "objective", "argmin θ*", "objective(θ*)", "L(θ*)", "ERM argmin"]
