@@ -51,7 +51,7 @@ METRIC_COLUMNS = [
 
 #: size of the fixed training subset on which every optimizer's training loss at θ is measured
 #: after each epoch (the same points for every optimizer, so the curves compare like with like)
-TRAIN_LOSS_SUBSET = 1000
+TRAIN_LOSS_SUBSET = 512
 
 
 class RunInterrupted(RuntimeError):
