@@ -26,3 +26,18 @@ def test_a_failing_writer_keeps_the_old_file_and_cleans_up(tmp_path):
         atomic_write_with(target, crash)
     assert target.read_text() == "good checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_follow_the_umask_like_open_does(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        text = atomic_write(tmp_path / f"report-{umask:o}.md", "x")
+        binary = atomic_write_with(tmp_path / f"fig-{umask:o}.png", lambda tmp: open(tmp, "wb").close())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(text.stat().st_mode) == mode
+    assert stat.S_IMODE(binary.stat().st_mode) == mode

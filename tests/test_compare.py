@@ -32,13 +32,20 @@ def test_compare_defaults_follow_the_brief():
     assert quick.seeds == [0] and quick.base["data"]["limit"] and quick.out_dir == "results/compare-quick"
 
 
-def test_verdict_states_who_won():
-    summary = {"sgd": {"best_val_test_acc": (0.80, 0.01), "final_test_acc": (0.78, 0.01)},
-               "tsam": {"best_val_test_acc": (0.85, 0.01), "final_test_acc": (0.70, 0.01)}}
+def test_verdict_speaks_from_the_paired_intervals():
+    summary = {"sam": {"reference": "sam", "paired": {}},
+               "sgd": {"reference": "sam", "paired": {
+                   "final_test_acc": {"mean": -0.05, "low": -0.08, "high": -0.02, "n": 3, "verdict": "worse"},
+                   "best_val_test_acc": {"mean": 0.001, "low": -0.01, "high": 0.012, "n": 3, "verdict": "inside noise"}}},
+               "tsam": {"reference": "sam", "paired": {
+                   "final_test_acc": {"mean": 0.014, "low": 0.002, "high": 0.026, "n": 3, "verdict": "better"},
+                   "best_val_test_acc": {"mean": 0.004, "low": None, "high": None, "n": 1, "verdict": "n<2"}}}}
     text = verdict(summary)
-    assert "best-validation-epoch test accuracy, TSAM beat all others: 85.00% vs the next best sgd 80.00%" in text
-    assert "margin is larger than one standard deviation" in text
-    assert "final-epoch test accuracy, TSAM did NOT beat sgd: 70.00% vs sgd 78.00%" in text
+    assert ("By final-epoch test accuracy: TSAM − SAM = +1.40 points (95% CI [+0.20, +2.60], n=3): TSAM is better; "
+            "SGD − SAM = -5.00 points (95% CI [-8.00, -2.00], n=3): SGD is worse.") in text
+    assert "TSAM − SAM = +0.40 points (n=1 seed: no interval, not a result)" in text
+    assert "SGD − SAM = +0.10 points (95% CI [-1.00, +1.20], n=3): inside the noise" in text
+    assert "TSAM is the reference" in verdict({"tsam": {"reference": "tsam", "paired": {}}})
 
 
 def test_compare_quick_end_to_end(tmp_path, capsys):
@@ -51,13 +58,14 @@ def test_compare_quick_end_to_end(tmp_path, capsys):
     for label in COMPARE_LABELS:
         assert f"| {label} |" in printed
     assert "## Verdict" in printed and "TSAM" in printed
-    # no accuracy_vs_t.png: the main job's TSAM uses tilt="auto", which has no place on a t axis
     for name in ("report.md", "accuracy.csv", "cost.csv", "runs.csv", "convergence.png", "sweep.db"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "accuracy_vs_t.png").exists()  # tilt="auto": no t-curve
     assert "accuracy_vs_t.png" not in (out / "report.md").read_text()  # no link to a figure not drawn
+    assert "## Paired differences against sam" in printed and "TSAM − SAM" in printed
     with open(out / "cost.csv") as handle:
         cost = {row["optimizer"]: row for row in csv.DictReader(handle)}
-    assert cost["esam1"]["gradient evaluations"] == cost["tsam"]["gradient evaluations"]
+    assert cost["esam1"]["grad_evals"] == cost["tsam"]["grad_evals"]
     assert int(cost["esam1"]["steps"]) == 3 * int(cost["sam"]["steps"])
     db = sqlite3.connect(out / "sweep.db")
     results = {label: json.loads(r) for label, r in db.execute("SELECT label, result FROM runs")}

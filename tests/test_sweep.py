@@ -80,7 +80,7 @@ def test_sweep_killed_midway_then_restarted_runs_each_point_once(tmp_path, monke
 
     report = write_report(tmp_path / "s")
     assert set(report.summary) == {"sgd", "tsam"}
-    for name in ("report.md", "accuracy.csv", "cost.csv", "runs.csv", "convergence.png", "accuracy_vs_t.png"):
+    for name in ("report.md", "accuracy.csv", "cost.csv", "runs.csv", "convergence.png"):
         assert (tmp_path / "s" / name).stat().st_size > 0, name
     results = [json.loads(r) for (r,) in sqlite3.connect(tmp_path / "s" / "sweep.db").execute(
         "SELECT result FROM runs WHERE label='tsam'")]

@@ -336,11 +336,11 @@ def test_batchnorm_statistics_move_once_per_step():
     reference = copy.deepcopy(model)
     ref_opt = TSAM(reference.parameters(), lr=0.1, num_samples=3, noise_radius=0.5, model=reference, seed=opt.seed)
     for ev in ref_opt.manual_step(apply=False):
+        outputs = reference(x)
         if ev.index == 0:
-            ref_mean = None
-            reference(x)
             ref_mean = reference[1].running_mean.clone()
-        loss = nn.functional.cross_entropy(reference(x), y) if ev.index else torch.tensor(0.0)
+        loss = nn.functional.cross_entropy(outputs, y)
+        loss.backward()  # every evaluation must produce gradients (a missing backward() is an error)
         ev.record(loss)
     opt.step(closure_for(model, x, y))
     assert int(bn.num_batches_tracked) == 1

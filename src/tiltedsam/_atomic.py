@@ -4,7 +4,9 @@ Each writer produces the file under a temporary name in the target's folder and 
 with ``os.replace``, which is atomic on POSIX and Windows; on any error the temporary file is removed
 and the old target, if any, is left as it was. A process killed between the two (``kill -9``) leaves
 the temporary file behind; :func:`remove_stale_temporaries` deletes such leftovers (the next write of
-the same file and ``train --resume`` call it).
+the same file and ``train --resume`` call it). The file ends up with the mode a plain ``open()``
+would give it (``0o666`` minus the umask), not the private ``0o600`` of a temporary file, so a
+shared group can read reports and checkpoints when the umask allows it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def remove_stale_temporaries(directory: str | os.PathLike[str], target: str | No
     return removed
 
 
+def _current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(temporary_path)`` (e.g. ``torch.save``, ``figure.savefig``), then move it onto ``path``."""
     path = Path(path)
@@ -61,6 +77,7 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp made it 0o600
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

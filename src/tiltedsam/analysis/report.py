@@ -323,19 +323,34 @@ def plot_neighborhood_curves(report: Mapping[str, Any], path: str | os.PathLike[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for label, stats in curves.items():
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    markers, lines = ["o", "s", "^", "D", "v"], ["-", "--", "-.", ":"]
+    sigmas: set[float] = set()
+    variances: list[float] = []
+    for index, (label, stats) in enumerate(curves.items()):
         sigma = [s["sigma"] for s in stats]
+        sigmas.update(sigma)
+        variances += [s["variance"] for s in stats if s["variance"] is not None and s["variance"] > 0]
         for axis, key in zip(axes, ("mean", "variance")):
             errors = [s[f"{key}_se"] if s[f"{key}_se"] is not None and math.isfinite(s[f"{key}_se"]) else 0.0
                       for s in stats]
-            axis.errorbar(sigma, [s[key] for s in stats], yerr=errors, marker="o", capsize=3, label=label)
-    axes[0].set_ylabel("E[L(θ*+ε)]")
-    axes[1].set_ylabel("var[L(θ*+ε)]")
+            axis.errorbar(sigma, [s[key] for s in stats], yerr=errors, marker=markers[index % len(markers)],
+                          linestyle=lines[index % len(lines)], capsize=3, label=label)
+    axes[0].set_ylabel("E[L(θ*+ε)] (mean ± s.e. over draws)")
+    axes[1].set_ylabel("var[L(θ*+ε)] (symmetric log scale)")
+    # σ spans orders of magnitude (and includes 0): a symmetric log axis keeps the small-σ region visible
+    positive = sorted(v for v in sigmas if v > 0)
     for axis in axes:
-        axis.set_xlabel("σ (ε ~ N(0, σ²I))")
+        if positive:
+            axis.set_xscale("symlog", linthresh=positive[0])
+            axis.set_xticks(sorted(sigmas))
+            axis.set_xticklabels([f"{v:g}" for v in sorted(sigmas)], fontsize=8)
+        axis.set_xlabel("σ (ε ~ N(0, σ²I)), symmetric log scale")
         axis.grid(alpha=0.3)
         axis.legend()
+    if variances:
+        axes[1].set_yscale("symlog", linthresh=min(variances))
+    axes[1].set_ylim(bottom=0)  # a variance is never negative (error bars may reach below 0)
     figure.suptitle("Neighbourhood loss around each solution (cf. TSAM paper, Fig. 2)")
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -64,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", type=lambda s: tuple(x for x in s.split(",") if x), default=ANALYSES,
                    help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
     p.add_argument("--no-progress", action="store_true", help="never show progress bars")
+    from .._threads import add_threads_argument
+
+    add_threads_argument(p)
     p.set_defaults(run=run)
 
 
@@ -77,7 +80,10 @@ def _unique(label: str, taken: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._threads import configure_threads
     from ..analysis.report import ReportSettings, write_flatness_report
+
+    threads = configure_threads(args.threads)
 
     try:
         settings = ReportSettings(
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"tiltedsam analyze: {exc}") from None
         label = _unique(str(target.label), models)
         models[label] = (target.model, target.loss_fn, target.train, target.test)
-        metadata[label] = {**dict(target.meta or {}), "checkpoint": str(path)}
+        metadata[label] = {**dict(target.meta or {}), "checkpoint": str(path), "threads": threads.threads}
     report = write_flatness_report(models, args.out, settings, metadata=metadata)
     with open(report["files"]["markdown"], encoding="utf-8") as stream:
         print(stream.read())

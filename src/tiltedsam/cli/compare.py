@@ -9,7 +9,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="the main job: ERM vs SAM vs ESAM1 vs TSAM on noisy MNIST-5k (about 10 min on 2 cores)",
         description="ERM, SAM, ESAM1 (SAM with TSAM's gradient-evaluation budget) and TSAM (t=20, s=3) on "
-                    "MNIST-5k with 20%% symmetric label noise and the small CNN, 3 seeds. Prints the test-accuracy "
+                    "MNIST-5k with 20% symmetric label noise and the small CNN, 3 seeds. Prints the test-accuracy "
                     "table and writes report.md, CSVs, PNGs and the SQLite database to --out. Re-running resumes.")
     p.add_argument("--quick", action="store_true", help="a one-minute version (1 seed, 3 epochs, 2,500 examples)")
     p.add_argument("--out", help="output directory (default results/compare, or results/compare-quick)")
@@ -19,7 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="constant learning rate (default 0.01)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep key, e.g. base.data.label_noise=0.4 (repeatable)")
+    p.add_argument("--reference", help="optimizer the paired per-seed differences are taken against "
+                                       "(default sam)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .._threads import add_threads_argument
+
+    add_threads_argument(p, " (each worker)")
     p.set_defaults(run=run)
 
 
@@ -37,12 +42,17 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         sweep = compare_config(quick=args.quick, out_dir=args.out, epochs=args.epochs, seeds=args.seeds,
-                               workers=args.workers, lr=args.lr, overrides=args.overrides,
+                               workers=args.workers, lr=args.lr,
+                               overrides=[*args.overrides, *([f"threads_per_worker={args.threads}"]
+                                                             if args.threads else [])],
                                progress=not args.no_progress)
-        markdown, out = run_compare(sweep)
+        if args.reference and args.reference not in sweep.optimizers:
+            raise SystemExit(f"error: --reference {args.reference!r} is not one of {sweep.optimizers}")
+        markdown, out = run_compare(sweep, reference=args.reference)
     except (ConfigError, SweepError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(markdown)
-    print(f"\nreport: {out / 'report.md'}  plots: {out / 'convergence.png'}, {out / 'accuracy_vs_t.png'}  "
-          f"database: {out / 'sweep.db'}  ({time.perf_counter() - start:.0f} s)")
+    plots = ", ".join(str(out / name) for name in ("convergence.png", "accuracy_vs_t.png") if (out / name).exists())
+    print(f"\nreport: {out / 'report.md'}  plots: {plots}  database: {out / 'sweep.db'}  "
+          f"({time.perf_counter() - start:.0f} s)")
     return 0

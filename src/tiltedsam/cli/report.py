@@ -12,6 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="sweep.db, its directory, or a run directory")
     p.add_argument("--out", help="where to write report.md, CSVs and PNGs (default: next to the database)")
     p.add_argument("--title", help="report title")
+    p.add_argument("--reference", help="optimizer the paired per-seed differences are taken against "
+                                       "(default sam if it was run, else the first optimizer)")
     p.set_defaults(run=run)
 
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if path.is_dir() and (path / "config.json").exists() and not database_path(path).exists():
             raise SystemExit(f"error: {str(path)!r} is a run directory without result.json (unfinished run?)")
-        report = write_report(path, args.out, args.title)
+        report = write_report(path, args.out, args.title, reference=args.reference)
     except (SweepError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(report.markdown)

@@ -17,6 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: the config's workers)")
     p.add_argument("--no-retry-failed", action="store_true", help="leave failed runs failed")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--reference", help="optimizer the report's paired differences are taken against (default sam)")
+    from .._threads import add_threads_argument
+
+    add_threads_argument(p, " (each worker; same as --set threads_per_worker=N)")
     p.set_defaults(run=run)
 
 
@@ -32,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={json.dumps(args.out)}")
     if args.workers is not None:
         overrides.append(f"workers={args.workers}")
+    if args.threads:
+        overrides.append(f"threads_per_worker={args.threads}")
     try:
         sweep = load_sweep_config(args.config, overrides)
         counts = run_sweep(sweep, retry_failed=not args.no_retry_failed)
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
               f"{failure['error']}")
     if not args.no_report:
         try:
-            report = write_report(sweep.out_dir, title=f"Sweep {sweep.name}", only_keys=keys)
+            report = write_report(sweep.out_dir, title=f"Sweep {sweep.name}", only_keys=keys,
+                                  reference=args.reference)
         except ValueError as exc:  # no finished run to report on (e.g. every run diverged)
             print(f"no report: {exc}")
         else:

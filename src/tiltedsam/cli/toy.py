@@ -73,12 +73,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tilt", type=float, default=1000.0, help="fig1 --tilt auto: cap on t (default 1000)")
     p.add_argument("--measure", choices=("uniform", "gaussian"), default="uniform",
                    help="distribution μ of ε on [-ρ, ρ] (gaussian: std ρ/2, truncated; default uniform)")
+    from .._threads import add_threads_argument
+
+    add_threads_argument(p, " (default 1: the tensors are tiny)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from .._threads import configure_threads
     from ..toy.figures import FIG1_SAMPLES, FIG1_TILTS, SWEEP_RHOS, run_fig1, run_objective_sweep
 
     if not (math.isfinite(args.rho) and args.rho >= 0):
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--steps must be >= 0, got {args.steps}")
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention
+    configure_threads(args.threads, default_cap=1)  # tiny tensors: more threads only add contention
     figures = ("fig1", "fig5", "fig6") if args.figure == "all" else (args.figure,)
     if args.tilt == "auto" and args.figure != "fig1":
         raise SystemExit(f"--tilt auto applies to fig1 only, got figure {args.figure!r}")

@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="train with N local processes (DistributedDataParallel: gloo on CPU, nccl with one GPU per "
                         "process for run.device=cuda); batch_size stays the global batch. For several nodes run "
                         "torchrun --nproc_per_node=N -m tiltedsam train ... instead (see docs/distributed.md)")
+    from .._threads import add_threads_argument
+
+    add_threads_argument(p, " (same as --set run.num_threads=N)")
     p.set_defaults(run=run)
 
 
@@ -36,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..harness.train import RunInterrupted, train
 
     overrides = list(args.overrides)
+    if args.threads:
+        overrides.append(f"run.num_threads={args.threads}")
     if args.out:
         overrides.append(f"run.out_dir={json.dumps(args.out)}")
     config_file = args.config
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if world is not None and not world.is_main:
         return 0  # rank 0 reports
     print(f"run directory: {config.run.out_dir}")
-    print(f"| {result['label']} | final test acc {result['final_test_acc']:.4f} | best-val-epoch test acc "
-          f"{result['best_val_test_acc']:.4f} (epoch {result['best_val_epoch']}) | {result['steps']} steps | "
-          f"{result['grad_evals']} gradient evaluations | {result['train_seconds']:.1f} s |")
+    print(f"| {result['label']} | final test acc {100 * result['final_test_acc']:.2f}% | best-val-epoch test acc "
+          f"{100 * result['best_val_test_acc']:.2f}% (epoch {result['best_val_epoch']}) | {result['steps']} steps | "
+          f"{result['grad_evals']} gradient evaluations | {result['train_seconds']:.1f} s | "
+          f"{result['threads']} thread(s) |")
     return 0

@@ -92,34 +92,43 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
 
 
 def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
-    """One paragraph: did ``target`` have the highest mean test accuracy, by each of the two measures,
-    and is the margin larger than the spread over seeds?"""
+    """One paragraph from the paired intervals of :func:`tiltedsam.harness.report.build_report`'s
+    summary: for each measure, ``target`` against the reference (and every other optimizer against
+    the reference), e.g. "TSAM − SAM = +1.40 points, 95% CI [+0.20, +2.60]: TSAM is better", and a
+    plain "inside the noise" when the interval contains 0."""
+    from .report import MEASURES
+
     if target not in summary:
         return f"{target} has no finished runs."
-    lines = []
-    for key, name in (("best_val_test_acc", "best-validation-epoch"), ("final_test_acc", "final-epoch")):
-        mine, my_std = summary[target][key]
-        others = {label: info[key] for label, info in summary.items() if label != target}
-        if not others:
-            continue
-        best_other = max(others, key=lambda label: others[label][0])
-        other_mean, other_std = others[best_other]
-        if mine > other_mean:
-            margin = 100 * (mine - other_mean)
-            clear = "larger" if mine - my_std > other_mean + other_std else "not larger"
-            lines.append(f"By {name} test accuracy, {target.upper()} beat all others: {100 * mine:.2f}% vs the "
-                         f"next best {best_other} {100 * other_mean:.2f}% (+{margin:.2f} points; the margin is "
-                         f"{clear} than one standard deviation over seeds).")
-        else:
-            beaten_by = sorted((label for label, (m, _) in others.items() if m >= mine),
-                               key=lambda label: -others[label][0])
-            lines.append(f"By {name} test accuracy, {target.upper()} did NOT beat "
-                         f"{', '.join(beaten_by)}: {100 * mine:.2f}% vs {best_other} {100 * other_mean:.2f}%.")
-    return " ".join(lines)
+    reference = summary[target].get("reference")
+    if reference is None or reference == target:
+        return f"{target.upper()} is the reference of the paired differences; there is nothing to compare it to."
+    names = {"final_test_acc": "final-epoch", "best_val_test_acc": "best-validation-epoch"}
+    sentences = []
+    for measure in MEASURES:
+        parts = []
+        for label in [target] + [x for x in summary if x not in (target, reference)]:
+            diff = (summary[label].get("paired") or {}).get(measure)
+            if diff is None:
+                continue
+            name = f"{label.upper()} − {reference.upper()} = {100 * diff['mean']:+.2f} points"
+            if diff["low"] is None:
+                parts.append(f"{name} (n={diff['n']} seed: no interval, not a result)")
+                continue
+            interval = f"95% CI [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}], n={diff['n']}"
+            word = {"better": f"{label.upper()} is better", "worse": f"{label.upper()} is worse",
+                    "inside noise": "inside the noise"}[diff["verdict"]]
+            parts.append(f"{name} ({interval}): {word}")
+        if parts:
+            sentences.append(f"By {names[measure]} test accuracy: " + "; ".join(parts) + ".")
+    if not sentences:
+        return f"No paired differences against {reference}: the optimizers share no seed."
+    return " ".join(sentences)
 
 
-def run_compare(sweep: SweepConfig) -> tuple[str, Path]:
-    """Run (or resume) the comparison and write its report; returns (Markdown text, output directory)."""
+def run_compare(sweep: SweepConfig, reference: str | None = None) -> tuple[str, Path]:
+    """Run (or resume) the comparison and write its report; returns (Markdown text, output directory).
+    ``reference``: the label of the paired differences (default SAM)."""
     from .report import write_report
 
     counts = run_sweep(sweep)
@@ -131,5 +140,5 @@ def run_compare(sweep: SweepConfig) -> tuple[str, Path]:
     title = (f"TSAM vs SAM vs ESAM1 vs ERM: {first['data']['name']}, "
              f"{first['data']['label_noise']:.0%} label noise, {first['model']['name']}")
     report = write_report(sweep.out_dir, title=title, only_keys=keys,
-                          epilogue=lambda summary: f"## Verdict\n\n{verdict(summary)}\n")
+                          epilogue=lambda summary: f"## Verdict\n\n{verdict(summary)}\n", reference=reference)
     return report.markdown, Path(sweep.out_dir)

@@ -127,7 +127,7 @@ class ExecutionConfig:
     """How to execute a run; not part of its identity."""
 
     out_dir: str = "runs/run"
-    num_threads: int = 0  # torch threads; 0 leaves torch's default
+    num_threads: int = 0  # torch threads; 0: the shared policy of tiltedsam._threads (idle cores / processes)
     progress: bool = True  # tqdm progress bar
     device: str = "cpu"
     eval_batch_size: int = 1000

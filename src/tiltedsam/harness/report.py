@@ -11,10 +11,17 @@ accuracy is reported as mean ± std over seeds. Validation accuracy here is the 
 Under label noise the two differ (longer training memorises the noisy labels), so an equal-compute
 baseline (ESAM1) is only fair with the ``best-val`` column next to the ``final`` one.
 
-Outputs (:func:`write_report`): ``report.md``; ``accuracy.csv`` (Table 1/6 style),
-``cost.csv`` (Table 7 style: time and gradient evaluations), ``accuracy_by_t.csv`` (Fig. 3
-style), ``accuracy_by_s.csv`` (Table 2 style), ``runs.csv`` (every run); ``convergence.png``
-(Fig. 7 style: test accuracy and training loss against gradient evaluations) and
+Comparisons are *paired*: runs with the same seed share data order, label noise, initialisation and
+noise stream, so each optimizer's per-seed difference to a reference optimizer (default SAM, else the
+first label) is reported with a 95% t interval (:func:`tiltedsam.harness.stats.paired_by_seed`), and
+the verdict speaks from those intervals. Accuracies are in percent everywhere (tables, CSVs, plots).
+
+Outputs (:func:`write_report`): ``report.md``; ``accuracy.csv`` (Table 1/6 style, long format:
+one row per optimizer and measure with numeric ``n, mean, std`` and the paired ``diff_mean,
+diff_low, diff_high`` against the reference), ``cost.csv`` (Table 7 style: time and gradient
+evaluations), ``accuracy_by_t.csv`` (Fig. 3 style), ``accuracy_by_s.csv`` (Table 2 style),
+``runs.csv`` (every run); ``convergence.png`` (Fig. 7 style: test accuracy, training loss at θ and
+TSAM's perturbed objective against gradient evaluations) and, when several tilts were run,
 ``accuracy_vs_t.png``.
 """
 
@@ -33,11 +40,16 @@ import numpy as np
 
 from .. import _json
 from .._atomic import atomic_write_with
+from ..optim.diagnostics import ess_message as _ess_message
 from .config import atomic_write_text
+from .stats import paired_by_seed
 from .sweep import database_path, failed_runs, iter_results, open_database
 
 __all__ = ["Report", "build_report", "write_report", "run_report", "select_best", "mean_std",
-           "markdown_table"]
+           "markdown_table", "default_reference", "MEASURES"]
+
+#: the accuracy measures of every comparison: result key -> name in tables
+MEASURES = {"final_test_acc": "test acc % (final epoch)", "best_val_test_acc": "test acc % (best-val epoch)"}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -49,10 +61,51 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _pm(values: Sequence[float], scale: float = 100.0) -> str:
-    mean, std = mean_std(values)
+    """``"93.07 ± 3.19"`` over several values; ``"93.07 (n=1)"`` for one (a single seed has no spread)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean, std = mean_std(finite)
     if math.isnan(mean):
         return "n/a"
+    if len(finite) == 1:
+        return f"{scale * mean:.2f} (n=1)"
     return f"{scale * mean:.2f} ± {scale * std:.2f}"
+
+
+def _number(value: float | None, digits: int = 4) -> float | str:
+    """A CSV cell: the rounded number, or empty for a missing/non-finite value."""
+    if value is None or not math.isfinite(value):
+        return ""
+    return round(float(value), digits)
+
+
+def _finite_or_nan(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return number if math.isfinite(number) else float("nan")
+
+
+def _diff_text(diff: dict[str, Any]) -> str:
+    """``"+1.40 [+0.20, +2.60]"`` in percentage points from a paired-difference dict (fractions)."""
+    mean = f"{100 * diff['mean']:+.2f}"
+    if diff["low"] is None or diff["high"] is None:
+        return f"{mean} (n={diff['n']}, no interval)"
+    return f"{mean} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
+
+
+def default_reference(labels: Sequence[str]) -> str:
+    """The reference of the paired differences: SAM when it was run, else the first label."""
+    if not labels:
+        raise ValueError("no optimizer labels to choose a reference from")
+    return "sam" if "sam" in labels else labels[0]
+
+
+def _run_ess(rows: list[dict[str, Any]]) -> float:
+    """Mean effective sample size over a run's epochs (NaN when the optimizer records none)."""
+    values = [r.get("effective_sample_size") for r in rows]
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -141,11 +194,13 @@ def _axis_value(run: dict[str, Any], axis: str) -> Any:
 
 
 def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
-                 epilogue: Callable[[dict[str, Any]], str] | None = None) -> Report:
+                 epilogue: Callable[[dict[str, Any]], str] | None = None, reference: str | None = None) -> Report:
     """Read a sweep database and assemble every table (raises SweepError if missing/other version).
 
     ``only_keys`` restricts the report to those run keys (the current grid of a sweep whose database
-    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report.
+    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report;
+    ``reference`` is the label the paired differences are taken against (default:
+    :func:`default_reference`).
     """
     connection = open_database(db)
     try:
@@ -170,63 +225,126 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
     val_kind = "clean" if first["data"]["clean_validation"] else (f"noisy ({noise:.0%} label noise, like training)"
                                                                   if noise else "clean (no label noise)")
 
-    acc_header = ["optimizer", "selected setting", "seeds", "test acc % (final epoch)",
-                  "test acc % (best-val epoch)", "val acc % (best epoch)", "best-val epoch"]
-    acc_rows, cost_rows = [], []
+    reference = reference or default_reference(order)
+    if reference not in chosen:
+        raise ValueError(f"reference optimizer {reference!r} has no finished runs; choose one of {order}")
+    ess_of = {r["run_key"]: _run_ess(epochs.get(r["run_key"], [])) for r in runs}
+
+    acc_header = ["optimizer", "selected setting", "seeds", *MEASURES.values(), "val acc % (best epoch)",
+                  "best-val epoch", "mean ESS / s"]
+    acc_rows, cost_rows, cost_csv, csv_rows, paired_rows = [], [], [], [], []
     cost_header = ["optimizer", "grad evals / step", "steps", "gradient evaluations", "epochs",
-                   "train time (s)", "wall time incl. eval (s)", "s per 1k grad evals"]
+                   "train time (s)", "wall time incl. eval (s)", "s per 1k grad evals", "threads"]
     summary: dict[str, Any] = {}
+    per_seed = {label: {m: {r["seed"]: r["result"][m] for r in chosen[label]} for m in (*MEASURES, "best_val_acc")}
+                for label in order}
     for label in order:
         rs = chosen[label]
         res = [r["result"] for r in rs]
+        samples = _axis_value(rs[0], "optimizer.settings.num_samples")
+        ess = float(np.mean([ess_of[r["run_key"]] for r in rs])) if samples else float("nan")
+        ess_text = f"{ess:.3f} / {samples}" if samples and math.isfinite(ess) else "–"
         acc_rows.append([label, _setting_text(rs[0]["setting"]), len(rs),
-                         _pm([x["final_test_acc"] for x in res]), _pm([x["best_val_test_acc"] for x in res]),
-                         _pm([x["best_val_acc"] for x in res]),
-                         "/".join(str(x["best_val_epoch"]) for x in res)])
+                         *(_pm([x[m] for x in res]) for m in MEASURES), _pm([x["best_val_acc"] for x in res]),
+                         "/".join(str(x["best_val_epoch"]) for x in res), ess_text])
         train_s = mean_std([x["train_seconds"] for x in res])
         wall_s = mean_std([x["wall_seconds"] for x in res])
         evals = int(np.mean([x["grad_evals"] for x in res]))
+        threads = sorted({str(x.get("threads", "?")) for x in res})
         cost_rows.append([label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals,
-                          res[0]["epochs"], f"{train_s[0]:.1f} ± {train_s[1]:.1f}", f"{wall_s[0]:.1f}",
-                          f"{1000 * train_s[0] / max(evals, 1):.2f}"])
+                          res[0]["epochs"], _pm([x["train_seconds"] for x in res], scale=1.0),
+                          f"{wall_s[0]:.1f}", f"{1000 * train_s[0] / max(evals, 1):.2f}", "/".join(threads)])
+        cost_csv.append([label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals,
+                         res[0]["epochs"], len(res), _number(train_s[0], 2),
+                         _number(train_s[1], 2) if len(res) > 1 else "", _number(wall_s[0], 2),
+                         _number(1000 * train_s[0] / max(evals, 1), 3), "/".join(threads)])
+        paired: dict[str, Any] = {}
+        for measure in (*MEASURES, "best_val_acc"):
+            values = [x[measure] for x in res]
+            mean, std = mean_std(values)
+            diff = None
+            if label != reference:
+                try:
+                    diff = paired_by_seed(per_seed[label][measure], per_seed[reference][measure])
+                except ValueError:  # no common seed or a non-finite value: no paired difference
+                    diff = None
+                paired[measure] = None if diff is None else {
+                    "mean": diff.mean, "low": diff.low, "high": diff.high, "n": diff.n, "verdict": diff.verdict()}
+            csv_rows.append([label, _setting_text(rs[0]["setting"]), measure, "percent", len(values),
+                             _number(100 * mean), _number(100 * std) if len(values) > 1 else "", reference,
+                             "" if diff is None else _number(100 * diff.mean),
+                             "" if diff is None or diff.low is None else _number(100 * diff.low),
+                             "" if diff is None or diff.high is None else _number(100 * diff.high),
+                             "" if diff is None else diff.n])
+        if label != reference:
+            cells = []
+            for measure in MEASURES:
+                d = paired.get(measure)
+                cells += ["n/a", "n/a"] if d is None else [_diff_text(d), d["verdict"]]
+            paired_rows.append([f"{label} − {reference}", min(len(per_seed[label]["final_test_acc"]),
+                                                              len(per_seed[reference]["final_test_acc"])), *cells])
         summary[label] = {
             "setting": rs[0]["setting"], "seeds": [r["seed"] for r in rs],
             "final_test_acc": mean_std([x["final_test_acc"] for x in res]),
             "best_val_test_acc": mean_std([x["best_val_test_acc"] for x in res]),
-            "train_seconds": train_s[0], "grad_evals": evals}
+            "train_seconds": train_s[0], "grad_evals": evals,
+            "mean_ess": ess if math.isfinite(ess) else None, "num_samples": samples,
+            "reference": reference, "paired": paired}
 
-    tables = {"accuracy": (acc_header, acc_rows), "cost": (cost_header, cost_rows)}
+    tables = {"accuracy": (["optimizer", "setting", "measure", "unit", "n", "mean", "std", "reference",
+                            "diff_mean", "diff_low", "diff_high", "diff_n"], csv_rows),
+              "cost": (["optimizer", "grad_evals_per_step", "steps", "grad_evals", "epochs", "n",
+                        "train_seconds_mean", "train_seconds_std", "wall_seconds_mean", "seconds_per_1k_grad_evals",
+                        "threads"], cost_csv)}
+    markdown_tables = {"accuracy": (acc_header, acc_rows)}
     by_t_rows, by_t_plot = [], {}
     for label, rows in _by_axis(runs, "optimizer.settings.tilt").items():
+        if len(rows) < 2:  # one tilt is a point, not a curve: the accuracy table already has it
+            continue
         numeric = [(float(v), [r["result"]["best_val_test_acc"] for r in rs]) for v, rs in rows
                    if not isinstance(v, str)]  # tilt="auto" has no place on a t axis: table only
-        if numeric:
+        if len(numeric) >= 2:
             by_t_plot[label] = numeric
         for value, rs in rows:
-            by_t_rows.append([label, value, len(rs), _pm([r["result"]["final_test_acc"] for r in rs]),
-                              _pm([r["result"]["best_val_test_acc"] for r in rs])])
+            for measure in MEASURES:
+                values = [r["result"][measure] for r in rs]
+                mean, std = mean_std(values)
+                ess = float(np.mean([ess_of[r["run_key"]] for r in rs]))
+                by_t_rows.append([label, value, measure, "percent", len(values), _number(100 * mean),
+                                  _number(100 * std) if len(values) > 1 else "", _number(ess)])
     if by_t_rows:
-        tables["accuracy_by_t"] = (["optimizer", "t", "seeds", "test acc % (final)", "test acc % (best-val)"],
-                                   by_t_rows)
-    by_s_rows = []
+        tables["accuracy_by_t"] = (["optimizer", "t", "measure", "unit", "n", "mean", "std", "mean_ess"], by_t_rows)
+        md_rows = [[r[0], r[1], r[4], f"{r[5]:.2f}" + (f" ± {r[6]:.2f}" if r[6] != "" else " (n=1)"),
+                    f"{r[7]:.3f}" if r[7] != "" else "–"] for r in by_t_rows if r[2] == "best_val_test_acc"]
+        markdown_tables["accuracy_by_t"] = (["optimizer", "t", "seeds", "test acc % (best-val epoch)", "mean ESS"],
+                                            md_rows)
+    by_s_rows, by_s_md = [], []
     for label, rows in _by_axis(runs, "optimizer.settings.num_samples").items():
         if len(rows) < 2:
             continue
         for value, rs in rows:
-            by_s_rows.append([label, value, len(rs), _pm([r["result"]["final_test_acc"] for r in rs]),
-                              _pm([r["result"]["best_val_test_acc"] for r in rs]),
-                              f"{np.mean([r['result']['train_seconds'] for r in rs]):.1f}"])
+            seconds = float(np.mean([r["result"]["train_seconds"] for r in rs]))
+            by_s_md.append([label, value, len(rs), _pm([r["result"]["final_test_acc"] for r in rs]),
+                            _pm([r["result"]["best_val_test_acc"] for r in rs]), f"{seconds:.1f}"])
+            for measure in MEASURES:
+                values = [r["result"][measure] for r in rs]
+                mean, std = mean_std(values)
+                by_s_rows.append([label, value, measure, "percent", len(values), _number(100 * mean),
+                                  _number(100 * std) if len(values) > 1 else "", _number(seconds, 2)])
     if by_s_rows:
-        tables["accuracy_by_s"] = (["optimizer", "s", "seeds", "test acc % (final)", "test acc % (best-val)",
-                                    "train time (s)"], by_s_rows)
+        tables["accuracy_by_s"] = (["optimizer", "s", "measure", "unit", "n", "mean", "std", "train_seconds"],
+                                   by_s_rows)
+        markdown_tables["accuracy_by_s"] = (["optimizer", "s", "seeds", "test acc % (final)", "test acc % (best-val)",
+                                             "train time (s)"], by_s_md)
 
     curves: dict[str, dict[str, list[list[float]]]] = {}
     for label in order:
         series: dict[str, list[list[float]]] = defaultdict(list)
         for r in chosen[label]:
             rows = epochs.get(r["run_key"], [])
-            for metric in ("grad_evals", "epoch", "test_acc", "val_acc", "train_loss"):
-                series[metric].append([row[metric] for row in rows])
+            for metric in ("grad_evals", "epoch", "test_acc", "val_acc", "train_loss", "train_loss_at_theta",
+                           "train_objective"):
+                series[metric].append([_finite_or_nan(row.get(metric)) for row in rows])
         curves[label] = dict(series)
 
     data_line = (f"data `{first['data']['name']}`, label noise {noise:.0%}, model `{first['model']['name']}`, "
@@ -237,16 +355,28 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
              f"pending/running: {counts.get('pending', 0) + counts.get('running', 0)}. "
              f"Written by tiltedsam {meta.get('package_version')} (schema {meta.get('schema_version')}).", "",
              f"Setting per optimizer chosen by mean validation accuracy (best epoch) over seeds; the validation "
-             f"split is {val_kind}. Accuracies in %, mean ± std over seeds.", "",
+             f"split is {val_kind}. Accuracies in %, mean ± std over seeds (n=1: one seed, no spread). "
+             f"Mean ESS: the tilted weights' effective sample size averaged over steps, out of s samples "
+             f"(ESS ≈ s means uniform weights: the tilt has no effect; see docs/tuning.md).", "",
              "## Test accuracy (Table 1 style)", "", markdown_table(acc_header, acc_rows), "",
+             f"## Paired differences against {reference} (same seeds, percentage points, 95% t interval)", "",
+             "Each seed shares data order, label noise, initialisation and noise stream across optimizers, so the "
+             "per-seed differences cancel the spread both share. 'inside noise': the interval contains 0.", "",
+             markdown_table(["difference", "seeds", "Δ test acc (final epoch) [95% CI]", "verdict",
+                             "Δ test acc (best-val epoch) [95% CI]", "verdict"], paired_rows)
+             if paired_rows else f"(only {reference} was run: nothing to pair)", "",
              "## Cost (Table 7 style)", "", markdown_table(cost_header, cost_rows), ""]
-    if "accuracy_by_t" in tables:
-        parts += ["## Accuracy per tilt t (Fig. 3 style)", "", markdown_table(*tables["accuracy_by_t"]), ""]
+    warnings_md = [f"- {label}: {message}" for label in order
+                   if (message := _ess_message(summary[label]["mean_ess"], summary[label]["num_samples"]))]
+    if warnings_md:
+        parts += ["**Tilt diagnostics.**", "", *warnings_md, ""]
+    if "accuracy_by_t" in markdown_tables:
+        parts += ["## Accuracy per tilt t (Fig. 3 style)", "", markdown_table(*markdown_tables["accuracy_by_t"]), ""]
         if by_t_plot:  # only numeric tilts are plotted (tilt="auto" is in the table only)
             parts += ["![accuracy against t](accuracy_vs_t.png)", ""]
-    if "accuracy_by_s" in tables:
-        parts += ["## Accuracy per number of samples s (Table 2 style)", "", markdown_table(*tables["accuracy_by_s"]),
-                  ""]
+    if "accuracy_by_s" in markdown_tables:
+        parts += ["## Accuracy per number of samples s (Table 2 style)", "",
+                  markdown_table(*markdown_tables["accuracy_by_s"]), ""]
     parts += ["## Convergence (Fig. 7 style)", "", "![convergence](convergence.png)", ""]
     if failures:  # diverged or broken runs are named, not averaged away
         parts += ["## Failed runs", "", "These runs are not in the tables above (a diverged run fails: see its error).",
@@ -255,20 +385,35 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
                                        f["error"].replace("|", "\\|")] for f in failures]), ""]
     if epilogue is not None:
         parts += [epilogue(summary)]
-    run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), r["result"]["final_test_acc"],
-                 r["result"]["best_val_test_acc"], r["result"]["best_val_epoch"], r["result"]["grad_evals"],
-                 round(r["result"]["train_seconds"], 2), r["run_dir"]] for r in runs]
-    tables["runs"] = (["optimizer", "seed", "setting", "final_test_acc", "best_val_test_acc", "best_val_epoch",
-                       "grad_evals", "train_seconds", "run_dir"], run_rows)
+    run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), _number(100 * r["result"]["final_test_acc"]),
+                 _number(100 * r["result"]["best_val_test_acc"]), r["result"]["best_val_epoch"],
+                 r["result"]["grad_evals"], round(r["result"]["train_seconds"], 2), _number(ess_of[r["run_key"]]),
+                 r["result"].get("threads", ""), r["run_dir"]] for r in runs]
+    tables["runs"] = (["optimizer", "seed", "setting", "final_test_acc_percent", "best_val_test_acc_percent",
+                       "best_val_epoch", "grad_evals", "train_seconds", "mean_ess", "threads", "run_dir"], run_rows)
     return Report(tables, "\n".join(parts), curves, by_t_plot, summary)
 
 
-def _styles(labels: list[str]) -> dict[str, dict[str, str]]:
-    """A fixed colour, line style and marker per label, so overlapping curves stay distinguishable
-    (ESAM1 follows SAM's trajectory exactly until SAM's budget ends)."""
+def _styles(labels: list[str]) -> dict[str, dict[str, Any]]:
+    """A fixed colour, line style, marker and marker offset per label, so overlapping curves stay
+    distinguishable (ESAM1 follows SAM's trajectory exactly until SAM's budget ends: different line
+    style, marker and marker positions make both visible from the first shared point on)."""
     lines, markers = ["-", "--", "-.", ":"], ["o", "s", "^", "D", "v", "P"]
-    return {label: {"color": f"C{i % 10}", "linestyle": lines[i % len(lines)], "marker": markers[i % len(markers)]}
+    return {label: {"color": f"C{i % 10}", "linestyle": lines[i % len(lines)], "marker": markers[i % len(markers)],
+                    "markevery": (i % 3, 3), "linewidth": 2.2 - 0.3 * (i % 4)}
             for i, label in enumerate(labels)}
+
+
+def _mean_band(ax, x: np.ndarray, values: np.ndarray, label: str, style: dict[str, Any]) -> None:
+    """Mean over seeds as a line, ± one standard deviation as a band (none for one seed)."""
+    mean = np.nanmean(values, axis=0)
+    n = values.shape[0]
+    if len(x) <= 8:  # few points: mark every one (staggered markers only help on long curves)
+        style = {**style, "markevery": None}
+    (line,) = ax.plot(x, mean, markersize=5, label=f"{label} (n={n})", **style)
+    if n > 1:
+        std = np.nanstd(values, axis=0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=line.get_color(), linewidth=0)
 
 
 def _plot_convergence(report: Report, path: Path) -> None:
@@ -277,29 +422,42 @@ def _plot_convergence(report: Report, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    clean = any(np.isfinite(np.asarray(s, dtype=float)).any() for series in report.curves.values()
+                for s in series.get("train_loss_at_theta", []) if len(s))
+    loss_metric = "train_loss_at_theta" if clean else "train_loss"
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     styles = _styles(list(report.curves))
+    seeds = set()
     for label, series in report.curves.items():
         if not series.get("grad_evals"):
             continue
         n = min(len(s) for s in series["grad_evals"])
         if n == 0:
             continue
+        seeds.add(len(series["grad_evals"]))
         x = np.mean([s[:n] for s in series["grad_evals"]], axis=0)
-        for ax, metric in zip(axes, ("test_acc", "train_loss")):
-            values = np.array([s[:n] for s in series[metric]], dtype=float)
-            mean = values.mean(axis=0)
-            (line,) = ax.plot(x, mean, markersize=4, label=label, **styles[label])
-            if len(values) > 1:
-                std = values.std(axis=0, ddof=1)
-                ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    axes[0].set_ylabel("test accuracy")
-    axes[1].set_ylabel("training loss (first evaluation of each step)")
+        for ax, metric, scale in zip(axes, ("test_acc", loss_metric, "train_objective"), (100.0, 1.0, 1.0)):
+            values = np.array([s[:n] for s in series.get(metric, [])], dtype=float) * scale
+            if values.size and np.isfinite(values).any():
+                _mean_band(ax, x, values, label, styles[label])
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_title("test accuracy", fontsize=10)
+    if clean:
+        axes[1].set_ylabel("training loss at θ")
+        axes[1].set_title("training loss at θ, same for every optimizer\n(fixed training subset, eval mode, "
+                          "end of each epoch)", fontsize=9)
+    else:
+        axes[1].set_ylabel("training loss (first evaluation of each step)")
+        axes[1].set_title("older runs: loss at each step's first point\n(TSAM's is at a perturbed point)", fontsize=9)
+    axes[2].set_ylabel("objective each optimizer minimises")
+    axes[2].set_title("each optimizer's own objective (epoch mean): ERM loss at θ,\nSAM loss at θ+ε, "
+                      "TSAM tilted loss at its perturbed points", fontsize=9)
     for ax in axes:
         ax.set_xlabel("gradient evaluations")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Convergence, selected setting per optimizer (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+    band = "mean ± std over seeds" if max(seeds, default=1) > 1 else "one seed: no uncertainty band"
+    fig.suptitle(f"Convergence, selected setting per optimizer ({band})")
     fig.tight_layout()
     atomic_write_with(path, lambda temporary: fig.savefig(temporary, format="png", dpi=120))
     plt.close(fig)
@@ -311,24 +469,40 @@ def _plot_by_t(report: Report, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     styles = _styles(list(report.summary))
     all_ts: set[float] = set()
     for label, points in report.by_t.items():
         ts = [t for t, _ in points]
         all_ts.update(ts)
-        means = [mean_std(v)[0] for _, v in points]
-        stds = [mean_std(v)[1] for _, v in points]
-        ax.errorbar(ts, means, yerr=stds, capsize=3, label=label, **styles[label])
+        means = [100 * mean_std(v)[0] for _, v in points]
+        stds = [100 * mean_std(v)[1] for _, v in points]
+        style = {k: v for k, v in styles[label].items() if k != "markevery"}
+        ax.errorbar(ts, means, yerr=stds, capsize=3, label=f"{label} (n={len(points[0][1])}, ± std)", **style)
     for label, info in report.summary.items():
-        if label not in report.by_t:
-            ax.axhline(info["best_val_test_acc"][0], linestyle=styles[label]["linestyle"], linewidth=1,
-                       color=styles[label]["color"], label=label)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xticks(sorted(all_ts))
-    ax.set_xticklabels([f"{t:g}" for t in sorted(all_ts)])
-    ax.set_xlabel("tilt t")
-    ax.set_ylabel("test accuracy (best-val epoch)")
+        if label in report.by_t:
+            continue
+        mean, std = info["best_val_test_acc"]
+        color, linestyle = styles[label]["color"], styles[label]["linestyle"]
+        ax.axhline(100 * mean, linestyle=linestyle, linewidth=1.2, color=color,
+                   label=f"{label} (n={len(info['seeds'])}, band ± std)")
+        if len(info["seeds"]) > 1:
+            ax.axhspan(100 * (mean - std), 100 * (mean + std), color=color, alpha=0.12, linewidth=0)
+    ts = sorted(all_ts)
+    positive = [t for t in ts if t > 0]
+    if ts[0] > 0:  # all tilts positive: a plain log axis with a margin on both sides
+        ax.set_xscale("log")
+        ax.set_xlim(ts[0] / 1.6, ts[-1] * 1.6)
+        scale = "log scale"
+    else:  # t = 0 included: linear up to the smallest positive tilt, logarithmic beyond
+        ax.set_xscale("symlog", linthresh=positive[0] if positive else 1.0)
+        ax.set_xlim(-0.3 * (positive[0] if positive else 1.0), (ts[-1] or 1.0) * 1.6)
+        scale = "symmetric log scale"
+    ax.set_xticks(ts)
+    ax.set_xticklabels([f"{t:g}" for t in ts])
+    ax.minorticks_off()
+    ax.set_xlabel(f"tilt t ({scale})")
+    ax.set_ylabel("test accuracy (%) at the best-val epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -338,17 +512,19 @@ def _plot_by_t(report: Report, path: Path) -> None:
 
 def write_report(db: str | Path, out_dir: str | Path | None = None, title: str | None = None,
                  only_keys: set[str] | None = None,
-                 epilogue: Callable[[dict[str, Any]], str] | None = None) -> Report:
+                 epilogue: Callable[[dict[str, Any]], str] | None = None, reference: str | None = None) -> Report:
     """Build the report from ``db`` (see :func:`build_report`) and write report.md, the CSVs and the
     PNGs to ``out_dir`` (default: the database's directory)."""
-    report = build_report(db, title, only_keys, epilogue)
+    report = build_report(db, title, only_keys, epilogue, reference)
     out = Path(out_dir) if out_dir is not None else database_path(db).parent
     out.mkdir(parents=True, exist_ok=True)
     for name, (header, rows) in report.tables.items():
         atomic_write_text(out / f"{name}.csv", _csv_text(header, rows))
     _plot_convergence(report, out / "convergence.png")
-    if report.by_t:
+    if report.by_t:  # only labels run at several tilts are in by_t
         _plot_by_t(report, out / "accuracy_vs_t.png")
+    elif (out / "accuracy_vs_t.png").exists():  # a stale single-point plot from an older report
+        (out / "accuracy_vs_t.png").unlink()
     atomic_write_text(out / "report.md", report.markdown)
     atomic_write_text(out / "summary.json", _json.dumps(report.summary, indent=2) + "\n")
     return report
@@ -364,11 +540,12 @@ def run_report(run_dir: str | Path) -> str:
     result = read_result(run_dir)
     with open(run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    header = ["epoch", "grad_evals", "train_loss", "train_acc", "val_acc", "test_acc", "train_seconds"]
+    header = ["epoch", "grad_evals", "train_loss", "train acc %", "val acc %", "test acc %", "train_seconds"]
     table = markdown_table(header, [[r["epoch"], r["grad_evals"], f"{float(r['train_loss']):.4f}",
-                                     f"{float(r['train_acc']):.4f}", f"{float(r['val_acc']):.4f}",
-                                     f"{float(r['test_acc']):.4f}", r["train_seconds"]] for r in rows])
+                                     f"{100 * float(r['train_acc']):.2f}", f"{100 * float(r['val_acc']):.2f}",
+                                     f"{100 * float(r['test_acc']):.2f}", r["train_seconds"]] for r in rows])
     return (f"# Run {result['label']} (seed {result['seed']}, key {result['run_key']})\n\n"
-            f"Final test accuracy {result['final_test_acc']:.4f}; best-val epoch {result['best_val_epoch']} with "
-            f"test accuracy {result['best_val_test_acc']:.4f}; {result['grad_evals']} gradient evaluations in "
+            f"Final test accuracy {100 * result['final_test_acc']:.2f}%; best-val epoch {result['best_val_epoch']} "
+            f"with test accuracy {100 * result['best_val_test_acc']:.2f}%; {result['grad_evals']} gradient "
+            f"evaluations in "
             f"{result['train_seconds']:.1f} s ({result['budget']}).\n\n{table}\n")

@@ -123,7 +123,7 @@ class SweepConfig:
     optimizers: list[str] = field(default_factory=lambda: ["sgd", "sam", "tsam"])
     seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1
-    threads_per_worker: int = 0  # 0: cores / workers
+    threads_per_worker: int = 0  # 0: the shared policy (tiltedsam._threads: cores / workers, minus busy cores)
     progress: bool = True
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
@@ -472,6 +472,8 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
                                "attempts=attempts+1, error=NULL WHERE run_key=?", (owner, now, now, key))
         row = connection.execute("SELECT config FROM runs WHERE run_key = ?", (key,)).fetchone()
         config = from_dict(RunConfig, json.loads(row["config"]))
+        if num_threads and not config.run.num_threads:  # run.* is not part of the run key
+            config.run.num_threads = num_threads
         connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
 
         def store_epoch(metrics: dict[str, Any]) -> None:
@@ -597,8 +599,8 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     ``elsewhere`` (left to another sweep process working on the same database). The whole sweep is
     checked (:func:`expand_grid`) before anything is written. ``max_runs`` stops after that many
     runs were started (for tests and partial runs). With ``workers > 1`` the runs go to that many
-    spawned worker processes, each using ``threads_per_worker`` torch threads (default: cores /
-    workers). SIGINT/SIGTERM (in the main thread) raise :class:`SweepInterrupted` after the
+    spawned worker processes, each using ``threads_per_worker`` torch threads (default:
+    :func:`tiltedsam._threads.choose_threads` for that many processes). SIGINT/SIGTERM (in the main thread) raise :class:`SweepInterrupted` after the
     workers are stopped and the runs in flight are marked ``interrupted``.
     """
     from tqdm.auto import tqdm
@@ -629,11 +631,30 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     cost = {p.key: resolve_budget(p.config, steps_per_epoch=1000).total_grad_evals for p in points}
     todo.sort(key=lambda key: -cost[key])
     db_file = str(database_path(out).resolve())
-    threads = sweep.threads_per_worker or max(1, (os.cpu_count() or 1) // sweep.workers)
+    from .._threads import choose_threads
+
     owner = _owner_id()
     counts = {"done": 0, "failed": 0, "skipped": len(points) - len(todo), "elsewhere": 0}
     budget = len(todo) if max_runs is None else min(max_runs, len(todo))
-    bar = tqdm(total=budget, desc=f"sweep {sweep.name}", unit="run", disable=not sweep.progress)
+    threads = choose_threads(sweep.threads_per_worker or None, processes=max(1, min(sweep.workers, budget))).threads
+    # One bar over the whole sweep, advanced by each finished run's expected gradient evaluations, so
+    # the ETA does not take the first (longest) runs as typical; one printed line per finished run.
+    # disable=None: no bar at all when stderr is not a terminal (logs get the per-run lines only).
+    # Its total is this process's share at most: with another sweep on the same database it may end early.
+    bar = tqdm(total=sum(sorted((cost[key] for key in todo), reverse=True)[:budget]), desc=f"sweep {sweep.name}",
+               unit="eval", unit_scale=True, disable=None if sweep.progress else True, mininterval=1.0,
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+    bar.set_postfix_str(f"0/{budget} runs")
+
+    def finished(key: str, status: str) -> None:
+        counts[status] += 1
+        bar.update(cost[key])
+        done = counts["done"] + counts["failed"]
+        bar.set_postfix_str(f"{done}/{budget} runs")
+        if sweep.progress:
+            line = _run_line(db_file, key, status, done, budget)
+            (bar.write(line) if not bar.disable else print(line, flush=True))
+
     heartbeat = _Heartbeat(db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
     heartbeat.start()
     handlers: dict[int, Any] = {}
@@ -657,9 +678,7 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
 
         if sweep.workers == 1 or budget <= 1:
             while (key := claim()) is not None:
-                _, status = execute_run(db_file, key, threads if sweep.workers > 1 else 0, owner)
-                counts[status] += 1
-                bar.update(1)
+                finished(*execute_run(db_file, key, threads, owner))
         else:
             context = get_context("spawn")
             workers = [_start_worker(context, db_file, threads, owner) for _ in range(min(sweep.workers, budget))]
@@ -697,16 +716,14 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
                             "UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
                             (time.time(), f"the worker process died (exit code {worker.process.exitcode})",
                              worker.key, owner))
-                        counts["failed"] += 1
-                        bar.update(1)
+                        finished(worker.key, "failed")
                         if not exhausted:
                             workers.append(_start_worker(context, db_file, threads, owner))
                         continue
                     if message == "ready":
                         worker.ready = True
                     else:
-                        counts[message[1]] += 1
-                        bar.update(1)
+                        finished(*message)
                     worker.key = None
                     idle.append(worker)
             for worker in workers:
@@ -731,6 +748,23 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
         bar.close()
     counts["elsewhere"] = max(0, len(todo) - counts["done"] - counts["failed"]) if max_runs is None else 0
     return counts
+
+
+def _run_line(db_file: str, key: str, status: str, done: int, total: int) -> str:
+    """``[3/8] tsam seed 1: final test acc 92.10%, best-val epoch 9 94.00%, 3960 grad evals, 130.2 s``."""
+    connection = _connect(Path(db_file))
+    try:
+        row = connection.execute("SELECT label, seed, result, error FROM runs WHERE run_key=?", (key,)).fetchone()
+    finally:
+        connection.close()
+    head = f"[{done}/{total}] {row['label']} seed {row['seed']}"
+    if status != "done" or not row["result"]:
+        last = (row["error"] or "").strip().splitlines()[-1:] or ["?"]
+        return f"{head}: FAILED ({last[0]})"
+    r = json.loads(row["result"])
+    return (f"{head}: final test acc {100 * r['final_test_acc']:.2f}%, best-val epoch {r['best_val_epoch']} "
+            f"{100 * r['best_val_test_acc']:.2f}%, {r['grad_evals']} grad evals, {r['train_seconds']:.1f} s, "
+            f"{r.get('threads', '?')} thread(s)")
 
 
 def _decode(text: str) -> Any:

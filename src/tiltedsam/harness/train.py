@@ -25,6 +25,7 @@ import os
 import random
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -49,9 +50,13 @@ RESULT_FORMAT = "tiltedsam.result/1"
 #: columns of metrics.csv, in order
 METRIC_COLUMNS = [
     "epoch", "step", "grad_evals", "train_seconds", "wall_seconds", "lr",
-    "train_loss", "train_acc", "train_objective", "val_loss", "val_acc", "test_loss", "test_acc",
-    "tilt", "effective_sample_size",
+    "train_loss", "train_acc", "train_objective", "train_loss_at_theta", "val_loss", "val_acc", "test_loss",
+    "test_acc", "tilt", "effective_sample_size",
 ]
+
+#: size of the fixed training subset on which every optimizer's training loss at θ is measured
+#: after each epoch (the same points for every optimizer, so the curves compare like with like)
+TRAIN_LOSS_SUBSET = 512
 
 
 class RunInterrupted(RuntimeError):
@@ -412,6 +417,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     from .models import build_model
 
     from ..tilt import NonFiniteLossError
+    from .._threads import configure_threads
+    from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
 
     world = world or World()
     run_dir = Path(config.run.out_dir)
@@ -423,8 +430,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
                               f"{exc.strerror or exc}") from None
     device = world.device(config.run.device)
-    if config.run.num_threads:
-        torch.set_num_threads(config.run.num_threads)
+    # run.num_threads = 0: the shared policy (cores / processes, minus what other work keeps busy)
+    threads = configure_threads(config.run.num_threads or None, processes=world.world_size)
 
     # ---- resume or start fresh
     checkpoint = None
@@ -486,13 +493,19 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             "package_version": __version__, "git_commit": git_commit(), "budget": budget.description,
             "total_steps": budget.total_steps, "steps_per_epoch": budget.steps_per_epoch,
             "grad_evals_per_step": budget.grad_evals_per_step, "data": data.info, "world_size": world.world_size,
-            "torch_version": torch.__version__}, indent=2) + "\n")
+            "torch_version": torch.__version__, "threads": threads.as_dict()}, indent=2) + "\n")
         _write_metrics(run_dir / "metrics.csv", rows)
 
     from tqdm.auto import tqdm
 
+    # disable=None: no bar when stderr is not a terminal (a redirected log gets no carriage-return flood)
     progress = tqdm(total=budget.total_steps, initial=step, desc=config.display_label, unit="step",
-                    disable=not (config.run.progress and world.is_main), leave=False, dynamic_ncols=True)
+                    disable=None if (config.run.progress and world.is_main) else True, leave=False,
+                    dynamic_ncols=True)
+    # the same fixed training examples for every optimizer and epoch: loss at θ, compared like with like
+    loss_subset = torch.utils.data.Subset(data.train, range(min(TRAIN_LOSS_SUBSET, len(data.train))))
+    num_samples = getattr(optimizer, "hyperparameters", {}).get("num_samples")
+    ess_warning = next((r.get("ess_warning") for r in rows if r.get("ess_warning")), None)
     model.train()
     while step < budget.total_steps:
         # ---- one epoch (the last one may be partial when the budget is in steps or evaluations)
@@ -554,6 +567,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         sums["loss"], sums["correct"], sums["count"] = float(totals[0]), float(totals[1]), float(totals[2])
 
         # ---- evaluate, record, checkpoint
+        loss_at_theta, _ = evaluate(model, loss_subset, loss_fn, config.run.eval_batch_size, device, world)
         val_loss, val_acc = evaluate(model, data.val, eval_loss_fn, config.run.eval_batch_size, device, world)
         test_loss, test_acc = evaluate(model, data.test, eval_loss_fn, config.run.eval_batch_size, device, world)
         wall_seconds += time.perf_counter() - epoch_start
@@ -562,7 +576,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             "train_seconds": round(train_seconds, 4), "wall_seconds": round(wall_seconds, 4),
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": sums["loss"] / max(sums["count"], 1), "train_acc": sums["correct"] / max(sums["count"], 1),
-            "train_objective": sums["objective"] / max(sums["steps"], 1),
+            "train_objective": sums["objective"] / max(sums["steps"], 1), "train_loss_at_theta": loss_at_theta,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             "tilt": _mean(sums["tilts"]) if sums["tilts"] else float(getattr(optimizer, "tilt", float("nan"))),
             "effective_sample_size": _mean(sums["ess"]),
@@ -572,6 +586,11 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             raise RunDiverged(f"run diverged in epoch {epoch}: the model's parameters are no longer finite "
                               f"(training loss {row['train_loss']}); lower optimizer.lr (now "
                               f"{config.optimizer.lr:g}); the last checkpoint is of epoch {epoch - 1}")
+        message = ess_message(row["effective_sample_size"], num_samples)
+        if message and ess_warning is None:  # once per run
+            ess_warning = row["ess_warning"] = f"epoch {epoch}: {message}"
+            if world.is_main:
+                warnings.warn(f"{config.display_label}: {ess_warning}", TiltDiagnosticWarning, stacklevel=2)
         rows.append(row)
         if world.is_main:
             save_checkpoint(run_dir / CHECKPOINT_NAME, {
@@ -596,9 +615,13 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         "label": config.display_label, "optimizer": config.optimizer.name, "seed": config.seed,
         "epochs": epoch, "steps": step, "grad_evals": budget.evals_after(step),
         "grad_evals_per_step": budget.grad_evals_per_step, "budget": budget.description,
-        "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+        "train_seconds": train_seconds, "wall_seconds": wall_seconds, "threads": threads.threads,
+        "mean_effective_sample_size": _mean([r["effective_sample_size"] for r in rows]) if num_samples else None,
+        "ess_warning": ess_warning,
         **summarize(rows),
     }
+    if result["mean_effective_sample_size"] is not None and not math.isfinite(result["mean_effective_sample_size"]):
+        result["mean_effective_sample_size"] = None  # JSON holds no NaN
     if world.is_main:
         atomic_write_text(run_dir / "result.json", _json.dumps(result, indent=2) + "\n")
     return result

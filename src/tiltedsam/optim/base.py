@@ -33,7 +33,26 @@ from torch.optim import Optimizer
 from .distributed import DistributedSync, resolve_distributed, scalar_loss_value
 from .functional import global_norm
 
-__all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats"]
+__all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats", "BASE_OPTIMIZERS",
+           "resolve_base_optimizer"]
+
+#: base optimizers that may be given by name (``TSAM(params, "adam")``, ``create_optimizer(..., base_optimizer="sgd")``)
+BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
+def resolve_base_optimizer(base: Any) -> type[Optimizer] | Callable[..., Optimizer]:
+    """A base optimizer given by name (case-insensitive key of :data:`BASE_OPTIMIZERS`) -> its class;
+    a class (or factory) is returned unchanged and checked by the optimizer's constructor."""
+    if isinstance(base, str):
+        if base.lower() not in BASE_OPTIMIZERS:
+            raise ValueError(f"unknown base optimizer {base!r}; known names: {sorted(BASE_OPTIMIZERS)} "
+                             "(or pass a torch.optim.Optimizer class)")
+        return BASE_OPTIMIZERS[base.lower()]
+    return base
 
 _STATE_FORMAT = "tiltedsam.optimizer/1"
 
@@ -149,7 +168,8 @@ class PerturbationOptimizer(Optimizer):
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
-        base_optimizer: the base optimizer *class* (``torch.optim.SGD``, ``torch.optim.AdamW``, ...).
+        base_optimizer: the base optimizer *class* (``torch.optim.SGD``, ``torch.optim.AdamW``, ...) or its
+            name in :data:`BASE_OPTIMIZERS` (``"sgd"``, ``"adam"``, ``"adamw"``).
         model: optional module; if given, its BatchNorm running statistics are updated only during the
             first evaluation of each step (so once per step, not once per evaluation).
         seed: seed of the optimizer's own noise generator. ``None`` draws one from torch's global RNG,
@@ -164,7 +184,7 @@ class PerturbationOptimizer(Optimizer):
     def __init__(
         self,
         params: Any,
-        base_optimizer: type[Optimizer] | Callable[..., Optimizer],
+        base_optimizer: type[Optimizer] | Callable[..., Optimizer] | str,
         hyperparameters: dict[str, Any],
         *,
         model: nn.Module | None = None,
@@ -172,6 +192,7 @@ class PerturbationOptimizer(Optimizer):
         distributed: DistributedSync | bool | None = None,
         **base_kwargs: Any,
     ) -> None:
+        base_optimizer = resolve_base_optimizer(base_optimizer)
         _check_base_optimizer(base_optimizer)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
@@ -401,6 +422,7 @@ class PerturbationOptimizer(Optimizer):
                         f"evaluation {index} ({label!r}) ended without evaluation.record(loss): the optimizer "
                         "needs the loss value at every point"
                     )
+                self._check_some_gradient(index, label)
                 try:
                     label = program.send(evaluation.loss)
                 except StopIteration as done:
@@ -413,6 +435,16 @@ class PerturbationOptimizer(Optimizer):
         self.last_step.objective = objective
         if apply:
             self.base_step()
+
+    def _check_some_gradient(self, index: int, label: str) -> None:
+        """After an evaluation at least one parameter must have a gradient: a closure that forgets
+        ``loss.backward()`` would otherwise make every optimizer silently skip its update."""
+        params = self._params()
+        if params and all(p.grad is None for p in params):
+            raise RuntimeError(
+                f"{type(self).__name__}: evaluation {index} ({label!r}) left every parameter's .grad None; the "
+                "closure (or the body of manual_step) must call loss.backward() before returning the loss"
+            )
 
     @torch.no_grad()
     def base_step(self) -> None:

@@ -16,7 +16,8 @@ import torch
 from torch.optim import Optimizer
 
 from ..samplers.base import evaluation_count
-from .base import PerturbationOptimizer
+from .base import BASE_OPTIMIZERS, PerturbationOptimizer
+from .base import resolve_base_optimizer as _resolve_base
 from .erm import ERM
 from .esam2 import ESAM2
 from .pgn import PGN
@@ -27,20 +28,12 @@ from .tsam import ASCENT_SETTINGS, TSAM, build_sampler
 __all__ = ["OptimizerSpec", "REGISTRY", "register", "create_optimizer", "list_optimizers", "grad_evals_per_step",
            "BASE_OPTIMIZERS", "resolve_base_optimizer", "ALIASES", "equal_compute_steps", "budget_multiplier"]
 
-BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
-
-
 def resolve_base_optimizer(base: str | type[Optimizer]) -> type[Optimizer]:
-    if isinstance(base, str):
-        if base.lower() not in BASE_OPTIMIZERS:
-            raise ValueError(f"unknown base optimizer {base!r}; known: {sorted(BASE_OPTIMIZERS)}")
-        return BASE_OPTIMIZERS[base.lower()]
-    if isinstance(base, type) and issubclass(base, Optimizer):
-        return base
+    """A base optimizer name or class -> its class (the names of :data:`BASE_OPTIMIZERS`, shared with the
+    optimizers' own constructors through :func:`tiltedsam.optim.base.resolve_base_optimizer`)."""
+    resolved = _resolve_base(base)
+    if isinstance(resolved, type) and issubclass(resolved, Optimizer):
+        return resolved
     raise TypeError(f"base optimizer must be a name {sorted(BASE_OPTIMIZERS)} or an Optimizer class, got {base!r}")
 
 

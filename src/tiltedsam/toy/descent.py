@@ -209,7 +209,9 @@ def descend_many(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for k in tqdm(range(steps), desc=f"{problem.name} descent", disable=not progress, leave=False):
+        # disable=None: no bar when stderr is not a terminal (a redirected log gets no carriage-return flood)
+        for k in tqdm(range(steps), desc=f"{problem.name} descent", disable=None if progress else True, leave=False,
+                      mininterval=0.5):
             theta = thetas[k]
             step_gradient = np.empty(len(runs))
             if len(erm):

@@ -95,8 +95,8 @@ def _panel_figure(count: int, panel_size: tuple[float, float] = (3.6, 2.9)):
     figure = Figure(figsize=(width, height))
     axes = figure.subplots(rows, cols, squeeze=False)
     # fixed margins: a constrained layout costs more than all the numerics of a figure
-    figure.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=0.85 / height,
-                           top=1 - 0.95 / height, wspace=0.25, hspace=0.55 * 2.9 / panel_size[1])
+    figure.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.85 / height,
+                           top=1 - 0.95 / height, wspace=0.32, hspace=0.55 * 2.9 / panel_size[1])
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return figure, list(axes.flat[:count])
@@ -163,7 +163,7 @@ def _draw_path(ax, problem: ToyProblem, trajectory: Trajectory, grid: np.ndarray
     if minimiser is not None:
         ax.axvline(minimiser.theta, color=_COLOURS["minimiser"], lw=0.8, ls=":")
         ax.plot(minimiser.theta, minimiser.loss, "v", color=_COLOURS["minimiser"], ms=7,
-                label="global minimiser of the objective")
+                label="global minimiser θ* of this panel's objective (on L; dotted line)")
     lo = min(grid[0], float(path.min()))
     hi = max(grid[-1], float(path.max()))
     ax.set_xlim(lo, hi)
@@ -172,11 +172,36 @@ def _draw_path(ax, problem: ToyProblem, trajectory: Trajectory, grid: np.ndarray
     span = float(shown.max() - shown.min()) or 1.0
     ax.set_ylim(float(shown.min()) - 0.08 * span, float(shown.max()) + 0.15 * span)
     ax.set_xlabel("θ")
+    ax.set_ylabel("L(θ), objective(θ)", fontsize=8)
+    _explain_plateau(ax, problem, trajectory)
     ax.set_title(
         f"{trajectory.label}\nfinal θ={trajectory.final_theta:.3f}, L={trajectory.final_loss:.3f}, "
         f"var={trajectory.neighbourhood_variance:.3f}",
         fontsize=9,
     )
+
+
+def _explain_plateau(ax, problem: ToyProblem, trajectory: Trajectory) -> None:
+    """A run that never left its start sits on a plateau of its objective: say why in the panel.
+
+    SAM's objective ``max_{|ε| ≤ ρ} L(θ + ε)`` is constant in θ while the same local peak of ``L``
+    stays inside ``[θ − ρ, θ + ρ]``, so its gradient is exactly 0 there; TSAM at a large ``t``
+    approaches that maximum, and its gradient is ``O(exp(−t · gap))``. Gradient descent with exact
+    gradients started on such a plateau (θ = 0.5 with ρ = 0.2, the paper's start) does not move; the
+    sampled estimator and SAM's ascent-step algorithm are noisy enough to leave it.
+    """
+    path = trajectory.thetas
+    if trajectory.kind not in ("sam", "sam-ascent", "tsam") or len(path) < 2 or float(np.ptp(path)) > 1e-3:
+        return
+    start = float(path[0])
+    window = np.linspace(start - trajectory.rho, start + trajectory.rho, 801)
+    window = window[(window > problem.domain[0]) & (window < problem.domain[1])]
+    peak = float(window[np.argmax(problem.value(window))])
+    ax.annotate(f"plateau: the peak of L at θ={peak:.2f}\nstays within ±ρ of θ, so the\nobjective is flat "
+                "and its\ngradient ≈ 0: no movement", xy=(start, float(problem.value(start))),
+                xytext=(0.98, 0.97), textcoords="axes fraction", ha="right", va="top", fontsize=6.5,
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.9},
+                arrowprops={"arrowstyle": "->", "color": "0.4", "lw": 0.8})
 
 
 def run_fig1(
@@ -334,6 +359,7 @@ def run_objective_sweep(
             rows.append([f"{rho:g}", label, best.theta, best.value, best.loss, erm.theta])
         ax.set_title(f"ρ = {rho:g}: argmin " + ", ".join(f"{row[2]:.3f}" for row in rows[-len(tilts):]), fontsize=9)
         ax.set_xlabel("θ")
+        ax.set_ylabel("L(θ), objective(θ)", fontsize=8)
     what = "SAM: max over |ε| ≤ ρ" if kind == "sam" else f"TSAM (Eq. 3), μ {measure} on [−ρ, ρ]"
     report.files.append(_finish_figure(figure, panels, f"{problem.description}\n{what}", folder / f"{name}.png"))
     header = ["ρ", "objective", "argmin θ*", "objective(θ*)", "L(θ*)", "ERM argmin"]
