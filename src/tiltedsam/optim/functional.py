@@ -6,7 +6,6 @@ are global over the whole model, as in SAM (Foret et al. 2021) and the TSAM auth
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Sequence
 
 import torch

@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import math
 
-import torch
 from torch.optim import Optimizer
 
 from ..samplers.base import evaluation_count
