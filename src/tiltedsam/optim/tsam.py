@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Generator
 
 import torch
@@ -110,7 +111,10 @@ class TSAM(PerturbationOptimizer):
             "nonfinite": nonfinite,
             "sampler": self.sampler.config(),
         }
-        super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
+        super().__init__(params, base_optimizer, hyper, model=model, seed=seed, nonfinite=nonfinite, **base_kwargs)
+
+    #: a sample with a non-finite loss can get weight zero (the others still estimate the tilted mean)
+    nonfinite_policies = ("raise", "ignore")
 
     # tilt is read every step, so a schedule (or a user) may change it between steps
     @property
@@ -162,8 +166,9 @@ class TSAM(PerturbationOptimizer):
             rho=self.rho,
             sample_tilt=self.sample_tilt,
             generator=self.generator,
-            loss_value=self._loss_value,
-            local_loss_value=self._local_loss_value,
+            # the accumulator applies the non-finite policy to each sample (it names the sample)
+            loss_value=partial(self._loss_value, check=False),
+            local_loss_value=partial(self._local_loss_value, check=False),
         )
         accumulator = TiltedGradientAccumulator(self.aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
         try:
