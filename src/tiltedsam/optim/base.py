@@ -444,9 +444,12 @@ class PerturbationOptimizer(Optimizer):
             self._raise_nonfinite(value)
         return value
 
+    def _describe_evaluation(self) -> str:
+        return f"evaluation {self._evaluation_label!r}"
+
     def _raise_nonfinite(self, value: float) -> None:
         raise NonFiniteLossError(
-            f"{type(self).__name__}: the loss at evaluation {self._evaluation_label!r} of step {self.step_count} "
+            f"{type(self).__name__}: the loss at {self._describe_evaluation()} of step {self.step_count} "
             f"is {value}; no step was taken and the parameters keep their values from before this step "
             f"(nonfinite={self.nonfinite!r}). The run diverged or the batch is bad: lower the learning rate, "
             "check the data, or clip gradients"

@@ -116,6 +116,9 @@ class TSAM(PerturbationOptimizer):
     #: a sample with a non-finite loss can get weight zero (the others still estimate the tilted mean)
     nonfinite_policies = ("raise", "ignore")
 
+    def _describe_evaluation(self) -> str:
+        return f"{super()._describe_evaluation()} of sample {getattr(self, '_sample_index', 0)}"
+
     # tilt is read every step, so a schedule (or a user) may change it between steps
     @property
     def tilt(self) -> float:
@@ -166,13 +169,15 @@ class TSAM(PerturbationOptimizer):
             rho=self.rho,
             sample_tilt=self.sample_tilt,
             generator=self.generator,
-            # the accumulator applies the non-finite policy to each sample (it names the sample)
-            loss_value=partial(self._loss_value, check=False),
-            local_loss_value=partial(self._local_loss_value, check=False),
+            # "raise": every loss a sampler sees is checked (HMC's Metropolis test uses them all);
+            # "ignore": the accumulator gives a sample with a non-finite loss weight zero
+            loss_value=partial(self._loss_value, check=self.nonfinite == "raise"),
+            local_loss_value=partial(self._local_loss_value, check=self.nonfinite == "raise"),
         )
         accumulator = TiltedGradientAccumulator(self.aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
         try:
             for j in range(self.num_samples):
+                self._sample_index = j
                 if j > 0:
                     ctx.reset()
                 loss, grads = yield from self.sampler.draw(ctx)

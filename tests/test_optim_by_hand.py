@@ -1,0 +1,634 @@
+"""One-step updates of every optimizer computed by hand, on a quadratic small enough to do on paper.
+
+``L(w) = 1/2 sum_i a_i w_i^2`` over three coordinates split into two parameter tensors (shapes (1,)
+and (2,)), so that global norms differ from per-tensor ones. Expected parameters, returned objectives,
+diagnostics and noise are written with Python floats from the papers' formulas; the noise draws come
+from a ``torch.Generator`` seeded with the optimizer's seed (the same draws), but every step built on
+them is computed here by hand, never by a library helper. So a bug inside a helper shared by two
+optimizers (ascent, noise clipping, accumulator, shell) cannot cancel out, as it can in the
+equivalence tests (TSAM == SAM, manual == closure).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tiltedsam import create_optimizer, list_optimizers
+from tiltedsam.optim import ERM, ESAM2, PGN, RSAM, SAM, TSAM
+from tiltedsam.optim.base import BASE_SETTING_RANGES, check_hyperparameter, check_param_group
+from tiltedsam.optim.functional import draw_noise
+from tiltedsam.tilt import NonFiniteLossError
+
+A = [1.0, 3.0, -2.0]  # diagonal Hessian
+W0 = [0.5, -1.0, 0.25]
+EPS = 1e-12  # SAM's norm guard
+SEED = 1234
+NAMES = [entry["name"] for entry in list_optimizers()]
+
+
+# ----------------------------------------------------------------------------- the problem and hand math
+def make_params(w=W0) -> list[nn.Parameter]:
+    return [nn.Parameter(torch.tensor(w[:1], dtype=torch.float64)),
+            nn.Parameter(torch.tensor(w[1:], dtype=torch.float64))]
+
+
+def flat(params) -> list[float]:
+    return [x for p in params for x in p.detach().flatten().tolist()]
+
+
+def torch_loss(params) -> torch.Tensor:
+    a = torch.tensor(A, dtype=torch.float64)
+    w = torch.cat([p.flatten() for p in params])
+    return 0.5 * (a * w * w).sum()
+
+
+def make_closure(params, calls: list[int] | None = None):
+    def closure() -> torch.Tensor:
+        if calls is not None:
+            calls.append(1)
+        loss = torch_loss(params)
+        loss.backward()
+        return loss
+    return closure
+
+
+def loss(w) -> float:
+    return 0.5 * sum(a * x * x for a, x in zip(A, w))
+
+
+def grad(w) -> list[float]:
+    return [a * x for a, x in zip(A, w)]
+
+
+def norm(v) -> float:
+    return math.sqrt(sum(x * x for x in v))
+
+
+def add(u, v, scale=1.0) -> list[float]:
+    return [x + scale * y for x, y in zip(u, v)]
+
+
+def ascend(w, g, rho) -> list[float]:
+    """SAM's ascent w + rho g / (||g|| + 1e-12) (Foret et al. 2021, Eq. 2)."""
+    n = norm(g) + EPS
+    return [x + rho * gi / n for x, gi in zip(w, g)]
+
+
+def sgd(w, g, lr) -> list[float]:
+    return [x - lr * gi for x, gi in zip(w, g)]
+
+
+def close(actual, expected, rel=1e-12) -> None:
+    assert actual == pytest.approx(expected, rel=rel, abs=1e-15)
+
+
+def close32(returned: torch.Tensor, expected: float) -> None:
+    """step() returns the objective as a default-dtype (float32) tensor; last_step holds the float64 value."""
+    assert isinstance(returned, torch.Tensor) and returned.dim() == 0
+    assert float(returned) == pytest.approx(expected, rel=2e-7)
+
+
+def gaussian_noise(gen: torch.Generator, shapes, radius: float, std: float) -> list[float]:
+    """The TSAM authors' noise by hand: z ~ N(0, std^2 I) (torch's draws), clipped to global norm radius."""
+    z = [x for shape in shapes for x in torch.randn(shape, generator=gen, dtype=torch.float64).flatten().tolist()]
+    total = norm(z)  # the norm of the *whole* vector: clipping is global, not per tensor
+    scale = std * min(1.0, radius / (std * total + EPS))
+    return [scale * x for x in z]
+
+
+SHAPES = [(1,), (2,)]
+
+
+# ----------------------------------------------------------------------------- ERM / SGD, weight decay
+def test_erm_two_steps_of_sgd_with_momentum_dampening_and_weight_decay_by_hand() -> None:
+    lr, mom, damp, wd = 0.1, 0.9, 0.25, 0.01
+    params = make_params()
+    opt = ERM(params, torch.optim.SGD, lr=lr, momentum=mom, dampening=damp, weight_decay=wd)
+    out = opt.step(make_closure(params))
+    d1 = add(grad(W0), W0, wd)  # weight decay added once to the gradient
+    w1 = sgd(W0, d1, lr)  # first step: the buffer is the gradient itself (no dampening)
+    close32(out, loss(W0))  # step() returns the loss at theta, as a tensor
+    assert opt.last_step.objective == loss(W0)
+    close(flat(params), w1)
+    out = opt.step(make_closure(params))
+    d2 = add(grad(w1), w1, wd)
+    buf = [mom * b + (1 - damp) * d for b, d in zip(d1, d2)]
+    close(flat(params), sgd(w1, buf, lr))
+    close32(out, loss(w1))
+    assert opt.step_count == 2
+    assert opt.last_step.losses == [pytest.approx(loss(w1))] and opt.last_step.weights == [1.0]
+    assert opt.last_step.effective_sample_size == 1.0
+
+
+@pytest.mark.parametrize("name", ["sgd", "sam", "tsam", "pgn", "esam2", "rsam"])
+def test_weight_decay_is_applied_exactly_once(name: str) -> None:
+    """Same optimizer, weight decay 0 vs wd: the updates differ by exactly lr * wd * w (SGD, no momentum)."""
+    lr, wd = 0.1, 0.3
+    moved = {}
+    for decay in (0.0, wd):
+        params = make_params()
+        opt = create_optimizer(name, params, lr=lr, weight_decay=decay, seed=SEED)
+        opt.step(make_closure(params))
+        moved[decay] = flat(params)
+    close([a - b for a, b in zip(moved[0.0], moved[wd])], [lr * wd * x for x in W0], rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- SAM and ASAM
+def test_sam_two_steps_by_hand_with_momentum_and_weight_decay() -> None:
+    lr, rho, mom, wd = 0.05, 0.2, 0.5, 0.01
+    params = make_params()
+    opt = SAM(params, torch.optim.SGD, rho=rho, lr=lr, momentum=mom, weight_decay=wd)
+    out = opt.step(make_closure(params))
+    e1 = ascend(W0, grad(W0), rho)
+    d1 = add(grad(e1), W0, wd)  # gradient at theta + eps, weight decay at the restored theta
+    w1 = sgd(W0, d1, lr)
+    close(flat(params), w1)
+    close32(out, loss(e1))  # the SAM objective estimate: the loss at theta + eps
+    close(opt.last_step.objective, loss(e1))
+    close(opt.last_step.extra["clean_loss"], loss(W0))
+    opt.step(make_closure(params))
+    e2 = ascend(w1, grad(w1), rho)
+    d2 = add(grad(e2), w1, wd)
+    close(flat(params), sgd(w1, [mom * a + b for a, b in zip(d1, d2)], lr))
+
+
+@pytest.mark.parametrize("eta", [0.01, 0.0, 0.5])
+def test_asam_one_step_by_hand(eta: float) -> None:
+    """ASAM (Kwon et al. 2021): eps = rho T^2 g / ||T g||, T = |w| + eta. A zero weight shows eta's role:
+    davda54/sam (eta = 0) never perturbs it, the ASAM paper's eta = 0.01 does."""
+    w = [0.0, -1.0, 0.25]
+    lr, rho = 0.1, 0.5
+    params = make_params(w)
+    opt = SAM(params, torch.optim.SGD, rho=rho, adaptive=True, adaptive_eta=eta, lr=lr)
+    opt.step(make_closure(params))
+    g = grad(w)
+    t = [abs(x) + eta for x in w]
+    n = norm([ti * gi for ti, gi in zip(t, g)]) + EPS
+    e = [rho * ti * ti * gi / n for ti, gi in zip(t, g)]
+    close(flat(params), sgd(w, grad(add(w, e)), lr))
+
+
+def test_asam_registry_entry_uses_eta_001_and_rho_05() -> None:
+    params = make_params()
+    opt = create_optimizer("asam", params, lr=0.1)
+    assert opt.hyperparameters["adaptive"] is True
+    assert opt.hyperparameters["adaptive_eta"] == 0.01 and opt.rho == 0.5
+
+
+def test_sam_honours_per_group_rho_and_adaptive_like_davda54() -> None:
+    lr, rho_default, rho_group = 0.1, 0.05, 0.3
+    first, rest = make_params()
+    opt = SAM([{"params": [first], "rho": rho_group}, {"params": [rest]}], torch.optim.SGD, rho=rho_default, lr=lr)
+    opt.step(make_closure([first, rest]))
+    g = grad(W0)
+    n = norm(g) + EPS  # one global norm over both groups
+    e = [rho_group * g[0] / n, rho_default * g[1] / n, rho_default * g[2] / n]
+    close(flat([first, rest]), sgd(W0, grad(add(W0, e)), lr))
+
+    # mixed: the second group adaptive (T = |w| + eta), the first plain; the norm is of (g1, T g2)
+    first, rest = make_params()
+    opt = SAM([{"params": [first]}, {"params": [rest], "adaptive": True, "adaptive_eta": 0.1}],
+              torch.optim.SGD, rho=rho_default, lr=lr)
+    opt.step(make_closure([first, rest]))
+    t = [1.0, abs(W0[1]) + 0.1, abs(W0[2]) + 0.1]
+    n = norm([ti * gi for ti, gi in zip(t, g)]) + EPS
+    e = [rho_default * ti * ti * gi / n for ti, gi in zip(t, g)]
+    close(flat([first, rest]), sgd(W0, grad(add(W0, e)), lr))
+
+
+def test_sam_group_without_rho_follows_the_optimizer_value_and_first_step_honours_groups() -> None:
+    lr = 0.1
+    first, rest = make_params()
+    opt = SAM([{"params": [first], "rho": 0.0}, {"params": [rest]}], torch.optim.SGD, rho=0.05, lr=lr)
+    opt.hyperparameters["rho"] = 0.2  # the default is read at each step
+    torch_loss([first, rest]).backward()
+    opt.first_step(zero_grad=True)
+    assert first.grad is None and rest.grad is None
+    g = grad(W0)
+    n = norm(g) + EPS
+    e = [0.0, 0.2 * g[1] / n, 0.2 * g[2] / n]
+    close(flat([first, rest]), add(W0, e))  # the davda54-style first step moves to theta + eps
+    torch_loss([first, rest]).backward()
+    opt.second_step(zero_grad=True)
+    assert first.grad is None and rest.grad is None
+    close(flat([first, rest]), sgd(W0, grad(add(W0, e)), lr))
+    assert opt.step_count == 1
+
+
+@pytest.mark.parametrize("group,name", [({"rho": -0.1}, "rho"), ({"rho": float("nan")}, "rho"),
+                                        ({"adaptive": "yes"}, "adaptive"), ({"adaptive_eta": float("inf")}, "adaptive_eta"),
+                                        ({"lr": float("nan")}, "lr")])
+def test_sam_rejects_bad_group_settings_at_construction_and_in_add_param_group(group, name) -> None:
+    first, rest = make_params()
+    with pytest.raises(ValueError, match=rf"{name} \(param group 1\)"):
+        SAM([{"params": [first]}, {"params": [rest], **group}], torch.optim.SGD, lr=0.1)
+    opt = SAM([first], torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match=rf"{name} \(param group 1\)"):
+        opt.add_param_group({"params": [rest], **group})
+
+
+# ----------------------------------------------------------------------------- TSAM
+def tsam_by_hand(w, *, lr, rho, tilt, sample_tilt, radius, std, num_samples, gen):
+    """Algorithm 1 + 2 by hand: noise, one normalised ascent step, weights exp((t - delta) L_j)."""
+    points, losses = [], []
+    for _ in range(num_samples):
+        delta = gaussian_noise(gen, SHAPES, radius, std) if radius > 0 else [0.0] * len(w)
+        noisy = add(w, delta)
+        point = ascend(noisy, grad(noisy), rho)
+        points.append(point)
+        losses.append(loss(point))
+    aggregation = tilt - sample_tilt
+    top = max(losses)
+    raw = [math.exp(aggregation * (x - top)) for x in losses]
+    weights = [r / sum(raw) for r in raw]
+    g = [sum(wj * grad(p)[i] for wj, p in zip(weights, points)) for i in range(len(w))]
+    objective = math.log(sum(math.exp(tilt * (x - top)) for x in losses) / num_samples) / tilt + top
+    return sgd(w, g, lr), losses, weights, objective
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_tsam_without_noise_is_sams_update_by_hand(num_samples: int) -> None:
+    lr, rho = 0.1, 0.15
+    params = make_params()
+    opt = TSAM(params, torch.optim.SGD, lr=lr, rho=rho, tilt=3.0, num_samples=num_samples, noise_radius=0.0)
+    calls: list[int] = []
+    out = opt.step(make_closure(params, calls))
+    e = ascend(W0, grad(W0), rho)
+    close(flat(params), sgd(W0, grad(e), lr))
+    assert len(calls) == 2 * num_samples
+    close32(out, loss(e))  # tilted mean of equal losses
+    close(opt.last_step.objective, loss(e))
+    assert opt.last_step.weights == pytest.approx([1 / num_samples] * num_samples)
+    assert opt.last_step.effective_sample_size == pytest.approx(num_samples)
+
+
+@pytest.mark.parametrize("num_samples,radius,std,tilt,sample_tilt", [
+    (1, 0.1, 1.0, 4.0, None),  # clipped: the noise lies on the sphere of radius 0.1
+    (2, 0.1, 1.0, 4.0, None),
+    (2, 100.0, 0.3, 4.0, 0.0),  # not clipped: z * std; the authors' weights exp(t L)
+    (3, 0.5, 1.0, 10.0, 2.0),
+])
+def test_tsam_with_noise_by_hand(num_samples, radius, std, tilt, sample_tilt) -> None:
+    lr, rho = 0.1, 0.05
+    params = make_params()
+    opt = TSAM(params, torch.optim.SGD, lr=lr, rho=rho, tilt=tilt, num_samples=num_samples, noise_radius=radius,
+               noise_std=std, sample_tilt=sample_tilt, seed=SEED)
+    out = opt.step(make_closure(params))
+    delta = tilt / 2 if sample_tilt is None else sample_tilt
+    expected, losses, weights, objective = tsam_by_hand(
+        W0, lr=lr, rho=rho, tilt=tilt, sample_tilt=delta, radius=radius, std=std, num_samples=num_samples,
+        gen=torch.Generator().manual_seed(SEED))
+    close(flat(params), expected, rel=1e-10)
+    close(opt.last_step.losses, losses, rel=1e-10)
+    close(opt.last_step.weights, weights, rel=1e-9)
+    close(opt.last_step.objective, objective, rel=1e-10)  # the tilted mean at t (not t - delta)
+    close32(out, objective)  # and step() returns it
+    ess = sum(weights) ** 2 / sum(x * x for x in weights)
+    close(opt.last_step.effective_sample_size, ess, rel=1e-9)
+
+
+def test_tsam_infinite_tilt_steps_with_the_gradient_at_the_largest_loss() -> None:
+    lr, rho = 0.1, 0.05
+    params = make_params()
+    opt = TSAM(params, torch.optim.SGD, lr=lr, rho=rho, tilt=math.inf, num_samples=3, noise_radius=0.5, seed=SEED)
+    opt.step(make_closure(params))
+    gen = torch.Generator().manual_seed(SEED)
+    points = []
+    for _ in range(3):
+        noisy = add(W0, gaussian_noise(gen, SHAPES, 0.5, 1.0))
+        points.append(ascend(noisy, grad(noisy), rho))
+    worst = max(points, key=loss)
+    close(flat(params), sgd(W0, grad(worst), lr), rel=1e-10)
+    assert sorted(opt.last_step.weights) == [0.0, 0.0, 1.0]
+
+
+def test_noise_is_clipped_in_the_global_norm_not_per_tensor() -> None:
+    params = [torch.zeros(1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
+    radius = 0.2
+    noise = draw_noise(params, "gaussian", radius, torch.Generator().manual_seed(SEED), std=1.0)
+    expected = gaussian_noise(torch.Generator().manual_seed(SEED), SHAPES, radius, 1.0)
+    close(flat(noise), expected)
+    assert norm(flat(noise)) == pytest.approx(radius, rel=1e-12)  # the whole vector on the sphere
+    assert [t.norm().item() for t in noise] != pytest.approx([radius, radius])  # not each tensor
+    # uniform in the ball: a direction times radius * u^(1/d), u drawn after the normals
+    gen = torch.Generator().manual_seed(SEED)
+    z = [x for shape in SHAPES for x in torch.randn(shape, generator=gen, dtype=torch.float64).flatten().tolist()]
+    u = float(torch.rand((), generator=gen, dtype=torch.float64))
+    expected = [x * radius * u ** (1 / 3) / norm(z) for x in z]
+    noise = draw_noise(params, "uniform", radius, torch.Generator().manual_seed(SEED))
+    close(flat(noise), expected, rel=1e-10)
+    assert flat(draw_noise(params, "gaussian", 0.0, torch.Generator().manual_seed(SEED))) == [0.0, 0.0, 0.0]
+
+
+def test_tsam_uniform_noise_one_sample_by_hand() -> None:
+    lr, rho, radius = 0.1, 0.05, 0.3
+    params = make_params()
+    opt = TSAM(params, torch.optim.SGD, lr=lr, rho=rho, tilt=2.0, num_samples=1, noise="uniform",
+               noise_radius=radius, seed=SEED)
+    opt.step(make_closure(params))
+    gen = torch.Generator().manual_seed(SEED)
+    z = [x for shape in SHAPES for x in torch.randn(shape, generator=gen, dtype=torch.float64).flatten().tolist()]
+    u = float(torch.rand((), generator=gen, dtype=torch.float64))
+    noisy = add(W0, [x * radius * u ** (1 / 3) / norm(z) for x in z])
+    close(flat(params), sgd(W0, grad(ascend(noisy, grad(noisy), rho)), lr), rel=1e-10)
+    close(opt.last_step.extra["noise_loss"], [loss(noisy)], rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- PGN, RSAM, ESAM2
+@pytest.mark.parametrize("normalize_clean", [False, True])
+def test_pgn_one_step_by_hand(normalize_clean: bool) -> None:
+    lr, r, alpha = 0.1, 0.2, 0.7
+    params = make_params()
+    opt = PGN(params, torch.optim.SGD, lr=lr, rho=r, alpha=alpha, normalize_clean=normalize_clean)
+    out = opt.step(make_closure(params))
+    g1 = grad(W0)
+    g2 = grad(ascend(W0, g1, r))
+    clean_weight = (1 - alpha) / (norm(g1) + EPS) if normalize_clean else 1 - alpha
+    close(flat(params), sgd(W0, [clean_weight * a + alpha * b for a, b in zip(g1, g2)], lr))
+    close(opt.last_step.objective, loss(W0) + alpha * r * norm(g1))  # L + lambda ||g||, lambda = alpha r
+    close32(out, opt.last_step.objective)
+    close(opt.last_step.extra["perturbed_loss"], loss(ascend(W0, g1, r)))
+    assert opt.last_step.weights == pytest.approx([1 - alpha, alpha])
+
+
+def test_rsam_one_step_by_hand_with_filterwise_noise() -> None:
+    lr, rho, gamma, lam = 0.1, 0.05, 0.2, 2.0
+    matrix = nn.Parameter(torch.tensor([[0.5, -1.0], [0.25, 2.0]], dtype=torch.float64))
+    vector = nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))
+    a = [1.0, 3.0, -2.0, 0.5, 1.5, 2.5]
+    w0 = [0.5, -1.0, 0.25, 2.0, 3.0, -4.0]
+
+    def closure():
+        w = torch.cat([matrix.flatten(), vector])
+        value = 0.5 * (torch.tensor(a, dtype=torch.float64) * w * w).sum()
+        value.backward()
+        return value
+
+    opt = RSAM([matrix, vector], torch.optim.SGD, lr=lr, rho=rho, noise_scale=gamma, grad_weight=lam, seed=SEED)
+    out = opt.step(closure)
+    gen = torch.Generator().manual_seed(SEED)
+    z = torch.randn((2, 2), generator=gen, dtype=torch.float64).flatten().tolist()
+    z += torch.randn((2,), generator=gen, dtype=torch.float64).tolist()
+    row0, row1 = norm(w0[0:2]), norm(w0[2:4])  # one filter = one row of the matrix
+    whole = norm(w0[4:6])  # a vector is one filter
+    filters = [row0, row0, row1, row1, whole, whole]
+    delta = [gamma * f * zi for f, zi in zip(filters, z)]
+    hand_grad = lambda w: [ai * x for ai, x in zip(a, w)]  # noqa: E731
+    hand_loss = lambda w: 0.5 * sum(ai * x * x for ai, x in zip(a, w))  # noqa: E731
+    noisy = add(w0, delta)
+    v = add([lam * g for g in hand_grad(noisy)], delta)
+    point = ascend(w0, v, rho)  # the ascent starts at theta, not at theta + delta
+    close(flat([matrix, vector]), sgd(w0, hand_grad(point), lr), rel=1e-10)
+    close(opt.last_step.objective, hand_loss(point), rel=1e-10)
+    close32(out, hand_loss(point))
+    close(opt.last_step.extra["noise_loss"], hand_loss(noisy), rel=1e-10)
+
+
+def test_esam2_ignore_skips_a_nonfinite_step_size_and_raise_restores() -> None:
+    lr, rho = 0.1, 0.1
+    multipliers = [1.0, 2.0, 3.0]
+
+    def run(policy: str, bad: set[int]):
+        params = make_params()
+        opt = ESAM2(params, torch.optim.SGD, lr=lr, rho=rho, multipliers=multipliers, nonfinite=policy)
+        calls: list[int] = []
+
+        def closure():
+            calls.append(1)
+            value = torch_loss(params)
+            if len(calls) - 2 in bad:  # call 1 is the clean point, then one call per step size
+                value = value * float("nan")
+            value.backward()
+            return value
+        return params, opt, closure
+
+    params, opt, closure = run("ignore", {2})  # the largest radius has the largest loss, but it is NaN
+    opt.step(closure)
+    g = grad(W0)
+    chosen = ascend(W0, g, rho * 2.0)
+    close(flat(params), sgd(W0, grad(chosen), lr))
+    assert opt.last_step.extra["chosen_index"] == 1
+    params, opt, closure = run("ignore", {0, 1, 2})
+    with pytest.raises(NonFiniteLossError, match="every step size"):
+        opt.step(closure)
+    assert flat(params) == W0 and opt.step_count == 0
+    params, opt, closure = run("raise", {1})
+    with pytest.raises(NonFiniteLossError, match="step_size_1"):
+        opt.step(closure)
+    assert flat(params) == W0
+
+
+# ----------------------------------------------------------------------------- the shell: APIs, state
+@pytest.mark.parametrize("make", [
+    lambda p: SAM(p, torch.optim.SGD, lr=0.1, rho=0.15),
+    lambda p: TSAM(p, torch.optim.SGD, lr=0.1, rho=0.15, num_samples=2, noise_radius=0.0, tilt=1.0),
+])
+def test_manual_api_gives_the_hand_computed_update(make) -> None:
+    expected = sgd(W0, grad(ascend(W0, grad(W0), 0.15)), 0.1)
+    params = make_params()
+    opt = make(params)
+    labels = []
+    for evaluation in opt.manual_step():
+        labels.append(evaluation.label)
+        assert all(p.grad is None for p in params)  # cleared before each body
+        value = torch_loss(params)
+        value.backward()
+        evaluation.record(value)
+    close(flat(params), expected)
+    assert opt.step_count == 1 and len(labels) == opt.grad_evals_per_step
+    # apply=False: the parameters are restored and .grad holds the update's gradient; the caller steps
+    params = make_params()
+    opt = make(params)
+    for evaluation in opt.manual_step(apply=False):
+        value = torch_loss(params)
+        value.backward()
+        evaluation.record(value.item())  # a float is accepted too
+    assert flat(params) == W0
+    close([x for p in params for x in p.grad.flatten().tolist()], grad(ascend(W0, grad(W0), 0.15)))
+    opt.base_step()
+    close(flat(params), expected)
+
+
+def test_zero_grad_keeps_or_drops_the_tensors() -> None:
+    params = make_params()
+    opt = SAM(params, torch.optim.SGD, lr=0.1)
+    torch_loss(params).backward()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and float(p.grad.abs().sum()) == 0.0 for p in params)
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
+def test_loading_a_state_into_an_optimizer_that_has_already_stepped() -> None:
+    """The loaded optimizer must forget its own momentum, step count and noise generator position."""
+    def build(params, seed):
+        return TSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, rho=0.05, num_samples=2, noise_radius=0.3,
+                    tilt=2.0, seed=seed)
+
+    params = make_params()
+    reference = build(params, SEED)
+    reference.step(make_closure(params))
+    saved_state = copy.deepcopy(reference.state_dict())
+    saved_weights = flat(params)
+    reference.step(make_closure(params))
+    expected = flat(params)
+
+    other = make_params([2.0, 1.0, -1.0])
+    stepped = build(other, seed=99)
+    for _ in range(3):  # its own momentum, step count and generator position: all must be replaced
+        stepped.step(make_closure(other))
+    assert stepped._generator is not None
+    stepped.load_state_dict(saved_state)
+    with torch.no_grad():
+        for p, value in zip(other, (saved_weights[:1], saved_weights[1:])):
+            p.copy_(torch.tensor(value, dtype=torch.float64))
+    assert stepped.step_count == 1 and stepped.seed == SEED
+    stepped.step(make_closure(other))
+    assert flat(other) == expected  # bit for bit
+    assert stepped.step_count == 2
+
+
+def test_state_dict_of_a_fresh_optimizer_and_a_bad_one() -> None:
+    params = make_params()
+    opt = SAM(params, torch.optim.SGD, lr=0.1, seed=7)
+    state = opt.state_dict()
+    assert state["generator"] is None and state["step_count"] == 0 and state["seed"] == 7
+    assert state["optimizer"] == "SAM" and state["hyperparameters"]["rho"] == 0.05
+    with pytest.raises(ValueError, match="saved by 'SAM', cannot load it into ERM"):
+        ERM(make_params(), torch.optim.SGD, lr=0.1).load_state_dict(state)
+    with pytest.raises(ValueError, match="format"):
+        opt.load_state_dict({"format": "other"})
+    with pytest.raises(ValueError, match="list"):
+        opt.load_state_dict([])  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- non-finite losses, everywhere
+def nan_at(params, call: int, value: float = float("nan")):
+    calls: list[int] = []
+
+    def closure():
+        calls.append(1)
+        out = torch_loss(params)
+        if len(calls) == call:
+            out = out * value
+        out.backward()
+        return out
+    return closure
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_every_optimizer_raises_on_a_nonfinite_loss_with_parameters_and_state_intact(name: str, bad: float) -> None:
+    params = make_params()
+    opt = create_optimizer(name, params, lr=0.1, momentum=0.9, seed=SEED)
+    opt.step(make_closure(params))  # a momentum buffer exists now
+    weights = flat(params)
+    buffers = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    for call in sorted({1, opt.grad_evals_per_step}):  # the first and the last evaluation of the step
+        with pytest.raises(NonFiniteLossError):
+            opt.step(nan_at(params, call, bad))
+        assert flat(params) == weights
+        assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(params, buffers))
+        assert opt.step_count == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ignore_is_accepted_only_where_a_point_can_be_dropped(name: str) -> None:
+    opt = create_optimizer(name, make_params(), lr=0.1)
+    if "ignore" in opt.nonfinite_policies:
+        assert type(opt).__name__ in ("TSAM", "ESAM2")
+        create_optimizer(name, make_params(), lr=0.1, nonfinite="ignore")
+    else:
+        with pytest.raises(ValueError, match="nonfinite must be one of \\['raise'\\].*nothing to ignore"):
+            create_optimizer(name, make_params(), lr=0.1, nonfinite="ignore")
+    with pytest.raises(ValueError, match="nonfinite must be .*got 'skip'"):
+        create_optimizer(name, make_params(), lr=0.1, nonfinite="skip")
+
+
+def test_the_error_names_the_optimizer_evaluation_and_step() -> None:
+    params = make_params()
+    opt = SAM(params, torch.optim.SGD, lr=0.1)
+    opt.step(make_closure(params))
+    with pytest.raises(NonFiniteLossError, match=r"SAM: the loss at evaluation 'perturbed' of step 1 is inf"):
+        opt.step(nan_at(params, 2, float("inf")))
+    with pytest.raises(NonFiniteLossError, match=r"evaluation 'clean' of step 1 is nan"):
+        opt.step(nan_at(params, 1))
+    assert isinstance(NonFiniteLossError("x"), FloatingPointError) and isinstance(NonFiniteLossError("x"), ValueError)
+
+
+def test_davda54_first_step_refuses_a_nonfinite_gradient() -> None:
+    params = make_params()
+    opt = SAM(params, torch.optim.SGD, lr=0.1)
+    (torch_loss(params) * float("nan")).backward()
+    with pytest.raises(NonFiniteLossError, match="gradient norm is nan"):
+        opt.first_step()
+    assert flat(params) == W0
+
+
+# ----------------------------------------------------------------------------- hyper-parameter validation
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("key,bad", [("lr", float("nan")), ("lr", float("inf")), ("lr", -0.1),
+                                     ("momentum", float("nan")), ("momentum", -0.5), ("weight_decay", float("inf")),
+                                     ("weight_decay", -1e-4), ("dampening", float("nan"))])
+def test_base_optimizer_settings_must_be_finite_and_in_range(name: str, key: str, bad: float) -> None:
+    kwargs = {"lr": 0.1, key: bad}
+    with pytest.raises(ValueError, match=rf"^{key} must be a finite number.*got {bad!r}"):
+        create_optimizer(name, make_params(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(betas=(0.9, float("nan"))), r"betas\[1\] must be a finite number >= 0 and < 1, got nan"),
+    (dict(betas=(1.0, 0.999)), r"betas\[0\] must be .* < 1, got 1.0"),
+    (dict(eps=float("inf")), "eps must be a finite number >= 0, got inf"),
+    (dict(eps=-1e-8), "eps must be"),
+])
+def test_adam_settings_are_checked(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SAM(make_params(), torch.optim.Adam, lr=1e-3, **kwargs)
+
+
+def test_param_group_settings_are_checked_too() -> None:
+    first, rest = make_params()
+    with pytest.raises(ValueError, match=r"lr \(param group 1\) must be a finite number >= 0, got nan"):
+        ERM([{"params": [first]}, {"params": [rest], "lr": float("nan")}], torch.optim.SGD, lr=0.1)
+    opt = TSAM([first], torch.optim.SGD, lr=0.1)
+    with pytest.raises(ValueError, match=r"momentum \(param group 1\)"):
+        opt.add_param_group({"params": [rest], "momentum": float("-inf")})
+    tensor_lr = ERM([first], torch.optim.SGD, lr=torch.tensor(0.1))  # torch accepts tensor learning rates
+    assert float(tensor_lr.param_groups[0]["lr"]) == pytest.approx(0.1)
+
+
+def test_check_hyperparameter_bounds() -> None:
+    assert check_hyperparameter("x", 3) == 3.0 and isinstance(check_hyperparameter("x", 3), float)
+    assert check_hyperparameter("x", 0.0, low=0.0) == 0.0
+    assert check_hyperparameter("x", 1.0, high=1.0) == 1.0
+    assert check_hyperparameter("x", float("inf"), low=0.0, allow_inf=True) == float("inf")
+    assert check_hyperparameter("x", torch.tensor(0.5)) == 0.5
+    for value, bounds, message in [
+        (0.0, dict(low=0.0, low_inclusive=False), "x must be a finite number > 0, got 0.0"),
+        (1.0, dict(high=1.0, high_inclusive=False), "x must be a finite number < 1, got 1.0"),
+        (1.5, dict(low=0.0, high=1.0), "x must be a finite number >= 0 and <= 1, got 1.5"),
+        (-1.0, dict(low=0.0, allow_inf=True), r"x must be a number \(inf allowed\) >= 0, got -1.0"),
+        (float("nan"), dict(allow_inf=True), r"x must be a number \(inf allowed\), got nan"),
+        (float("-inf"), {}, "x must be a finite number, got -inf"),
+    ]:
+        with pytest.raises(ValueError, match="^" + message + "$"):
+            check_hyperparameter("x", value, **bounds)
+    for value in (True, "1", None, [1.0], torch.tensor([1.0, 2.0])):
+        with pytest.raises(TypeError, match="x must be a real number"):
+            check_hyperparameter("x", value)
+
+
+def test_check_param_group_skips_non_numbers_and_checks_sequences() -> None:
+    check_param_group({"params": [1, 2], "nesterov": True, "foreach": None, "name": "head", "lr": 0.1})
+    check_param_group({"betas": [], "custom": (1.0, 2.0)})
+    with pytest.raises(ValueError, match=r"custom\[1\] must be a finite number, got inf"):
+        check_param_group({"custom": (1.0, float("inf"))})
+    with pytest.raises(ValueError, match=r"^unknown_setting! must be a finite number, got nan$"):
+        check_param_group({"unknown_setting": float("nan")}, "!")
+    assert BASE_SETTING_RANGES["lr"] == {"low": 0.0}
