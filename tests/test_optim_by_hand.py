@@ -632,3 +632,151 @@ def test_check_param_group_skips_non_numbers_and_checks_sequences() -> None:
     with pytest.raises(ValueError, match=r"^unknown_setting! must be a finite number, got nan$"):
         check_param_group({"unknown_setting": float("nan")}, "!")
     assert BASE_SETTING_RANGES["lr"] == {"low": 0.0}
+
+
+# ----------------------------------------------------------------------------- documented defaults, names, labels
+def test_documented_defaults_of_every_optimizer_class() -> None:
+    params = make_params()
+    assert ERM(params, lr=0.1).hyperparameters == {}
+    assert SAM(params, lr=0.1).hyperparameters == {"rho": 0.05, "adaptive": False, "adaptive_eta": 0.01}
+    assert PGN(params, lr=0.1).hyperparameters == {"rho": 0.1, "alpha": 0.8, "normalize_clean": False}
+    assert RSAM(params, lr=0.1).hyperparameters == {"rho": 0.05, "noise_scale": 1e-3, "grad_weight": 2.0}
+    assert ESAM2(params, lr=0.1).hyperparameters == {"rho": 0.05, "multipliers": [0.5, 1.0, 1.5, 2.0, 2.5]}
+    tsam = TSAM(params, lr=0.1)
+    assert {k: v for k, v in tsam.hyperparameters.items() if k != "sampler"} == {
+        "tilt": 20.0, "num_samples": 3, "rho": 0.05, "sample_tilt": None, "nonfinite": "raise"}
+    assert tsam.hyperparameters["sampler"] == {"name": "ascent", "noise": "gaussian", "noise_radius": 1.0,
+                                               "noise_std": 1.0}
+    assert tsam.sample_tilt == 10.0 and tsam.aggregation_tilt == 10.0
+    for opt in (ERM(params, lr=0.1), SAM(params, lr=0.1), TSAM(params, lr=0.1)):
+        assert type(opt.base_optimizer) is torch.optim.SGD  # the default base optimizer
+        assert opt.nonfinite == "raise"
+
+
+@pytest.mark.parametrize("cls,kwargs,name", [
+    (SAM, dict(rho=-1.0), "rho"), (SAM, dict(adaptive_eta=float("nan")), "adaptive_eta"),
+    (PGN, dict(rho=float("inf")), "rho"), (PGN, dict(alpha=-0.1), "alpha"),
+    (RSAM, dict(rho=-1.0), "rho"), (RSAM, dict(noise_scale=float("nan")), "noise_scale"),
+    (RSAM, dict(grad_weight=-2.0), "grad_weight"), (ESAM2, dict(rho=float("nan")), "rho"),
+    (ESAM2, dict(multipliers=[1.0, 0.0]), r"multipliers\[1\]"), (TSAM, dict(rho=-0.5), "rho"),
+    (TSAM, dict(tilt=float("nan")), "tilt"), (TSAM, dict(noise_radius=float("inf")), "noise_radius"),
+])
+def test_bad_settings_are_rejected_by_exact_name(cls, kwargs, name) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        cls(make_params(), lr=0.1, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [SAM, PGN, ESAM2])
+def test_non_bool_flags_are_rejected(cls) -> None:
+    flag = {SAM: "adaptive", PGN: "normalize_clean", ESAM2: None}[cls]
+    if flag is None:
+        with pytest.raises(TypeError, match=r"multipliers\[0\] must be a real number, got True"):
+            ESAM2(make_params(), lr=0.1, multipliers=[True])
+        return
+    with pytest.raises(ValueError, match=rf"^{flag} must be True or False, got 1"):
+        cls(make_params(), lr=0.1, **{flag: 1})
+
+
+@pytest.mark.parametrize("make,labels,ascent", [
+    (lambda p: ERM(p, lr=0.1), ["clean"], set()),
+    (lambda p: SAM(p, lr=0.1), ["clean", "perturbed"], {"clean"}),
+    (lambda p: PGN(p, lr=0.1), ["clean", "perturbed"], set()),
+    (lambda p: RSAM(p, lr=0.1), ["noise", "perturbed"], set()),
+    (lambda p: ESAM2(p, lr=0.1, multipliers=[1.0, 2.0]), ["clean", "step_size_0", "step_size_1"], set()),
+    (lambda p: TSAM(p, lr=0.1, num_samples=2), ["noise", "perturbed"] * 2, {"noise"}),
+])
+def test_evaluation_labels_and_ascent_labels(make, labels, ascent) -> None:
+    """The labels name the points (errors, logs) and decide which evaluations skip DDP's all-reduce."""
+    params = make_params()
+    opt = make(params)
+    seen = []
+    for evaluation in opt.manual_step():
+        assert evaluation.index == len(seen)
+        seen.append(evaluation.label)
+        value = torch_loss(params)
+        value.backward()
+        evaluation.record(value)
+    assert seen == labels and opt.grad_evals_per_step == len(labels)
+    assert set(opt.ascent_labels) == ascent
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batchnorm_statistics_move_once_per_step_with_model_and_every_time_without(name: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    x = torch.randn(16, 3)
+
+    def closure():
+        value = model(x).pow(2).mean()
+        value.backward()
+        return value
+
+    with_model = create_optimizer(name, model.parameters(), lr=0.01, model=model, seed=SEED)
+    for _ in range(2):
+        with_model.step(closure)
+    batchnorm = model[1]
+    assert int(batchnorm.num_batches_tracked) == 2
+    assert batchnorm.track_running_stats is True  # restored after each step
+    without = create_optimizer(name, model.parameters(), lr=0.01, seed=SEED)
+    without.step(closure)
+    assert int(batchnorm.num_batches_tracked) == 2 + without.grad_evals_per_step
+
+
+def test_second_step_needs_a_first_step() -> None:
+    opt = SAM(make_params(), lr=0.1)
+    with pytest.raises(RuntimeError, match=r"second_step\(\) called without a preceding first_step\(\)"):
+        opt.second_step()
+
+
+def test_esam2_and_single_point_diagnostics() -> None:
+    params = make_params()
+    opt = ESAM2(params, lr=0.1, rho=0.1, multipliers=[1.0, 3.0, 2.0])
+    out = opt.step(make_closure(params))
+    g = grad(W0)
+    losses = [loss(ascend(W0, g, 0.1 * m)) for m in (1.0, 3.0, 2.0)]
+    best = max(range(3), key=lambda k: losses[k])
+    step = opt.last_step
+    close(step.losses, losses)
+    assert step.weights == [1.0 if k == best else 0.0 for k in range(3)] and step.effective_sample_size == 1.0
+    assert step.extra["chosen_index"] == best and step.extra["chosen_step_size"] == pytest.approx(0.1 * [1, 3, 2][best])
+    close(step.extra["clean_loss"], loss(W0))
+    close(step.objective, losses[best])
+    close32(out, losses[best])
+    params = make_params()
+    rsam = RSAM(params, lr=0.1, noise_scale=0.0)  # no noise: SAM's point, diagnostics of one point
+    rsam.step(make_closure(params))
+    point_loss = loss(ascend(W0, g, 0.05))
+    close(rsam.last_step.losses, [point_loss])
+    assert rsam.last_step.weights == [1.0] and rsam.last_step.effective_sample_size == 1.0
+    close(rsam.last_step.extra["noise_loss"], loss(W0))
+
+
+def test_state_dict_after_loading_but_before_stepping_keeps_the_generator_state() -> None:
+    def build(params):
+        return TSAM(params, lr=0.05, num_samples=2, noise_radius=0.3, tilt=2.0, seed=SEED)
+
+    params = make_params()
+    first = build(params)
+    first.step(make_closure(params))
+    state = copy.deepcopy(first.state_dict())
+    assert state["generator"]["device_type"] == "cpu"
+    middle = build(make_params())
+    middle.load_state_dict(state)
+    relayed = middle.state_dict()  # nothing stepped: the pending generator state must be passed on
+    assert torch.equal(relayed["generator"]["state"], state["generator"]["state"])
+    start = flat(params)
+    first.step(make_closure(params))
+    last_params = make_params(start)
+    last = build(last_params)
+    last.load_state_dict(relayed)
+    last.step(make_closure(last_params))
+    assert flat(last_params) == flat(params)
+
+
+def test_global_dot_is_the_flat_inner_product_in_float64() -> None:
+    from tiltedsam.optim.functional import global_dot
+    a = [torch.tensor([1.0, 2.0]), None, torch.ones(3, dtype=torch.float32)]
+    b = [torch.tensor([4.0, -1.0]), torch.tensor([5.0]), torch.tensor([1e8, 1.0, 1.0], dtype=torch.float32)]
+    # 1e8 + 1 + 1 is 1e8 in float32 (spacing 8 there); accumulated in float64 it is exact
+    assert global_dot(a, b) == 2.0 + 100000002.0
+    assert global_dot([None], [torch.ones(2)]) == 0.0
