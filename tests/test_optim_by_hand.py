@@ -22,12 +22,13 @@ from tiltedsam import create_optimizer, list_optimizers
 from tiltedsam.optim import ERM, ESAM2, PGN, RSAM, SAM, TSAM
 from tiltedsam.optim.base import BASE_SETTING_RANGES, check_hyperparameter, check_param_group
 from tiltedsam.optim.functional import draw_noise
-from tiltedsam.tilt import NonFiniteLossError
+from tiltedsam.tilt import NonFiniteLossError, effective_sample_size, tilted_stats
 
 A = [1.0, 3.0, -2.0]  # diagonal Hessian
 W0 = [0.5, -1.0, 0.25]
 EPS = 1e-12  # SAM's norm guard
 SEED = 1234
+LN3 = math.log(3.0)
 NAMES = [entry["name"] for entry in list_optimizers()]
 
 
@@ -780,3 +781,148 @@ def test_global_dot_is_the_flat_inner_product_in_float64() -> None:
     # 1e8 + 1 + 1 is 1e8 in float32 (spacing 8 there); accumulated in float64 it is exact
     assert global_dot(a, b) == 2.0 + 100000002.0
     assert global_dot([None], [torch.ones(2)]) == 0.0
+
+
+def test_rsam_without_noise_draws_nothing_from_its_generator() -> None:
+    params = make_params()
+    opt = RSAM(params, lr=0.1, noise_scale=0.0, seed=SEED)
+    opt.step(make_closure(params))
+    assert opt.state_dict()["generator"] is None  # no noise, no draws: the noise stream stays at its start
+
+
+def test_nonfinite_error_message_in_full() -> None:
+    params = make_params()
+    opt = ERM(params, lr=0.1)
+    with pytest.raises(NonFiniteLossError) as info:
+        opt.step(nan_at(params, 1))
+    assert str(info.value) == (
+        "ERM: the loss at evaluation 'clean' of step 0 is nan; no step was taken and the parameters keep their "
+        "values from before this step (nonfinite='raise'). The run diverged or the batch is bad: lower the "
+        "learning rate, check the data, or clip gradients")
+    tsam = TSAM(params, lr=0.1, num_samples=2, noise_radius=0.0)
+    with pytest.raises(NonFiniteLossError, match=r"^TSAM: the loss at evaluation 'perturbed' of sample 1 of step 0 "):
+        tsam.step(nan_at(params, 4))
+
+
+def test_tilted_stats_in_float32_and_over_a_batch() -> None:
+    # float32 input: computed in float64, returned in float32. Values near 1e4 with a spread of 0.2: a
+    # float32 computation loses the variance's leading digits to cancellation, float64 does not.
+    values = torch.tensor([1e4 + 0.1, 1e4 + 0.2, 1e4 + 0.3], dtype=torch.float32)
+    exact = [float(v) for v in values]  # the float32 numbers themselves, as Python floats
+    mean = sum(exact) / 3
+    variance = sum((v - mean) ** 2 for v in exact) / 3
+    stats = tilted_stats(values, 0.0)
+    assert stats.mean.dtype == stats.variance.dtype == stats.effective_sample_size.dtype == torch.float32
+    assert float(stats.mean) == pytest.approx(mean, rel=1e-7)
+    assert float(stats.variance) == pytest.approx(variance, rel=1e-6)
+    batch = tilted_stats(torch.tensor([[0.0, LN3], [2.0, 2.0]], dtype=torch.float64), 1.0)
+    assert batch.mean.tolist() == pytest.approx([0.75 * LN3, 2.0], rel=1e-14)
+    assert batch.variance.tolist() == pytest.approx([0.1875 * LN3**2, 0.0], rel=1e-14, abs=1e-15)
+    assert batch.effective_sample_size.tolist() == pytest.approx([1.6, 2.0], rel=1e-14)
+    assert effective_sample_size(torch.tensor([[1.0, 3.0], [1.0, 1.0]])).tolist() == pytest.approx([1.6, 2.0])
+
+
+# ----------------------------------------------------------------------------- registry and t schedules
+def test_registry_budget_arithmetic() -> None:
+    from tiltedsam.optim.registry import (REGISTRY, OptimizerSpec, _tsam_evals, budget_multiplier,
+                                          equal_compute_steps, register)
+    assert _tsam_evals({}) == 6  # s = 3 samples of the ascent sampler, 2 evaluations each
+    assert equal_compute_steps("esam1", 0) == 0
+    assert equal_compute_steps("esam1", 10) == 30
+    assert equal_compute_steps("esam2", 10, reference="tsam", settings={"multipliers": [1.0]}) == 30
+    with pytest.raises(ValueError, match=r"^reference_steps must be an integer >= 0, got -1$"):
+        equal_compute_steps("esam1", -1)
+    with pytest.raises(ValueError, match="reference_steps"):
+        equal_compute_steps("esam1", 2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"seconds_per_step must be two finite numbers > 0"):
+        budget_multiplier("esam1", seconds_per_step=(1.0, 0.0))
+    assert budget_multiplier("esam1", seconds_per_step=(2.0, 5.0)) == 2.5
+    with pytest.raises(ValueError, match=r"^an optimizer named 'sam' is already registered$"):
+        register(OptimizerSpec("sam", SAM, "again"))
+    assert REGISTRY["sam"].cls is SAM
+    entry = next(e for e in list_optimizers() if e["name"] == "pgn")
+    assert entry["defaults"] == {"rho": 0.1, "alpha": 0.8} and entry["grad_evals_per_step"] == 2
+    assert entry["budget_reference"] is None
+
+
+def test_tilt_schedule_checks_against_the_optimizers_sample_tilt() -> None:
+    from tiltedsam.optim import TiltScheduler
+    from tiltedsam.optim.schedules import scheduled_tilt
+    explicit = TSAM(make_params(), lr=0.1, tilt=4.0, sample_tilt=0.5)
+    with pytest.raises(ValueError, match=r"sample_tilt=0.5 exceeds the schedule's lowest tilt 0.0 \(kind='increase'\)"):
+        TiltScheduler(explicit, "increase", total_steps=5)
+    TiltScheduler(explicit, "constant", total_steps=5)  # lowest = 4 >= 0.5
+    follows = TSAM(make_params(), lr=0.1, tilt=4.0)
+    schedule = TiltScheduler(follows, "decrease", total_steps=3)
+    assert (follows.tilt, follows.sample_tilt) == (4.0, 2.0)
+    schedule.step()
+    assert (follows.tilt, follows.sample_tilt) == (2.0, 1.0)
+    TiltScheduler(TSAM(make_params(), lr=0.1, tilt=math.inf), "constant")
+    with pytest.raises(ValueError, match=r"^tilt=inf works only with kind='constant', got kind='increase'$"):
+        TiltScheduler(TSAM(make_params(), lr=0.1, tilt=math.inf), "increase", total_steps=2)
+    with pytest.raises(ValueError, match=r"^optimizer must have a 'tilt' \(e.g. TSAM\), got SAM$"):
+        TiltScheduler(SAM(make_params(), lr=0.1))
+    with pytest.raises(ValueError, match=r"^total_steps must be an integer >= 1, got True$"):
+        TiltScheduler(follows, "increase", total_steps=True)
+    with pytest.raises(ValueError, match=r"^tilt must be >= 0"):
+        TiltScheduler(follows, "increase", total_steps=2, tilt=-1.0)
+    with pytest.raises(ValueError, match=r"^kind must be one of \('constant', 'increase', 'decrease'\), got 'up'$"):
+        scheduled_tilt("up", 0, 2, 1.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_parameter_without_gradient_is_not_moved_and_the_others_follow_the_rule(name: str) -> None:
+    params = make_params()
+    unused = nn.Parameter(torch.tensor([7.0, -3.0], dtype=torch.float64))
+    with_unused = create_optimizer(name, [*params, unused], lr=0.1, seed=SEED)
+    with_unused.step(make_closure(params))
+    assert unused.detach().tolist() == [7.0, -3.0] and unused.grad is None
+    if type(with_unused).__name__ in ("TSAM", "RSAM"):
+        return  # their noise covers the unused parameter too, so the draws for the others differ
+    alone = make_params()
+    create_optimizer(name, alone, lr=0.1, seed=SEED).step(make_closure(alone))
+    close(flat(params), flat(alone), rel=1e-14)
+
+
+def test_pgn_when_a_parameter_has_a_gradient_at_only_one_of_the_two_points() -> None:
+    lr, r, alpha = 0.1, 0.2, 0.7
+    params = make_params()
+    clean_only = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    perturbed_only = nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    calls: list[int] = []
+
+    def closure():
+        calls.append(1)
+        extra = clean_only.pow(2).sum() if len(calls) == 1 else perturbed_only.pow(2).sum()
+        value = torch_loss(params) + extra
+        value.backward()
+        return value
+
+    opt = PGN([*params, clean_only, perturbed_only], lr=lr, rho=r, alpha=alpha)
+    opt.step(closure)
+    # ||g1|| includes d/dc c^2 = 2c = 2 of clean_only; the ascent does not move perturbed_only (no g1)
+    g1 = grad(W0) + [2.0]
+    moved = ascend(W0 + [1.0], g1, r)
+    g2 = grad(moved[:3])
+    close(flat(params), sgd(W0, [(1 - alpha) * a + alpha * b for a, b in zip(grad(W0), g2)], lr))
+    close(clean_only.item(), 1.0 - lr * (1 - alpha) * 2.0)  # only the clean term: (1 - alpha) g1
+    close(perturbed_only.item(), 2.0 - lr * alpha * 4.0)  # only the perturbed term: alpha g2, g2 = 2 * 2
+
+
+def test_esam2_ties_keep_the_first_step_size_and_sam_reports_its_point() -> None:
+    weight = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = ESAM2([weight], lr=0.1, multipliers=[1.0, 2.0, 3.0])
+
+    def flat_loss():
+        value = (weight * 0.0).sum() + 5.0  # zero gradient: every step size lands on theta, equal losses
+        value.backward()
+        return value
+
+    opt.step(flat_loss)
+    assert opt.last_step.extra["chosen_index"] == 0 and opt.last_step.losses == [5.0, 5.0, 5.0]
+    params = make_params()
+    sam = SAM(params, lr=0.1, rho=0.05)
+    sam.step(make_closure(params))
+    point = loss(ascend(W0, grad(W0), 0.05))
+    close(sam.last_step.losses, [point])
+    assert sam.last_step.weights == [1.0] and sam.last_step.effective_sample_size == 1.0
