@@ -936,3 +936,49 @@ def test_esam2_ties_keep_the_first_step_size_and_sam_reports_its_point() -> None
     point = loss(ascend(W0, grad(W0), 0.05))
     close(sam.last_step.losses, [point])
     assert sam.last_step.weights == [1.0] and sam.last_step.effective_sample_size == 1.0
+
+
+def test_tsam_nonfinite_noise_loss_is_named_under_raise_and_dropped_under_ignore() -> None:
+    params = make_params()
+    opt = TSAM(params, lr=0.1, num_samples=2, noise_radius=0.1, seed=SEED)
+    with pytest.raises(NonFiniteLossError, match=r"^TSAM: the loss at evaluation 'noise' of sample 0 of step 0 is nan"):
+        opt.step(nan_at(params, 1))
+    assert flat(params) == W0
+    ignoring = TSAM(params, lr=0.1, num_samples=2, noise_radius=0.1, seed=SEED, nonfinite="ignore")
+    ignoring.step(nan_at(params, 3))  # the noise point of sample 1: that sample is dropped
+    assert ignoring.last_step.weights[0] == 1.0 and ignoring.last_step.weights[1] == 0.0
+    assert math.isnan(ignoring.last_step.extra["noise_loss"][1])
+    assert all(math.isfinite(x) for x in flat(params))
+
+
+def test_tilt_schedule_defaults_and_duck_typed_optimizers() -> None:
+    from types import SimpleNamespace
+
+    from tiltedsam.optim import TiltScheduler
+    optimizer = SimpleNamespace(tilt=3.0)  # anything with a settable tilt, no hyperparameters
+    schedule = TiltScheduler(optimizer)
+    assert (schedule.kind, schedule.total_steps, schedule.target_tilt) == ("constant", 1, 3.0)
+    schedule.step()
+    assert optimizer.tilt == 3.0
+    TiltScheduler(optimizer, "increase", total_steps=3)
+    assert optimizer.tilt == 0.0
+
+
+def test_tsam_sampler_by_name_with_options_and_the_naive_samplers_delta() -> None:
+    from tiltedsam.samplers import AscentSampler
+    opt = TSAM(make_params(), lr=0.1, sampler="naive", sampler_options={"radius": 0.3, "noise": "gaussian"})
+    assert opt.hyperparameters["sampler"] == {"name": "naive", "noise": "gaussian", "noise_std": 1.0, "radius": 0.3}
+    assert opt.sample_tilt == 0.0 and opt.aggregation_tilt == opt.tilt  # samples from mu: all the tilt in the weights
+    TSAM(make_params(), lr=0.1, sampler="naive", sample_tilt=0.0)  # 0 is what naive sampling means
+    with pytest.raises(ValueError, match=r"^sample_tilt=1.0 given, but the 'naive' sampler draws eps from mu, not from "
+                                         r"exp\(delta L\): its samples are weighted by exp\(t L\) \(delta = 0, Eq. 75\); "
+                                         r"leave sample_tilt unset or 0$"):
+        TSAM(make_params(), lr=0.1, sampler="naive", sample_tilt=1.0)
+    instance = AscentSampler(noise="uniform", noise_radius=0.2)
+    assert TSAM(make_params(), lr=0.1, sampler=instance).sampler is instance
+    edge = TSAM(make_params(), lr=0.1, tilt=2.0, sample_tilt=2.0)  # delta = t is allowed (0 <= delta <= t)
+    assert edge.aggregation_tilt == 0.0
+    with pytest.raises(ValueError, match=r"^sample_tilt must be >= 0"):
+        TSAM(make_params(), lr=0.1, sample_tilt=-1.0)
+    with pytest.raises(ValueError, match=r"^sample_tilt must satisfy 0 <= sample_tilt <= tilt=2.0, got 3.0$"):
+        TSAM(make_params(), lr=0.1, tilt=2.0, sample_tilt=3.0)
