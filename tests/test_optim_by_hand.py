@@ -982,3 +982,29 @@ def test_tsam_sampler_by_name_with_options_and_the_naive_samplers_delta() -> Non
         TSAM(make_params(), lr=0.1, sample_tilt=-1.0)
     with pytest.raises(ValueError, match=r"^sample_tilt must satisfy 0 <= sample_tilt <= tilt=2.0, got 3.0$"):
         TSAM(make_params(), lr=0.1, tilt=2.0, sample_tilt=3.0)
+
+
+def test_step_needs_a_callable_closure() -> None:
+    opt = SAM(make_params(), lr=0.1)
+    message = (r"^SAM.step needs a closure that computes the loss, calls backward\(\) and returns the loss \(it is "
+               r"evaluated at several perturbed points\); for loops that run their own forward/backward use "
+               r"SAM.manual_step\(\) instead$")
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    with pytest.raises(ValueError, match=message):
+        opt.step(5)  # type: ignore[arg-type]
+
+
+def test_registry_resolves_base_optimizers_and_names() -> None:
+    assert type(create_optimizer("sam", make_params(), lr=0.1).base_optimizer) is torch.optim.SGD
+    assert type(create_optimizer("Sam", make_params(), base_optimizer="ADAM", lr=0.1).base_optimizer) is torch.optim.Adam
+    opt = create_optimizer("sgd", make_params(), base_optimizer=torch.optim.RMSprop, lr=0.1)
+    assert type(opt.base_optimizer) is torch.optim.RMSprop
+    with pytest.raises(ValueError, match=r"^unknown base optimizer 'rmsprop'; known: \['adam', 'adamw', 'sgd'\]$"):
+        create_optimizer("sam", make_params(), base_optimizer="rmsprop", lr=0.1)
+    for bad in (5, int):
+        with pytest.raises(TypeError, match=r"^base optimizer must be a name \['adam', 'adamw', 'sgd'\] or an "
+                                            rf"Optimizer class, got {bad!r}$"):
+            create_optimizer("sam", make_params(), base_optimizer=bad, lr=0.1)
+    with pytest.raises(ValueError, match=r"^unknown optimizer 5; known optimizers: "):
+        create_optimizer(5, make_params(), lr=0.1)  # type: ignore[arg-type]
