@@ -281,3 +281,74 @@ def test_accumulator_rejects_a_different_number_of_gradient_slots() -> None:
     acc.add(0.0, grads(1.0, 2.0))
     with pytest.raises(ValueError, match="expected 2 gradient tensors, got 1"):
         acc.add(1.0, grads(1.0))
+
+
+# ----------------------------------------------------------------------------- shapes, dtypes, messages
+def test_a_single_loss_and_batches_at_infinite_and_zero_tilt() -> None:
+    assert tilted_weights(torch.tensor(5.0, dtype=torch.float64), 1.0).tolist() == [1.0]  # 0-dim: one sample
+    assert float(tilted_mean(torch.tensor(5.0, dtype=torch.float64), 3.0)) == 5.0
+    rows = f64([[1.0, 2.0, 2.0], [3.0, 0.0, 0.0]])
+    assert tilted_weights(rows, INF).tolist() == [[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]
+    masked = f64([[1.0, NAN, 3.0], [NAN, NAN, 4.0]])
+    assert tilted_weights(masked, 0.0, nonfinite="ignore").tolist() == [[0.5, 0.0, 0.5], [0.0, 0.0, 1.0]]
+    # t = inf over negative losses with a dropped entry: the max of the finite ones, not of a placeholder
+    assert float(tilted_mean(f64([-1.0, NAN, -3.0]), INF, nonfinite="ignore")) == -1.0
+    assert float(tilted_mean(f64([-1.0, NAN, -3.0]), 1.0, nonfinite="ignore")) == pytest.approx(
+        math.log((math.exp(-1.0) + math.exp(-3.0)) / 2), rel=1e-15)
+    shifted = f64([[0.0, LN3], [1000.0, 1000.0 + LN3]])
+    assert tilted_mean(shifted, 1.0).tolist() == pytest.approx([math.log(2.0), 1000.0 + math.log(2.0)], rel=1e-15)
+
+
+def test_float32_inputs_are_computed_in_float64_and_returned_in_float32() -> None:
+    logw = tilted_log_weights(torch.tensor([0.0, 1.0], dtype=torch.float32), 1.0)
+    assert logw.dtype == torch.float32
+    # squares of 1e-30 underflow in float32; in float64 the effective sample size of two equal weights is 2
+    assert float(effective_sample_size(torch.tensor([1e-30, 1e-30], dtype=torch.float32))) == 2.0
+
+
+def test_error_messages_in_full() -> None:
+    with pytest.raises(NonFiniteLossError) as info:
+        tilted_mean(f64([NAN] * 12 + [1.0]), 1.0)
+    assert str(info.value) == (
+        f"non-finite loss values at positions {list(range(10))} (values {[NAN] * 10}); "
+        "pass nonfinite='ignore' to give them zero weight instead")
+    with pytest.raises(NonFiniteLossError, match=r"^every loss value is non-finite; nothing to average$"):
+        tilted_mean(f64([NAN]), 1.0, nonfinite="ignore")
+    with pytest.raises(ValueError, match=r"^weights sum to zero; the effective sample size is undefined$"):
+        effective_sample_size(f64([0.0]))
+    with pytest.raises(ValueError, match=r"^need at least one loss value, got an empty input$"):
+        tilted_weights(f64([]), 1.0)
+    with pytest.raises(ValueError, match=r"^no sample was added; nothing to average$"):
+        TiltedGradientAccumulator(1.0).result()
+    acc = TiltedGradientAccumulator(1.0)
+    with pytest.raises(NonFiniteLossError, match=r"^loss of sample 0 is inf; the tilted average is undefined "
+                                                 r"\(pass nonfinite='ignore' to skip such samples\)$"):
+        acc.add(INF, grads(1.0))
+
+
+def test_accumulator_rescaling_keeps_the_running_total_and_slots_that_appear_late() -> None:
+    # t = 1, losses (0, 0, ln 3): weights (1, 1, 3) / 5; the third arrival rescales a total of 2
+    acc = TiltedGradientAccumulator(1.0)
+    for loss, g in ((0.0, 1.0), (0.0, 2.0), (LN3, 4.0)):
+        acc.add(loss, grads(g))
+    assert float(acc.result()[0]) == pytest.approx((1.0 + 2.0 + 3 * 4.0) / 5, rel=1e-14)
+    # a slot first filled by a lighter, later sample gets that sample's weight 1/3 relative to the first
+    acc = TiltedGradientAccumulator(1.0)
+    acc.add(LN3, [None, torch.tensor([1.0], dtype=torch.float64)])
+    acc.add(0.0, [torch.tensor([1.0], dtype=torch.float64), None])
+    first, second = acc.result()
+    assert (float(first), float(second)) == pytest.approx((0.25, 0.75), rel=1e-14)
+    # t = inf: a new maximum whose gradient has an empty slot
+    acc = TiltedGradientAccumulator(INF)
+    acc.add(1.0, [torch.tensor([1.0]), torch.tensor([2.0])])
+    acc.add(2.0, [None, torch.tensor([5.0])])
+    first, second = acc.result()
+    assert first is None and float(second) == 5.0
+
+
+def test_accumulator_result_is_final_and_stable_when_read_twice() -> None:
+    acc = TiltedGradientAccumulator(0.0)
+    acc.add(1.0, grads(2.0))
+    acc.add(5.0, grads(4.0))
+    assert float(acc.result()[0]) == 3.0
+    assert float(acc.result()[0]) == 3.0  # already normalised: not divided again

@@ -162,7 +162,7 @@ def check_param_group(group: dict[str, Any], where: str = "", ranges: dict[str, 
 
     Numbers (and tuples/lists of numbers, e.g. ``betas``) must be finite and inside
     ``ranges[key]`` (:data:`BASE_SETTING_RANGES` by default); ``params``, booleans, strings and
-    ``None`` are not checked. ``where`` (e.g. ``" in param group 1"``) is added to the name in errors.
+    ``None`` are not checked. ``where`` (e.g. ``" (param group 1)"``) is added to the name in errors.
     """
     ranges = BASE_SETTING_RANGES if ranges is None else ranges
     for key, value in group.items():
