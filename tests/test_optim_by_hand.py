@@ -1008,3 +1008,58 @@ def test_registry_resolves_base_optimizers_and_names() -> None:
             create_optimizer("sam", make_params(), base_optimizer=bad, lr=0.1)
     with pytest.raises(ValueError, match=r"^unknown optimizer 5; known optimizers: "):
         create_optimizer(5, make_params(), lr=0.1)  # type: ignore[arg-type]
+
+
+def test_shell_construction_checks_in_full() -> None:
+    from tiltedsam.optim.distributed import DistributedSync
+    params = make_params()
+    with pytest.raises(TypeError, match=r"^base_optimizer must be a torch.optim.Optimizer class \(e.g. torch.optim.SGD\)"):
+        SAM(params, 5, lr=0.1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^base_optimizer must be an optimizer \*class\* \(e.g. torch.optim.SGD\) plus its "
+                                        r"keyword arguments, not an instance: got SGD instance$"):
+        SAM(params, torch.optim.SGD(params, lr=0.1))  # type: ignore[arg-type]
+    factory = SAM(params, lambda groups, **kw: torch.optim.SGD(groups, **kw), lr=0.1)  # a factory is fine
+    assert type(factory.base_optimizer) is torch.optim.SGD
+    with pytest.raises(TypeError, match=r"^model must be a torch.nn.Module or None, got str$"):
+        SAM(params, lr=0.1, model="net")  # type: ignore[arg-type]
+    for seed in (1.5, True, -1):
+        with pytest.raises(ValueError, match=rf"^seed must be a non-negative int or None, got {seed!r}$"):
+            SAM(params, lr=0.1, seed=seed)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    assert 10**6 < SAM(params, lr=0.1).seed < 2**62  # drawn from torch's RNG over [0, 2^62)
+    with pytest.raises(ValueError, match=r"^nonfinite must be one of \['raise'\] for SAM, got 'ignore': SAM updates from "
+                                         r"points it cannot drop, so there is nothing to ignore$"):
+        SAM(params, lr=0.1, nonfinite="ignore")
+    with pytest.raises(ValueError, match=r"^nonfinite must be one of \['raise', 'ignore'\] for ESAM2, got 'skip'$"):
+        ESAM2(params, lr=0.1, nonfinite="skip")
+    with pytest.raises(ValueError, match=r"^DistributedSync\(local_ascent=True\) needs model= \(the DistributedDataParallel "
+                                         r"module\) and an optimizer with ascent evaluations; got model=NoneType, "
+                                         r"ascent_labels=\['clean'\] for SAM$"):
+        SAM(params, lr=0.1, distributed=DistributedSync(local_ascent=True))
+    fresh = SAM(params, lr=0.1)
+    assert math.isnan(fresh.last_step.objective) and fresh.last_step.losses == []
+    assert fresh.defaults["lr"] == 0.1 and fresh.defaults["rho"] == 0.05 and fresh.defaults["momentum"] == 0
+
+
+def test_parameters_are_not_hyperparameters_and_groups_are_checked_where_added() -> None:
+    odd = nn.Parameter(torch.tensor([float("nan")]))  # a parameter may hold anything; only settings are checked
+    ERM([odd], lr=0.1)
+    check_param_group({"names": ("a", "b"), "params": [torch.tensor([-1.0])]})
+    with pytest.raises(ValueError, match=r"^x must be a finite number >= 0, got -1$"):
+        check_param_group({"x": -1}, ranges={"x": {"low": 0.0}})
+    first, rest = make_params()
+    third = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = SAM([first], lr=0.1)
+    opt.add_param_group({"params": [rest]})
+    with pytest.raises(ValueError, match=r"lr \(param group 2\)"):
+        opt.add_param_group({"params": [third], "lr": float("nan")})
+
+
+def test_deepcopy_of_an_optimizer_steps_like_the_original() -> None:
+    params = make_params()
+    opt = TSAM(params, lr=0.1, num_samples=2, noise_radius=0.2, seed=SEED)
+    opt.step(make_closure(params))
+    twin = copy.deepcopy({"params": params, "opt": opt})
+    opt.step(make_closure(params))
+    twin["opt"].step(make_closure(twin["params"]))
+    assert flat(twin["params"]) == flat(params)

@@ -178,14 +178,14 @@ def check_param_group(group: dict[str, Any], where: str = "", ranges: dict[str, 
 
 
 def _check_base_optimizer(base_optimizer: Any) -> None:
-    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)) and not callable(base_optimizer):
-        raise TypeError(
-            f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
-        )
-    if isinstance(base_optimizer, Optimizer):
+    if isinstance(base_optimizer, Optimizer):  # checked first: an instance is not callable either
         raise TypeError(
             "base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword arguments, "
             f"not an instance: got {type(base_optimizer).__name__} instance"
+        )
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)) and not callable(base_optimizer):
+        raise TypeError(
+            f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
         )
 
 
