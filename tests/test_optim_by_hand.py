@@ -1063,3 +1063,16 @@ def test_deepcopy_of_an_optimizer_steps_like_the_original() -> None:
     opt.step(make_closure(params))
     twin["opt"].step(make_closure(twin["params"]))
     assert flat(twin["params"]) == flat(params)
+
+
+def test_sampler_instance_with_options_and_a_missing_record_are_refused_in_full() -> None:
+    from tiltedsam.samplers import AscentSampler
+    with pytest.raises(ValueError, match=r"^sampler settings \['noise'\] given together with a sampler instance$"):
+        TSAM(make_params(), lr=0.1, sampler=AscentSampler(), sampler_options={"noise": "uniform"})
+    params = make_params()
+    opt = SAM(params, lr=0.1)
+    with pytest.raises(RuntimeError, match=r"^evaluation 0 \('clean'\) ended without evaluation.record\(loss\): the "
+                                           r"optimizer needs the loss value at every point$"):
+        for _ in opt.manual_step():
+            torch_loss(params).backward()
+    assert flat(params) == W0 and opt.step_count == 0
