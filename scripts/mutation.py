@@ -1,4 +1,4 @@
-"""Mutation testing of the math core and the optimizers: ``make mutation`` (not part of CI: ~20 min).
+"""Mutation testing of the math core and the optimizers: ``make mutation`` (not part of CI: ~24 min).
 
 Runs mutmut (pinned in the ``mutation`` extra) over ``src/tiltedsam/tilt.py`` and
 ``src/tiltedsam/optim/*.py`` with the fast, targeted test selection configured in ``[tool.mutmut]`` of
@@ -7,7 +7,7 @@ the survivors to ``mutants/survivors.txt`` (``mutmut show NAME`` prints a surviv
 
 Usage::
 
-    make mutation                                  # everything (about 20 min at 1 thread, 2-core VM)
+    make mutation                                  # everything (about 24 min at 1 thread on the shared 2-core VM)
     make mutation MUTANTS='tiltedsam.tilt.*'       # a sample: mutmut name patterns (fnmatch)
     .venv/bin/python scripts/mutation.py --report  # only re-print the figures of the last run
 
