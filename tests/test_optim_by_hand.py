@@ -1078,3 +1078,15 @@ def test_sampler_instance_with_options_and_a_missing_record_are_refused_in_full(
         for _ in opt.manual_step():
             torch_loss(params).backward()
     assert flat(params) == W0 and opt.step_count == 0
+
+
+def test_logged_only_losses_are_checked_in_a_single_process() -> None:
+    """The shell's check of a loss that is only logged (SAM's clean loss, the ascent sampler's noise loss)."""
+    opt = SAM(make_params(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match="is nan"):
+        opt._local_loss_value(torch.tensor(float("nan")))
+    assert math.isnan(opt._local_loss_value(float("nan"), check=False))
+    assert opt._local_loss_value(torch.tensor(2.5)) == 2.5
+    with pytest.raises(NonFiniteLossError, match="is inf"):
+        opt._loss_value(float("inf"))
+    assert opt._loss_value(float("inf"), check=False) == float("inf")
