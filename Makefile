@@ -1,5 +1,5 @@
 # Two entry points that work on a fresh machine: `make compare` (the main job) and `make test`.
-.PHONY: setup compare example test test-fast bench
+.PHONY: setup compare example test test-fast bench mutation
 setup:
 	bash scripts/setup.sh
 
@@ -18,3 +18,9 @@ test-fast: setup
 
 bench: setup
 	.venv/bin/python benchmarks/step_cost.py
+
+# mutation testing of tilt.py and optim/ (mutmut, pinned in the `mutation` extra): ~24 min at one thread,
+# prints the kill rate. Not in CI. A sample: make mutation MUTANTS='tiltedsam.optim.sam.*'
+mutation: setup
+	.venv/bin/mutmut --version 2>/dev/null | grep -q "3.8.1" || .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mutation]"
+	.venv/bin/python scripts/mutation.py $(MUTANTS)

@@ -30,11 +30,17 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..tilt import NonFiniteLossError
 from .distributed import DistributedSync, resolve_distributed, scalar_loss_value
 from .functional import global_norm
 
-__all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats", "BASE_OPTIMIZERS",
-           "resolve_base_optimizer"]
+__all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats", "check_hyperparameter",
+           "check_param_group", "NONFINITE_POLICIES", "BASE_OPTIMIZERS",
+           "resolve_base_optimizer", "closure_takes_evaluation"]
+
+#: What an optimizer does when a loss it needs is NaN or infinite (see ``PerturbationOptimizer``).
+NONFINITE_POLICIES = ("raise", "ignore")
+
 
 #: base optimizers that may be given by name (``TSAM(params, "adam")``, ``create_optimizer(..., base_optimizer="sgd")``)
 BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
@@ -148,15 +154,91 @@ def closure_takes_evaluation(closure: Callable[..., Any]) -> bool:
     return first is not None and (first.default is inspect.Parameter.empty or first.name == "evaluation")
 
 
+def _is_number(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_hyperparameter(
+    name: str,
+    value: Any,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    allow_inf: bool = False,
+) -> float:
+    """The one check of a numeric hyper-parameter (optimizers, samplers' callers, base optimizers).
+
+    Returns ``value`` as a float after checking that it is a real number (``bool`` is not; a one-element
+    tensor is, as torch accepts tensor learning rates), not NaN, finite unless ``allow_inf``, and in the
+    range ``[low, high]`` (open ends with ``low_inclusive`` / ``high_inclusive`` set to False). A bad
+    type raises ``TypeError``, a bad value ``ValueError``; both messages name the parameter and value.
+    """
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    above = number >= low if low_inclusive else number > low
+    below = number <= high if high_inclusive else number < high
+    if math.isnan(number) or (math.isinf(number) and not allow_inf) or not (above and below):
+        bounds = []
+        if low > -math.inf:
+            bounds.append(f"{'>=' if low_inclusive else '>'} {low:g}")
+        if high < math.inf:
+            bounds.append(f"{'<=' if high_inclusive else '<'} {high:g}")
+        kind = "a number (inf allowed)" if allow_inf else "a finite number"
+        allowed = kind + (" " + " and ".join(bounds) if bounds else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+#: Ranges of the base optimizers' numeric settings (torch.optim's own, plus finiteness, which torch
+#: does not check: ``SGD(lr=nan)`` and ``momentum=nan`` are accepted there and give NaN parameters).
+#: A numeric setting not listed here must still be finite; tuples (``betas``) are checked per entry.
+BASE_SETTING_RANGES: dict[str, dict[str, Any]] = {
+    "lr": {"low": 0.0},
+    "momentum": {"low": 0.0},
+    "dampening": {},
+    "weight_decay": {"low": 0.0},
+    "eps": {"low": 0.0},
+    "betas": {"low": 0.0, "high": 1.0, "high_inclusive": False},
+    "alpha": {"low": 0.0},  # RMSprop's smoothing constant
+    "lr_decay": {"low": 0.0},
+    "initial_accumulator_value": {"low": 0.0},
+}
+
+
+def check_param_group(group: dict[str, Any], where: str = "", ranges: dict[str, dict[str, Any]] | None = None) -> None:
+    """Check every numeric entry of a parameter group (or of a base optimizer's keyword arguments).
+
+    Numbers (and tuples/lists of numbers, e.g. ``betas``) must be finite and inside
+    ``ranges[key]`` (:data:`BASE_SETTING_RANGES` by default); ``params``, booleans, strings and
+    ``None`` are not checked. ``where`` (e.g. ``" (param group 1)"``) is added to the name in errors.
+    """
+    ranges = BASE_SETTING_RANGES if ranges is None else ranges
+    for key, value in group.items():
+        if key == "params" or value is None or isinstance(value, (bool, str)):
+            continue
+        limits = ranges.get(key, {})
+        if isinstance(value, (tuple, list)):
+            if value and all(_is_number(v) for v in value):
+                for i, entry in enumerate(value):
+                    check_hyperparameter(f"{key}[{i}]{where}", entry, **limits)
+        elif _is_number(value):
+            check_hyperparameter(f"{key}{where}", value, **limits)
+
+
 def _check_base_optimizer(base_optimizer: Any) -> None:
-    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)) and not callable(base_optimizer):
-        raise TypeError(
-            f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
-        )
-    if isinstance(base_optimizer, Optimizer):
+    if isinstance(base_optimizer, Optimizer):  # checked first: an instance is not callable either
         raise TypeError(
             "base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword arguments, "
             f"not an instance: got {type(base_optimizer).__name__} instance"
+        )
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)) and not callable(base_optimizer):
+        raise TypeError(
+            f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
         )
 
 
@@ -178,8 +260,23 @@ class PerturbationOptimizer(Optimizer):
         distributed: ``None`` (automatic: average the losses that enter the update across ranks and
             share the noise seed whenever ``torch.distributed`` is initialised), ``True``, ``False``
             or a :class:`~tiltedsam.optim.distributed.DistributedSync` (process group, m-sharpness).
-        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ...).
+        nonfinite: what a step does when a loss it evaluates is NaN or infinite. ``"raise"`` (the
+            default, every optimizer): raise :class:`~tiltedsam.tilt.NonFiniteLossError` naming the
+            evaluation; the parameters are first restored to their values before the step (bit-exact),
+            the base optimizer does not step and its state (momentum, Adam moments) is untouched, so a
+            diverging run fails loudly instead of training on NaN. ``"ignore"`` is accepted only by
+            optimizers that combine several candidate points and can drop one (TSAM: the sample gets
+            weight zero; ESAM2: the step size is never chosen); the step still raises when no usable
+            point is left. A single-point update (ERM, SAM, RSAM) or a fixed mixture (PGN) has nothing
+            to fall back on, so there ``"ignore"`` is rejected rather than silently stepping on NaN.
+            Only loss values are checked (one number per evaluation, already on the host), not gradients.
+        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ``betas``,
+            ``eps``, ...). Every numeric one must be finite and in the base optimizer's range
+            (:data:`BASE_SETTING_RANGES`), also inside param groups: a ``ValueError`` names it otherwise.
     """
+
+    #: The ``nonfinite`` policies this optimizer supports (see the class docstring).
+    nonfinite_policies: tuple[str, ...] = ("raise",)
 
     def __init__(
         self,
@@ -190,10 +287,20 @@ class PerturbationOptimizer(Optimizer):
         model: nn.Module | None = None,
         seed: int | None = None,
         distributed: DistributedSync | bool | None = None,
+        nonfinite: str = "raise",
         **base_kwargs: Any,
     ) -> None:
         base_optimizer = resolve_base_optimizer(base_optimizer)
         _check_base_optimizer(base_optimizer)
+        if nonfinite not in self.nonfinite_policies:
+            reason = ("" if nonfinite not in NONFINITE_POLICIES else
+                      f": {type(self).__name__} updates from points it cannot drop, so there is nothing to ignore")
+            raise ValueError(
+                f"nonfinite must be one of {list(self.nonfinite_policies)} for {type(self).__name__}, "
+                f"got {nonfinite!r}{reason}"
+            )
+        self.nonfinite = nonfinite
+        check_param_group(base_kwargs)  # names the keyword exactly (torch would say "Invalid learning rate")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -205,6 +312,8 @@ class PerturbationOptimizer(Optimizer):
         # momentum, ...) land in them and an LR scheduler on either optimizer changes both.
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self._link_base()
+        for index, group in enumerate(self.param_groups):
+            self._check_group(group, index)
         self.model = model
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
         self._generator: torch.Generator | None = None
@@ -219,6 +328,7 @@ class PerturbationOptimizer(Optimizer):
             )
         self.last_step = StepDiagnostics()
         self.step_count = 0
+        self._evaluation_label: str | None = None  # the evaluation in progress, for error messages
 
     # ------------------------------------------------------------------ plumbing
     def _link_base(self) -> None:
@@ -236,6 +346,11 @@ class PerturbationOptimizer(Optimizer):
         if not hasattr(self, "base_optimizer"):  # called from Optimizer.__init__
             return super().add_param_group(param_group)
         self.base_optimizer.add_param_group(param_group)
+        self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
+
+    def _check_group(self, group: dict[str, Any], index: int) -> None:
+        """Check one param group's numeric settings (extended by optimizers with per-group settings)."""
+        check_param_group(group, f" (param group {index})")
 
     #: Labels of the evaluations whose gradient only chooses the perturbation (not the update);
     #: under ``DistributedSync(local_ascent=True)`` they run in ``model.no_sync()`` (m-sharpness).
@@ -373,14 +488,39 @@ class PerturbationOptimizer(Optimizer):
             else:
                 p.grad.copy_(g)
 
-    def _loss_value(self, loss: Tensor | float) -> float:
+    def _loss_value(self, loss: Tensor | float, *, check: bool = True) -> float:
         """A loss whose value enters the update or the step's objective: under ``torch.distributed``
-        it is averaged across ranks (one scalar all-reduce), so every rank computes the same weights."""
-        return self.distributed.average_loss(loss)
+        it is averaged across ranks (one scalar all-reduce), so every rank computes the same weights.
 
-    def _local_loss_value(self, loss: Tensor | float) -> float:
-        """A loss that is only logged (never changes the update): this rank's value, no communication."""
-        return float(scalar_loss_value(loss))
+        A non-finite value raises :class:`~tiltedsam.tilt.NonFiniteLossError` (``check=False``: the
+        caller applies the ``nonfinite`` policy itself, e.g. TSAM's accumulator). The check is on the
+        averaged value, so every rank raises together (a NaN on one rank makes the average NaN)."""
+        value = self.distributed.average_loss(loss)
+        if check and not math.isfinite(value):
+            self._raise_nonfinite(value)
+        return value
+
+    def _local_loss_value(self, loss: Tensor | float, *, check: bool = True) -> float:
+        """A loss that is only logged (never changes the update): this rank's value, no communication.
+
+        Checked like :meth:`_loss_value` in a single process; under ``torch.distributed`` it is not
+        (one rank raising alone would leave the others waiting in a collective): a NaN there reaches
+        the gradients and so the next averaged loss of the same step, which raises on every rank."""
+        value = float(scalar_loss_value(loss))
+        if check and not math.isfinite(value) and not self.distributed.is_active():
+            self._raise_nonfinite(value)
+        return value
+
+    def _describe_evaluation(self) -> str:
+        return f"evaluation {self._evaluation_label!r}"
+
+    def _raise_nonfinite(self, value: float) -> None:
+        raise NonFiniteLossError(
+            f"{type(self).__name__}: the loss at {self._describe_evaluation()} of step {self.step_count} "
+            f"is {value}; no step was taken and the parameters keep their values from before this step "
+            f"(nonfinite={self.nonfinite!r}). The run diverged or the batch is bad: lower the learning rate, "
+            "check the data, or clip gradients"
+        )
 
     # ------------------------------------------------------------------ the algorithm and its drivers
     def _algorithm(self) -> Generator[str, Tensor | float, float]:
@@ -412,6 +552,7 @@ class PerturbationOptimizer(Optimizer):
             while True:
                 self.zero_grad(set_to_none=True)
                 evaluation = Evaluation(index=index, label=label, batch_fraction=self.batch_fraction(label))
+                self._evaluation_label = label
                 context = frozen_batchnorm_stats(self.model) if index > 0 else contextlib.nullcontext()
                 # m-sharpness under DDP: ascent evaluations skip the gradient all-reduce (no-op otherwise)
                 local = self.distributed.evaluation_context(self.model, label in self.ascent_labels)
@@ -493,10 +634,5 @@ class PerturbationOptimizer(Optimizer):
 
     @staticmethod
     def _check_nonnegative(name: str, value: Any, allow_inf: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        value = float(value)
-        if math.isnan(value) or value < 0 or (math.isinf(value) and not allow_inf):
-            allowed = ">= 0 (inf allowed)" if allow_inf else "a finite number >= 0"
-            raise ValueError(f"{name} must be {allowed}, got {value!r}")
-        return value
+        """``check_hyperparameter(name, value, low=0)``: a number ``>= 0``, finite unless ``allow_inf``."""
+        return check_hyperparameter(name, value, low=0.0, allow_inf=allow_inf)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .base import PerturbationOptimizer, StepDiagnostics
+from ..tilt import NonFiniteLossError
+from .base import PerturbationOptimizer, StepDiagnostics, check_hyperparameter
 from .functional import ascent_step
 
 __all__ = ["ESAM2"]
@@ -23,8 +24,11 @@ class ESAM2(PerturbationOptimizer):
         k^* = \arg\max_k L(\theta + \epsilon_k),\quad
         \theta \leftarrow \mathrm{base\_step}\big(\theta, \nabla L(\theta + \epsilon_{k^*})\big)
 
-    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first;
-    a NaN loss is never chosen unless all are NaN). The TSAM paper uses it as a SAM variant given
+    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first).
+    A non-finite loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no
+    step); with ``nonfinite="ignore"`` a step size whose loss is non-finite is never chosen, since the
+    others are still valid candidates, and the step raises only when every candidate (or the clean
+    loss, which sets the direction) is non-finite. The TSAM paper uses it as a SAM variant given
     TSAM's compute budget ("we try different step sizes along the gradient ascent directions and
     pick the one incurring the biggest loss"). With one multiplier ``1.0`` the update is exactly SAM's.
 
@@ -36,7 +40,10 @@ class ESAM2(PerturbationOptimizer):
     Args:
         rho: base ascent radius (``>= 0``).
         multipliers: positive factors of ``rho``, at least one.
+        nonfinite: ``"raise"`` (default) or ``"ignore"`` (see above).
     """
+
+    nonfinite_policies = ("raise", "ignore")
 
     def __init__(
         self,
@@ -52,9 +59,8 @@ class ESAM2(PerturbationOptimizer):
         rho = self._check_nonnegative("rho", rho)
         if isinstance(multipliers, (str, bytes)) or not isinstance(multipliers, Sequence) or len(multipliers) == 0:
             raise ValueError(f"multipliers must be a non-empty sequence of numbers > 0, got {multipliers!r}")
-        for m in multipliers:
-            if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0:
-                raise ValueError(f"multipliers must be finite numbers > 0, got {multipliers!r}")
+        for i, m in enumerate(multipliers):
+            check_hyperparameter(f"multipliers[{i}]", m, low=0.0, low_inclusive=False)
         hyper = {"rho": rho, "multipliers": [float(m) for m in multipliers]}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
@@ -82,14 +88,18 @@ class ESAM2(PerturbationOptimizer):
                 if k > 0:
                     self._restore(params, origin)
                 ascent_step(params, clean_grads, radius)  # same arithmetic as SAM's ascent
-                loss = self._loss_value((yield f"step_size_{k}"))
+                loss = self._loss_value((yield f"step_size_{k}"), check=self.nonfinite == "raise")
                 losses.append(loss)
-                if best is None or loss > losses[best] or (math.isnan(losses[best]) and not math.isnan(loss)):
+                if math.isfinite(loss) and (best is None or loss > losses[best]):
                     best = k
                     best_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
         finally:
             self._restore(params, origin)
-        assert best is not None
+        if best is None:
+            raise NonFiniteLossError(
+                f"ESAM2: every step size gave a non-finite loss ({losses}); no step was taken and the parameters "
+                "keep their values from before this step"
+            )
         self._write_grads(params, best_grads)
         self.last_step = StepDiagnostics(
             objective=losses[best],

@@ -32,31 +32,37 @@ def global_norm(tensors: Sequence[Tensor | None]) -> Tensor:
 def ascent_step(
     params: Sequence[Tensor],
     grads: Sequence[Tensor | None],
-    rho: float,
+    rho: float | Sequence[float],
     *,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
+    adaptive: bool | Sequence[bool] = False,
+    adaptive_eta: float | Sequence[float] = 0.01,
 ) -> list[Tensor | None]:
     r"""Move ``params`` in place by SAM's normalised ascent and return the perturbation ``e``.
 
-    .. math:: e = \rho\, \frac{T^2 g}{\lVert T g \rVert_2 + 10^{-12}}
+    .. math:: e_i = \rho_i\, \frac{T_i^2 g_i}{\lVert T g \rVert_2 + 10^{-12}}
 
-    with ``T = I`` (SAM, Foret et al. 2021) or ``T = diag(|w| + eta)`` (ASAM, Kwon et al. 2021,
+    with ``T_i = I`` (SAM, Foret et al. 2021) or ``T_i = diag(|w_i| + eta_i)`` (ASAM, Kwon et al. 2021,
     ``adaptive=True``). For ``T = I`` this is ``rho g / ||g||``, the step of Algorithm 2 in the TSAM
-    paper. Parameters without a gradient are not moved.
+    paper. ``rho``, ``adaptive`` and ``adaptive_eta`` may also be one value per parameter (SAM's
+    per-param-group settings); the norm is always global over all parameters. Parameters without a
+    gradient are not moved.
     """
-    if adaptive:
-        scales = [None if g is None else p.abs().add(adaptive_eta) for p, g in zip(params, grads)]
-        scaled = [None if g is None else s * g for s, g in zip(scales, grads)]
-    else:
-        scales = [None] * len(grads)
-        scaled = list(grads)
-    factor = rho / (global_norm(scaled) + NORM_EPS)
+    count = len(grads)
+    rhos = [rho] * count if isinstance(rho, (int, float)) else list(rho)
+    adaptives = [adaptive] * count if isinstance(adaptive, bool) else list(adaptive)
+    etas = [adaptive_eta] * count if isinstance(adaptive_eta, (int, float)) else list(adaptive_eta)
+    scales = [None if g is None or not a else p.abs().add(eta) for p, g, a, eta in zip(params, grads, adaptives, etas)]
+    scaled = [g if s is None or g is None else s * g for s, g in zip(scales, grads)]
+    denominator = global_norm(scaled) + NORM_EPS
+    factors: dict[float, Tensor] = {}  # one division per distinct rho (one in total for plain SAM)
     perturbation: list[Tensor | None] = []
-    for p, g, s in zip(params, grads, scales):
+    for p, g, s, r in zip(params, grads, scales, rhos):
         if g is None:
             perturbation.append(None)
             continue
+        if r not in factors:
+            factors[r] = r / denominator
+        factor = factors[r]
         e = g * factor.to(g.device, g.dtype) if s is None else (s * s * g) * factor.to(g.device, g.dtype)
         p.add_(e)
         perturbation.append(e)

@@ -34,6 +34,10 @@ class PGN(PerturbationOptimizer):
         alpha: ``alpha >= 0``; default 0.8, the authors' CIFAR recipe (the TSAM paper tunes it over
             {0.3, 0.5, 0.7, 0.9}).
         normalize_clean: normalise the clean gradient in the combination.
+
+    A NaN/inf loss at either point raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters
+    restored, no step). ``nonfinite="ignore"`` is not offered: the update is a fixed mixture of both
+    gradients, and dropping one would silently turn PGN into SAM or ERM for that step.
     """
 
     def __init__(

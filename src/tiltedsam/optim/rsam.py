@@ -55,6 +55,10 @@ class RSAM(PerturbationOptimizer):
             the range the authors' ImageNet recipe ramps through (5e-4 to 2.5e-3); set it from a
             schedule by assigning :attr:`noise_scale` between steps.
         grad_weight: ``lambda >= 0``, weight of the noisy gradient in ``v`` (2 in the authors' code).
+
+    A NaN/inf loss at either point raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters
+    restored, no step). ``nonfinite="ignore"`` is not offered: the update is the gradient at one point
+    and the noisy point sets its direction, so neither can be dropped.
     """
 
     def __init__(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Generator
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..tilt import NonFiniteLossError
 from .base import PerturbationOptimizer, StepDiagnostics
-from .functional import ascent_step
+from .functional import ascent_step, global_norm
 
 __all__ = ["SAM"]
 
@@ -27,7 +29,21 @@ class SAM(PerturbationOptimizer):
     ``last_step.extra["clean_loss"]``). ``rho = 0`` gives exactly the base optimizer's update.
 
     For users of the widely used ``davda54/sam`` API, :meth:`first_step` / :meth:`second_step` work
-    the same way (the caller runs forward/backward in between).
+    the same way (the caller runs forward/backward in between), and, as there, a param group may carry
+    its own ``rho`` and ``adaptive`` (and ``adaptive_eta``): ``SAM([{"params": body}, {"params": head,
+    "rho": 0.1}], rho=0.05)``. A group without them uses the optimizer's values (``rho=``, ...) at each
+    step; the norm in the denominator stays global over all groups, each group scaled by its own ``T``.
+
+    **ASAM and davda54/sam.** ``adaptive_eta`` defaults to ``0.01``, the ``eta`` of the ASAM paper
+    (Kwon et al. 2021), so ``T = |theta| + 0.01``. davda54/sam's ``adaptive=True`` uses ``T = |theta|``
+    (no ``eta``): pass ``adaptive_eta=0`` to get exactly that update. With the default the two differ,
+    most for parameters near zero (which davda54/sam never perturbs).
+
+    **Non-finite losses.** A NaN/inf loss at either point raises
+    :class:`~tiltedsam.tilt.NonFiniteLossError` with the parameters restored and no step taken
+    (``nonfinite="raise"``, the only policy: the update is the gradient at a single point, so there
+    is nothing to fall back on). :meth:`first_step` gets no loss; it raises the same error when the
+    gradient norm is non-finite, before moving the parameters.
     """
 
     def __init__(
@@ -61,14 +77,36 @@ class SAM(PerturbationOptimizer):
     def grad_evals_per_step(self) -> int:
         return 2
 
+    #: settings a param group may override (davda54/sam style); the rest are optimizer-wide
+    group_settings = ("rho", "adaptive", "adaptive_eta")
+
+    def _check_group(self, group: dict[str, Any], index: int) -> None:
+        own = {key: group[key] for key in self.group_settings if key in group}
+        base = {key: value for key, value in group.items() if key not in own}
+        super()._check_group(base, index)
+        where = f" (param group {index})"
+        for key in ("rho", "adaptive_eta"):
+            if key in own:
+                self._check_nonnegative(key + where, own[key])
+        if "adaptive" in own and not isinstance(own["adaptive"], bool):
+            raise ValueError(f"adaptive{where} must be True or False, got {own['adaptive']!r}")
+
+    def _group_values(self, key: str) -> list[Any]:
+        """One value of ``key`` per trainable parameter: its group's own, else the optimizer's."""
+        default = self.hyperparameters[key]
+        return [group.get(key, default) for group in self.param_groups
+                for p in group["params"] if p.requires_grad]
+
     def _perturb(self, params: list[Tensor]) -> None:
-        ascent_step(
-            params,
-            self._grads(params),
-            self.rho,
-            adaptive=self.hyperparameters["adaptive"],
-            adaptive_eta=self.hyperparameters["adaptive_eta"],
-        )
+        if any(key in group for group in self.param_groups for key in self.group_settings):
+            rho: Any = self._group_values("rho")
+            adaptive: Any = self._group_values("adaptive")
+            adaptive_eta: Any = self._group_values("adaptive_eta")
+        else:
+            rho = self.rho
+            adaptive = self.hyperparameters["adaptive"]
+            adaptive_eta = self.hyperparameters["adaptive_eta"]
+        ascent_step(params, self._grads(params), rho, adaptive=adaptive, adaptive_eta=adaptive_eta)
 
     def _algorithm(self) -> Generator[str, Any, float]:
         params, origin = self._snapshot()
@@ -86,8 +124,18 @@ class SAM(PerturbationOptimizer):
     # -------------------------------------------------- davda54/sam-compatible two-call API
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Ascend from theta using the gradient already in ``.grad`` (the caller's first backward)."""
+        """Ascend from theta using the gradient already in ``.grad`` (the caller's first backward).
+
+        Raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters untouched) if that gradient's
+        norm is NaN/inf: this API never sees the loss, and a non-finite ascent would move every parameter.
+        """
         params, origin = self._snapshot()
+        norm = float(global_norm(self._grads(params)))
+        if not math.isfinite(norm):
+            raise NonFiniteLossError(
+                f"SAM.first_step: the gradient norm is {norm} (a non-finite loss or gradient); the parameters "
+                "were not moved. Lower the learning rate, check the data, or clip gradients"
+            )
         self._perturb(params)
         self._pending = (params, origin)
         if zero_grad:

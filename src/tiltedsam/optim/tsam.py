@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable, Generator
 
 import torch
@@ -213,7 +214,13 @@ class TSAM(PerturbationOptimizer):
             hyper["tilt"] = AUTO_TILT
         #: the auto rule's smoothed log aggregation tilt ``m_k`` (None: no step seen yet -> tau = 0)
         self._log_tilt_ema: float | None = None
-        super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
+        super().__init__(params, base_optimizer, hyper, model=model, seed=seed, nonfinite=nonfinite, **base_kwargs)
+
+    #: a sample with a non-finite loss can get weight zero (the others still estimate the tilted mean)
+    nonfinite_policies = ("raise", "ignore")
+
+    def _describe_evaluation(self) -> str:
+        return f"{super()._describe_evaluation()} of sample {getattr(self, '_sample_index', 0)}"
 
     # ------------------------------------------------------------------ the adaptive tilt
     @property
@@ -371,12 +378,15 @@ class TSAM(PerturbationOptimizer):
             rho=self.rho,
             sample_tilt=self.sample_tilt,
             generator=self.generator,
-            loss_value=self._loss_value,
-            local_loss_value=self._local_loss_value,
+            # "raise": every loss a sampler sees is checked (HMC's Metropolis test uses them all);
+            # "ignore": the accumulator gives a sample with a non-finite loss weight zero
+            loss_value=partial(self._loss_value, check=self.nonfinite == "raise"),
+            local_loss_value=partial(self._local_loss_value, check=self.nonfinite == "raise"),
         )
         accumulator = TiltedGradientAccumulator(aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
         try:
             for j in range(self.num_samples):
+                self._sample_index = j
                 if j > 0:
                     ctx.reset()
                 ctx.sample_index, ctx.num_samples = j, self.num_samples
