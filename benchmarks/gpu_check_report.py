@@ -11,7 +11,6 @@ XML of ``pytest -m cuda``), ``step_cost.json`` (``benchmarks/step_cost.py --json
 from __future__ import annotations
 
 import json
-import math
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -63,13 +62,9 @@ def _junit(path: Path) -> dict[str, Any] | None:
 
 def _finite(value: Any) -> Any:
     """JSON the project writes holds no NaN/Infinity: non-finite numbers become null (recursively)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    from tiltedsam._json import finite_or_none  # imported late: the caller may put src/ on sys.path first
+
+    return finite_or_none(value)
 
 
 def _batched_against_loop(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

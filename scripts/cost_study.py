@@ -4,7 +4,7 @@ Every optimizer gets the same budget of gradient evaluations (the harness's ``gr
 what full TSAM (s = 3, Algorithm 2, 6 evaluations per step) spends in ``--epochs`` epochs. ERM, ESAM1
 (= SAM run to that budget), TSAM with s = 1, full TSAM and each cheap variant (tsam-shared,
 tsam-subbatch, tsam-lazy, tsam-shared-lazy), ``--seeds`` seeds each, on the setting where the tilt
-matters (the adaptive-tilt branch's /work/coord/tilt-setting.md: mnist5k, 20% label noise, MLP 256-256,
+matters (found by the adaptive-tilt study, docs/adaptive-tilt.md: mnist5k, 20% label noise, MLP 256-256,
 noise_radius 10, t = 100; mean ESS about 2 of 3).
 
 SAM at TSAM's *number of epochs* (a third of the budget) is not run separately: with a constant
@@ -51,7 +51,7 @@ from tiltedsam.harness.stats import paired_difference  # noqa: E402
 from tiltedsam.harness.train import read_result, summarize, train  # noqa: E402
 from tiltedsam.optim.registry import create_optimizer, grad_evals_per_step  # noqa: E402
 
-#: the setting of /work/coord/tilt-setting.md (adaptive-tilt branch)
+#: the setting where the tilt bites, from the adaptive-tilt study (docs/adaptive-tilt.md)
 TILT, NOISE_RADIUS = 100.0, 10.0
 TSAM_COMMON = {"tilt": TILT, "num_samples": 3, "rho": 0.05, "noise_radius": NOISE_RADIUS}
 #: label -> (registry name, settings)
@@ -215,13 +215,10 @@ def _interval(values: list[float]) -> tuple[float, float]:
 
 
 def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    """JSON the project writes holds no NaN/Infinity: non-finite numbers become null (recursively)."""
+    from tiltedsam._json import finite_or_none  # imported late: the caller may put src/ on sys.path first
+
+    return finite_or_none(value)
 
 
 def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]], wall_seconds: float | None) -> str:

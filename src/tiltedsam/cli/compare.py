@@ -9,7 +9,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="the main job: ERM vs SAM vs ESAM1 vs TSAM on noisy MNIST-5k (about 10 min on 2 cores)",
         description="ERM, SAM, ESAM1 (SAM with TSAM's gradient-evaluation budget) and TSAM (t=20, s=3) on "
-                    "MNIST-5k with 20% symmetric label noise and the small CNN, 3 seeds. Prints the test-accuracy "
+                    "MNIST-5k with 20% symmetric label noise and the small CNN, 5 seeds, 12 epochs. Prints the test-accuracy "
                     "table and writes report.md, CSVs, PNGs and the SQLite database to --out. Re-running resumes.")
     p.add_argument("--quick", action="store_true", help="a one-minute version (1 seed, 3 epochs, 2,500 examples)")
     p.add_argument("--out", help="output directory (default results/compare, or results/compare-quick)")

@@ -26,9 +26,10 @@ __all__ = ["COMPARE_LABELS", "compare_labels", "compare_config", "run_compare", 
 
 #: labels of the comparison, in table order; each must be a registry name or a built-in variant
 COMPARE_LABELS = ("sgd", "sam", "esam1", "tsam")
-#: measured so that the whole job takes about 10 minutes on a 2-core CPU (see docs/harness.md)
+#: 5 seeds (paired intervals at 3 seeds are about twice as wide: docs/cost.md) at 12 epochs, measured so that
+#: the whole job takes about 9 minutes on an idle 2-core CPU (see docs/harness.md)
 DEFAULT_EPOCHS = 12
-DEFAULT_SEEDS = 3
+DEFAULT_SEEDS = 5
 QUICK_EPOCHS = 3
 QUICK_LIMIT = 2500
 
