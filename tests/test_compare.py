@@ -18,7 +18,8 @@ def test_compare_defaults_follow_the_brief():
     sweep = compare_config()
     assert sweep.optimizers == list(COMPARE_LABELS) == ["sgd", "sam", "esam1", "tsam"]
     assert all(label in REGISTRY or label == "esam1" for label in sweep.optimizers)
-    assert sweep.seeds == [0, 1, 2] and sweep.out_dir == "results/compare"
+    assert sweep.seeds == [0, 1, 2, 3, 4] and sweep.out_dir == "results/compare"  # 5 seeds: paired intervals
+    assert sweep.base["budget"] == {"kind": "epochs", "amount": 12}
     points = expand_grid(sweep)
     base = points[0].config
     assert (base.data.name, base.data.label_noise, base.model.name) == ("mnist5k", 0.2, "small_cnn")
