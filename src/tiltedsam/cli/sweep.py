@@ -21,6 +21,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from .._threads import add_threads_argument
 
     add_threads_argument(p, " (each worker; same as --set threads_per_worker=N)")
+    # where the runs train (harness/engines); see docs/distributed.md
+    p.add_argument("--engine", choices=["local", "ray", "slurm"], default="local",
+                   help="local worker processes (default), a Ray cluster, or a SLURM cluster through submitit")
+    p.add_argument("--address", help="--engine ray: a running cluster (auto or HOST:PORT); default: start Ray here")
+    p.add_argument("--cpus-per-run", type=int, help="ray/slurm: CPUs (and torch threads) per run (sweep key cpus_per_run)")
+    p.add_argument("--gpus-per-run", type=float, help="ray/slurm: GPUs per run (sweep key gpus_per_run)")
+    p.add_argument("--partition", help="--engine slurm: the partition to submit to")
+    p.add_argument("--time-minutes", type=int, help="--engine slurm: time limit per run (default 60)")
+    p.add_argument("--max-parallel", type=int, help="--engine slurm: runs of the job array at once (default: all)")
     p.set_defaults(run=run)
 
 
@@ -29,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..harness.config import ConfigError
     from ..harness.report import write_report
-    from ..harness.sweep import SweepError, load_sweep_config, run_sweep
+    from ..harness.sweep import SweepError, load_sweep_config
 
     overrides = list(args.overrides)
     if args.out:
@@ -38,9 +47,12 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"workers={args.workers}")
     if args.threads:
         overrides.append(f"threads_per_worker={args.threads}")
+    for flag, key in (("cpus_per_run", "cpus_per_run"), ("gpus_per_run", "gpus_per_run")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
     try:
         sweep = load_sweep_config(args.config, overrides)
-        counts = run_sweep(sweep, retry_failed=not args.no_retry_failed)
+        counts = _run_engine(args, sweep)
     except (ConfigError, SweepError) as exc:
         raise SystemExit(f"error: {exc}") from None
     elsewhere = f", {counts['elsewhere']} left to another sweep process" if counts.get("elsewhere") else ""
@@ -67,3 +79,19 @@ def run(args: argparse.Namespace) -> int:
             print(report.markdown.split("## Cost")[0].split("## Test accuracy (Table 1 style)")[-1].strip())
             print(f"report: {sweep.out_dir}/report.md")
     return 1 if counts["failed"] else 0
+
+
+def _run_engine(args: argparse.Namespace, sweep) -> dict[str, int]:
+    """The sweep on the chosen engine, with that engine's flags."""
+    from ..harness.engines import run_with_engine
+
+    from ..harness.config import ConfigError
+
+    if args.address and args.engine != "ray":
+        raise ConfigError(f"--address is for --engine ray, not --engine {args.engine}")
+    options: dict = {"retry_failed": not args.no_retry_failed}
+    if args.engine == "ray":
+        options["address"] = args.address
+    elif args.engine == "slurm":
+        options.update(partition=args.partition, time_minutes=args.time_minutes, max_parallel=args.max_parallel)
+    return run_with_engine(sweep, args.engine, **options)

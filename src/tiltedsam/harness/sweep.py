@@ -130,6 +130,10 @@ class SweepConfig:
     per_optimizer: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Any] = field(default_factory=dict)
     lease_seconds: float = 60.0  # a run whose claimer sent no heartbeat for this long may be claimed again
+    # cluster engines (harness/engines): resources of one run, retries of a run whose process or node died
+    cpus_per_run: int = 1
+    gpus_per_run: float = 0.0
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         check_name("name", self.name)
@@ -355,7 +359,7 @@ def _owner_is_dead(owner: str | None) -> bool:
     host, _, rest = owner.partition(":")
     pid_text = rest.split(":", 1)[0]
     if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another machine: only the heartbeat can tell
+        return False  # another machine: unknown, never dead; only the heartbeat can tell
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
@@ -453,7 +457,8 @@ def _error_text(exc: BaseException) -> str:
     return traceback.format_exc()
 
 
-def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None) -> tuple[str, str]:
+def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None,
+                device: str | None = None) -> tuple[str, str]:
     """Train one grid point (resuming from its checkpoint if a crash left one), store its epochs
     and result, mark it done or failed. ``owner`` is the lease holder that claimed the run; without
     one the run is claimed here first (whatever its status)."""
@@ -474,6 +479,8 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         config = from_dict(RunConfig, json.loads(row["config"]))
         if num_threads and not config.run.num_threads:  # run.* is not part of the run key
             config.run.num_threads = num_threads
+        if device:  # this worker's device (engines.local.worker_devices)
+            config.run.device = device
         connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
 
         def store_epoch(metrics: dict[str, Any]) -> None:
@@ -528,7 +535,8 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
-def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, parent_pid: int) -> None:
+def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, parent_pid: int,
+                 device: str | None = None) -> None:
     """A sweep worker: run the keys the parent sends until it sends ``None``.
 
     SIGINT is ignored (Ctrl-C reaches the whole process group; the parent decides and terminates
@@ -544,7 +552,7 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
             return
         if key is None:
             return
-        connection.send(execute_run(db_file, key, num_threads, owner))
+        connection.send(execute_run(db_file, key, num_threads, owner, device))
 
 
 @dataclass
@@ -553,11 +561,12 @@ class _Worker:
     connection: Any
     key: str | None = None
     ready: bool = False  # set once it has imported the harness and arranged to die with the parent
+    device: str | None = None  # the device this worker trains on (None: the run's config decides)
 
 
-def _start_worker(context: Any, db_file: str, threads: int, owner: str) -> _Worker:
+def _start_worker(context: Any, db_file: str, threads: int, owner: str, device: str | None = None) -> _Worker:
     parent_end, child_end = context.Pipe()
-    process = context.Process(target=_worker_main, args=(child_end, db_file, threads, owner, os.getpid()),
+    process = context.Process(target=_worker_main, args=(child_end, db_file, threads, owner, os.getpid(), device),
                               daemon=True, name="tiltedsam-sweep-worker")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _in_main_thread() else None
     try:
@@ -566,7 +575,7 @@ def _start_worker(context: Any, db_file: str, threads: int, owner: str) -> _Work
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     child_end.close()
-    return _Worker(process, parent_end)
+    return _Worker(process, parent_end, device=device)
 
 
 def _stop_workers(workers: list[_Worker], grace: float = 3.0) -> None:
@@ -614,6 +623,9 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
         atomic_write(out / "sweep.json", _json.dumps(to_dict(sweep), nonfinite="string", indent=2) + "\n")
     except OSError as exc:
         raise SweepError(f"cannot write the sweep to out_dir {str(out)!r}: {exc.strerror or exc}") from None
+    from .engines.common import warn_if_network_filesystem
+
+    warn_if_network_filesystem(out)  # SQLite's WAL needs one host: clusters use --engine ray/slurm
     since = time.time()
     connection = open_database(out, create=True)
     try:
@@ -681,7 +693,10 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
                 finished(*execute_run(db_file, key, threads, owner))
         else:
             context = get_context("spawn")
-            workers = [_start_worker(context, db_file, threads, owner) for _ in range(min(sweep.workers, budget))]
+            from .engines.local import worker_devices
+
+            devices = worker_devices(points[0].config.run.device, min(sweep.workers, budget))  # one per worker
+            workers = [_start_worker(context, db_file, threads, owner, device) for device in devices]
             idle: list[_Worker] = []
             exhausted = False  # nothing was left to claim when a worker was free
             while True:
@@ -718,7 +733,7 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
                              worker.key, owner))
                         finished(worker.key, "failed")
                         if not exhausted:
-                            workers.append(_start_worker(context, db_file, threads, owner))
+                            workers.append(_start_worker(context, db_file, threads, owner, worker.device))
                         continue
                     if message == "ready":
                         worker.ready = True
