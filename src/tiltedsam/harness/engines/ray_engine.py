@@ -115,10 +115,18 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
     started_ray = not ray.is_initialized()
     if started_ray:
         init: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
-        if address:
-            ray.init(address=address, **init)
-        else:
-            ray.init(num_cpus=num_cpus, **init)
+        if address and address != "auto":
+            _check_reachable(address)
+        try:
+            if address:
+                ray.init(address=address, **init)
+            else:
+                ray.init(num_cpus=num_cpus, **init)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            from ..sweep import SweepError
+
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+            raise SweepError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
     handlers: dict[int, Any] = {}
     refs: dict[Any, str] = {}
     connection = heartbeat = None
@@ -176,6 +184,22 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
         for signum, previous in handlers.items():
             signal.signal(signum, previous)
     return counts
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """:class:`SweepError` unless ``HOST:PORT`` accepts a TCP connection (``ray.init`` would keep
+    retrying an unreachable head for minutes)."""
+    from ..sweep import SweepError
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r} is invalid; allowed: auto or HOST:PORT (the head's GCS port, "
+                         "6379 by default)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SweepError(f"no Ray cluster answers at {address!r} ({exc.strerror or exc}); start one with "
+                         "`ray start --head` or leave out --address to start Ray on this machine") from None
 
 
 def _outcome_of(ray: Any, ref: Any, max_retries: int) -> dict[str, Any]:
