@@ -55,7 +55,7 @@ def preempt_after_first_epoch(config, row):
 
 @pytest.mark.slow
 def test_slurm_engine_on_submitits_local_executor_matches_local_and_resumes_a_preempted_task(tmp_path):
-    submitit = pytest.importorskip("submitit")
+    pytest.importorskip("submitit")
     import cloudpickle
 
     from tiltedsam.harness.engines.slurm import run_sweep_on_slurm
@@ -78,7 +78,6 @@ def test_slurm_engine_on_submitits_local_executor_matches_local_and_resumes_a_pr
     assert logs.count("Requeued job") == 2 and logs.count("Job completed successfully") == 2
     assert json.loads((tmp_path / "slurm/slurm/jobs.json").read_text()).keys() == {p.key for p in expand_grid(sweep)}
     assert run_sweep_on_slurm(sweep, cluster="local")["skipped"] == 2
-    del submitit
 
 
 @pytest.mark.slow

@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
