@@ -36,7 +36,8 @@ sweep skips ``done`` runs and re-runs the rest, resuming each from its run direc
 when there is one, so a crash costs at most one epoch per run.
 
 Several sweep processes on one host may work on one database at once (two terminals; SQLite's WAL
-mode needs one host and a local disk: clusters use ``--engine ray``/``slurm``, harness/engines): a run is *claimed* in one ``BEGIN IMMEDIATE`` transaction (status ``running``, ``owner`` =
+mode needs one host and a local disk: clusters use ``--engine ray``/``slurm``, harness/engines): a
+run is *claimed* in one ``BEGIN IMMEDIATE`` transaction (status ``running``, ``owner`` =
 host:pid:nonce, ``heartbeat`` = now), so each run is trained by one process. The claiming process
 refreshes the heartbeat of its runs every ``lease_seconds / 4``; a lease whose heartbeat is older
 than ``lease_seconds``, or whose owner is a process of this host that no longer exists, is stale
