@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tiltedsam.cli import main
-from tiltedsam.harness.checkpoints import CheckpointError, load_checkpoint, load_for_analysis, save_checkpoint
+from tiltedsam.harness.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from tiltedsam.harness.rundata import load_for_analysis
 from tiltedsam.harness.config import load_config
 from tiltedsam.harness.train import METRIC_COLUMNS, RunInterrupted, train
 
