@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 import math
 
 import pytest
 
 from tiltedsam.harness.compare import verdict
 from tiltedsam.harness.report import build_report, write_report
+from tiltedsam.harness.rundir import RESULT_FORMAT, write_metrics, write_result
 from tiltedsam.harness.sweep import SweepConfig, expand_grid, open_database, register_points, run_sweep
 
 # per-seed test accuracies (fractions) of a made-up comparison
@@ -39,8 +41,10 @@ def fake_database(out, seeds=(0, 1, 2), labels=("sgd", "sam", "tsam"), ess=2.997
         epochs = [{"epoch": e, "grad_evals": 50 * e, "test_acc": final, "val_acc": best, "train_loss": 1.0 / e,
                    "train_loss_at_theta": 0.9 / e, "train_objective": 1.1 / e,
                    "effective_sample_size": ess if p.label == "tsam" else 1.0} for e in (1, 2)]
-        connection.execute("UPDATE runs SET status='done', result=? WHERE run_key=?", (json.dumps(result), p.key))
-        connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)", [(p.key, r["epoch"], json.dumps(r)) for r in epochs])
+        Path(p.config.run.out_dir).mkdir(parents=True)
+        write_result(p.config.run.out_dir, {"format": RESULT_FORMAT, **result})
+        write_metrics(p.config.run.out_dir, epochs)
+        connection.execute("UPDATE runs SET status='done' WHERE run_key=?", (p.key,))
     connection.close()
     return sweep
 
