@@ -10,6 +10,7 @@ I unsafe labels, seed range, invalid sweeps create nothing | J ``kill -9`` durin
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -26,6 +27,7 @@ import torch
 
 from tiltedsam import _json
 from tiltedsam.cli import main
+from tiltedsam.harness.rundir import read_metrics
 from tiltedsam.harness.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from tiltedsam.harness.config import ConfigError, load_config
 from tiltedsam.harness.sweep import SweepConfig, claim_run, open_database, run_sweep
@@ -163,10 +165,10 @@ lr = [0.05, 1e6]
     db = sqlite3.connect(tmp_path / "out" / "sweep.db")
     status = dict(db.execute("SELECT json_extract(setting, '$.\"optimizer.lr\"'), status FROM runs"))
     assert status == {0.05: "done", 1e6: "failed"}
-    for (text,) in db.execute("SELECT metrics FROM epochs UNION ALL SELECT result FROM runs WHERE result IS NOT NULL"):
-        strict_json(text)
-    tilts = db.execute("SELECT json_extract(metrics, '$.tilt') FROM epochs").fetchall()  # SGD has no tilt: NaN
-    assert tilts and set(tilts) == {(None,)}  # stored as null, readable by SQLite's JSON functions
+    run_dirs = dict(db.execute("SELECT status, run_dir FROM runs"))
+    strict_json((Path(run_dirs["done"]) / "result.json").read_text())
+    tilts = [row["tilt"] for row in read_metrics(run_dirs["done"])]  # SGD has no tilt: NaN, an empty-free cell
+    assert tilts and all(math.isnan(t) for t in tilts)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "failed: 1" in report and "## Failed runs" in report and "run diverged" in report
     for name in ("summary.json", "sweep.json"):
@@ -520,8 +522,9 @@ def test_C_configs_round_trip_infinite_settings_through_strict_json(tmp_path):
                         per_optimizer={"tsam": {"t": [float("inf")], "s": [2]}})
     assert run_sweep(sweep)["done"] == 1
     db = sqlite3.connect(tmp_path / "s" / "sweep.db")
-    for column in ("config", "setting", "result"):
+    for column in ("config", "setting"):
         strict_json(db.execute(f"SELECT {column} FROM runs").fetchone()[0])
+    strict_json((Path(db.execute("SELECT run_dir FROM runs").fetchone()[0]) / "result.json").read_text())
     db.close()
     from tiltedsam.harness.report import build_report
 
