@@ -110,12 +110,10 @@ def test_unsafe_labels_seed_range_and_invalid_sweeps_create_nothing(tmp_path, ca
               stop_after_epochs=0)
 
 
-def test_adam_base_gets_no_momentum_and_trains(tmp_path):
+def test_adam_base_gets_no_momentum_and_trains(tmp_path, tiny_run_config):
     """base = "adam" used to fail with Adam.__init__() got an unexpected keyword argument 'momentum'."""
-    result = train(load_config(None, ["data.name=digits", "data.limit=200", "model.name=mlp", "optimizer.base=adam",
-                                      "optimizer.lr=0.001", "optimizer.settings={betas = [0.8, 0.99]}",
-                                      "budget.kind=steps", "budget.amount=2", "run.progress=false",
-                                      f"run.out_dir={json.dumps(str(tmp_path / 'adam'))}"]))
+    result = train(tiny_run_config("optimizer.base=adam", "optimizer.lr=0.001",
+                                   "optimizer.settings={betas = [0.8, 0.99]}", "budget.kind=steps", out="adam"))
     assert result["steps"] == 2
     state = load_checkpoint(tmp_path / "adam")["optimizer"]["base_optimizer"]["param_groups"][0]
     assert state["betas"] == (0.8, 0.99) or state["betas"] == [0.8, 0.99]

@@ -1,28 +1,13 @@
-"""Tables and plots from a sweep database (or one run directory), in the paper's formats.
+"""Tables and plots from a sweep (or one run directory), in the paper's formats (docs/harness.md).
 
-Selection follows the paper: for each optimizer label, the hyper-parameter setting (all sweep axes
-except the seed) with the highest validation accuracy, averaged over seeds, is chosen; its *test*
-accuracy is reported as mean ± std over seeds. Validation accuracy here is the best over epochs
-(the epoch a practitioner would keep), and both test numbers are shown for the chosen setting:
-
-* ``final``: test accuracy after the last epoch of the budget;
-* ``best-val``: test accuracy at the epoch with the best validation accuracy.
-
-Under label noise the two differ (longer training memorises the noisy labels), so an equal-compute
-baseline (ESAM1) is only fair with the ``best-val`` column next to the ``final`` one.
-
-Comparisons are *paired*: runs with the same seed share data order, label noise, initialisation and
-noise stream, so each optimizer's per-seed difference to a reference optimizer (default SAM, else the
-first label) is reported with a 95% t interval (:func:`tiltedsam.harness.stats.paired_by_seed`), and
-the verdict speaks from those intervals. Accuracies are in percent everywhere (tables, CSVs, plots).
-
-Outputs (:func:`write_report`): ``report.md``; ``accuracy.csv`` (Table 1/6 style, long format:
-one row per optimizer and measure with numeric ``n, mean, std`` and the paired ``diff_mean,
-diff_low, diff_high`` against the reference), ``cost.csv`` (Table 7 style: time and gradient
-evaluations), ``accuracy_by_t.csv`` (Fig. 3 style), ``accuracy_by_s.csv`` (Table 2 style),
-``runs.csv`` (every run); ``convergence.png`` (Fig. 7 style: test accuracy, training loss at θ and
-TSAM's perturbed objective against gradient evaluations) and, when several tilts were run,
-``accuracy_vs_t.png``.
+Per optimizer label the setting (all axes but the seed) with the best mean validation accuracy is
+chosen, as in the paper; its test accuracy is shown after the **final** epoch and at the
+**best-validation** epoch (they differ under label noise, so an equal-compute baseline like ESAM1 is
+only fair with both). Comparisons are paired by seed against a reference (default SAM): 95% t
+intervals from :func:`tiltedsam.harness.stats.paired_by_seed`. Runs are found through the sweep
+index and read from their run directories. Files (:func:`write_report`): ``report.md``,
+``accuracy.csv``, ``cost.csv``, ``accuracy_by_t.csv``, ``accuracy_by_s.csv``, ``runs.csv`` (percent,
+``\n`` line endings), ``summary.json`` (fractions), ``convergence.png``, ``accuracy_vs_t.png``.
 """
 
 from __future__ import annotations
@@ -320,47 +305,45 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
 def _axis_tables(runs: list[dict[str, Any]], ess_of: dict[str, float], tables: dict[str, Any],
                  markdown_tables: dict[str, Any]) -> dict[str, list[tuple[float, list[float]]]]:
     """Accuracy per tilt t (Fig. 3) and per number of samples s (Table 2), added to ``tables`` and
-    ``markdown_tables`` when several values were run; returns the numeric tilt curves to plot."""
-    by_t_rows, by_t_plot = [], {}
-    for label, rows in _by_axis(runs, "optimizer.settings.tilt").items():
-        if len(rows) < 2:  # one tilt is a point, not a curve: the accuracy table already has it
-            continue
-        numeric = [(float(v), [r["result"]["best_val_test_acc"] for r in rs]) for v, rs in rows
-                   if not isinstance(v, str)]  # tilt="auto" has no place on a t axis: table only
-        if len(numeric) >= 2:
-            by_t_plot[label] = numeric
-        for value, rs in rows:
-            for measure in MEASURES:
-                values = [r["result"][measure] for r in rs]
-                mean, std = mean_std(values)
-                ess = float(np.mean([ess_of[r["run_key"]] for r in rs]))
-                by_t_rows.append([label, value, measure, "percent", len(values), _number(100 * mean),
-                                  _number(100 * std) if len(values) > 1 else "", _number(ess)])
-    if by_t_rows:
-        tables["accuracy_by_t"] = (["optimizer", "t", "measure", "unit", "n", "mean", "std", "mean_ess"], by_t_rows)
-        md_rows = [[r[0], r[1], r[4], f"{r[5]:.2f}" + (f" ± {r[6]:.2f}" if r[6] != "" else " (n=1)"),
-                    f"{r[7]:.3f}" if r[7] != "" else "–"] for r in by_t_rows if r[2] == "best_val_test_acc"]
-        markdown_tables["accuracy_by_t"] = (["optimizer", "t", "seeds", "test acc % (best-val epoch)", "mean ESS"],
-                                            md_rows)
-    by_s_rows, by_s_md = [], []
-    for label, rows in _by_axis(runs, "optimizer.settings.num_samples").items():
-        if len(rows) < 2:
-            continue
-        for value, rs in rows:
-            seconds = float(np.mean([r["result"]["train_seconds"] for r in rs]))
-            by_s_md.append([label, value, len(rs), _pm([r["result"]["final_test_acc"] for r in rs]),
-                            _pm([r["result"]["best_val_test_acc"] for r in rs]), f"{seconds:.1f}"])
-            for measure in MEASURES:
-                values = [r["result"][measure] for r in rs]
-                mean, std = mean_std(values)
-                by_s_rows.append([label, value, measure, "percent", len(values), _number(100 * mean),
-                                  _number(100 * std) if len(values) > 1 else "", _number(seconds, 2)])
-    if by_s_rows:
-        tables["accuracy_by_s"] = (["optimizer", "s", "measure", "unit", "n", "mean", "std", "train_seconds"],
-                                   by_s_rows)
-        markdown_tables["accuracy_by_s"] = (["optimizer", "s", "seeds", "test acc % (final)", "test acc % (best-val)",
-                                             "train time (s)"], by_s_md)
-    return by_t_plot
+    ``markdown_tables`` for labels run at several values; returns the numeric tilt curves to plot
+    (tilt="auto" has no place on a t axis: table only)."""
+    def accs(rs: list[dict[str, Any]], measure: str) -> list[float]:
+        return [r["result"][measure] for r in rs]
+
+    def ess(rs: list[dict[str, Any]]) -> float:
+        return float(np.mean([ess_of[r["run_key"]] for r in rs]))
+
+    def seconds(rs: list[dict[str, Any]]) -> float:
+        return float(np.mean([r["result"]["train_seconds"] for r in rs]))
+
+    # one value is a point, not a curve: the accuracy table already has it
+    by_t = {label: rows for label, rows in _by_axis(runs, "optimizer.settings.tilt").items() if len(rows) >= 2}
+    by_s = {label: rows for label, rows in _by_axis(runs, "optimizer.settings.num_samples").items() if len(rows) >= 2}
+    for name, axis, points, extra, column, digits in (("accuracy_by_t", "t", by_t, ess, "mean_ess", 4),
+                                                      ("accuracy_by_s", "s", by_s, seconds, "train_seconds", 2)):
+        rows = []
+        for label, values in points.items():
+            for value, rs in values:
+                for measure in MEASURES:
+                    mean, std = mean_std(accs(rs, measure))
+                    rows.append([label, value, measure, "percent", len(rs), _number(100 * mean),
+                                 _number(100 * std) if len(rs) > 1 else "", _number(extra(rs), digits)])
+        if rows:
+            tables[name] = (["optimizer", axis, "measure", "unit", "n", "mean", "std", column], rows)
+    if by_t:
+        markdown_tables["accuracy_by_t"] = (
+            ["optimizer", "t", "seeds", "test acc % (best-val epoch)", "mean ESS"],
+            [[label, value, len(rs), _pm(accs(rs, "best_val_test_acc")),
+              f"{ess(rs):.3f}" if math.isfinite(ess(rs)) else "–"] for label, values in by_t.items()
+             for value, rs in values])
+    if by_s:
+        markdown_tables["accuracy_by_s"] = (
+            ["optimizer", "s", "seeds", "test acc % (final)", "test acc % (best-val)", "train time (s)"],
+            [[label, value, len(rs), _pm(accs(rs, "final_test_acc")), _pm(accs(rs, "best_val_test_acc")),
+              f"{seconds(rs):.1f}"] for label, values in by_s.items() for value, rs in values])
+    numeric = {label: [(float(v), accs(rs, "best_val_test_acc")) for v, rs in rows if not isinstance(v, str)]
+               for label, rows in by_t.items()}
+    return {label: points for label, points in numeric.items() if len(points) >= 2}
 
 
 def _curves(runs: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[float]]]:

@@ -1,55 +1,20 @@
-"""Grid sweeps over optimizers x hyper-parameters x seeds, recorded in an SQLite database.
+"""Grid sweeps over optimizers x hyper-parameters x seeds, indexed in an SQLite database.
 
-A sweep config (TOML/YAML/JSON, :class:`SweepConfig`)::
+A sweep config (:class:`SweepConfig`; TOML/YAML/JSON, example and keys in docs/harness.md) names
+optimizer labels (registry names, or ``[variants]`` of fixed overrides), seeds, a ``base`` run
+config and axes (``grid`` for every label, ``per_optimizer`` for one; short names in
+:data:`AXIS_ALIASES`). :func:`expand_grid` resolves and checks every point before anything is written.
 
-    name = "digits-grid"
-    out_dir = "results/digits-grid"      # holds sweep.db and runs/<label>-<run key>/
-    optimizers = ["sgd", "sam", "esam1", "tsam"]   # labels: registry names or [variants]
-    seeds = [0, 1, 2]
-    workers = 2                          # processes on this machine
+The database (WAL) is an index: ``meta`` (schema version) and ``runs`` (one row per grid point: run
+key, run directory, status pending/running/done/failed/interrupted, lease owner and heartbeat,
+error). A run's epochs and result live in its run directory only (:mod:`.rundir`). Schema-2
+databases, which also copied results and epochs, are read and run as they are.
 
-    [base]                               # a run config (see tiltedsam.harness.config.RunConfig)
-    data = {name = "digits", label_noise = 0.2}
-    model = {name = "mlp"}
-    budget = {kind = "epochs", amount = 20}
-
-    [grid]                               # axes for every optimizer: key -> list of values
-    lr = [0.01, 0.03]
-
-    [per_optimizer.tsam]                 # axes for one optimizer only
-    t = [0, 1, 5, 20]
-    s = [3, 5]
-
-    [variants.esam1]                     # fixed overrides that define a label
-    "optimizer.name" = "sam"
-    "budget.match_optimizer" = "tsam"
-
-Axis keys are dotted config keys or the short names ``t``, ``s``, ``rho``, ``lr``, ``sampler``,
-``noise_radius``. A label that is a registry name (``esam1`` included: SAM on TSAM's
-gradient-evaluation budget, by the registry's ``budget_reference``) needs no variant.
-
-The database (WAL mode, safe for several worker processes) is an index of the sweep's runs: a
-``meta`` table (schema version, package version) and a ``runs`` table (one row per grid point:
-``run_key`` = hash of the resolved config, its ``run_dir``, ``status``
-pending/running/done/failed/interrupted, the lease ``owner`` and its ``heartbeat``, the error of a
-failed run). A run's epochs and result live in its run directory only (``metrics.csv``,
-``result.json``: :mod:`.rundir`); :func:`iter_results` reads them from there. Restarting a sweep
-skips ``done`` runs and re-runs the rest, resuming each from its run directory's checkpoint when
-there is one, so a crash costs at most one epoch per run. Databases of schema 2 (which also copied
-results and epochs into the database) are read and run as they are; their copies serve only runs
-whose directory lacks ``result.json``.
-
-Several sweep processes may work on one database at once (two terminals, two machines on a shared
-disk): a run is *claimed* in one ``BEGIN IMMEDIATE`` transaction (status ``running``, ``owner`` =
-host:pid:nonce, ``heartbeat`` = now), so each run is trained by one process. The claiming process
-refreshes the heartbeat of its runs every ``lease_seconds / 4``; a lease whose heartbeat is older
-than ``lease_seconds``, or whose owner is a process of this host that no longer exists, is stale
-and the run may be claimed again (it resumes from its checkpoint).
-
-SIGINT/SIGTERM stop a sweep within seconds: its worker processes are terminated, the runs in flight
-are marked ``interrupted`` and :class:`SweepInterrupted` (exit code 130/143 in the CLI) is raised.
-Workers die with their parent (``PR_SET_PDEATHSIG`` on Linux, and a parent-pid poll everywhere), so
-a ``kill -9`` of the sweep leaves no process behind; rerunning the same command resumes.
+Runs are claimed in one ``BEGIN IMMEDIATE`` transaction (owner = host:pid:nonce), so each is trained
+by one process even with several sweeps on one database; heartbeats refresh every
+``lease_seconds / 4`` and a stale lease (or a dead owner on this host) may be claimed again, resuming
+from the checkpoint. SIGINT/SIGTERM terminate the workers, mark the runs in flight ``interrupted``
+and raise :class:`SweepInterrupted` (exit 130/143); workers die with their parent, even on ``kill -9``.
 """
 
 from __future__ import annotations

@@ -295,10 +295,8 @@ def make_tilt_scheduler(config: RunConfig, optimizer: Any, total_steps: int) -> 
     if not hasattr(optimizer, "tilt"):
         raise ValueError(f"optimizer.tilt_schedule={kind!r} needs an optimizer with a tilt (TSAM), "
                          f"got {config.optimizer.name!r}")
-    try:
-        from ..optim.schedules import TiltScheduler
-    except ModuleNotFoundError as exc:  # pragma: no cover - older installations
-        raise ValueError("optimizer.tilt_schedule needs tiltedsam.optim.schedules, missing here") from exc
+    from ..optim.schedules import TiltScheduler
+
     return TiltScheduler(optimizer, kind=kind, total_steps=total_steps)
 
 
