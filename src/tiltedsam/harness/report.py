@@ -27,7 +27,7 @@ from .._tables import csv_text, markdown_table
 from ..optim.diagnostics import ess_message as _ess_message
 from .config import atomic_write_text
 from .stats import paired_by_seed
-from .rundir import ACCURACY_UNIT, read_metrics, read_result
+from .rundir import ACCURACY_UNIT, finite_mean, read_metrics, read_result
 from .sweep import database_path, failed_runs, iter_results, open_database
 
 __all__ = ["Report", "build_report", "write_report", "run_report", "select_best", "mean_std",
@@ -84,13 +84,6 @@ def default_reference(labels: Sequence[str]) -> str:
     if not labels:
         raise ValueError("no optimizer labels to choose a reference from")
     return "sam" if "sam" in labels else labels[0]
-
-
-def _run_ess(rows: list[dict[str, Any]]) -> float:
-    """Mean effective sample size over a run's epochs (NaN when the optimizer records none)."""
-    values = [r.get("effective_sample_size") for r in rows]
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _setting_text(setting: dict[str, Any]) -> str:
@@ -211,7 +204,8 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
     reference = reference or default_reference(order)
     if reference not in chosen:
         raise ValueError(f"reference optimizer {reference!r} has no finished runs; choose one of {order}")
-    ess_of = {r["run_key"]: _run_ess(loaded.epochs.get(r["run_key"], [])) for r in runs}
+    ess_of = {r["run_key"]: finite_mean([e.get("effective_sample_size") for e in loaded.epochs[r["run_key"]]])
+              for r in runs}
     tables, markdown_tables, summary = _accuracy_tables(order, chosen, reference, ess_of)
     by_t_plot = _axis_tables(runs, ess_of, tables, markdown_tables)
     curves = {label: _curves(chosen[label], loaded.epochs) for label in order}
@@ -248,17 +242,9 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
         acc_rows.append([label, _setting_text(rs[0]["setting"]), len(rs),
                          *(_pm([x[m] for x in res]) for m in MEASURES), _pm([x["best_val_acc"] for x in res]),
                          "/".join(str(x["best_val_epoch"]) for x in res), ess_text])
-        train_s = mean_std([x["train_seconds"] for x in res])
-        wall_s = mean_std([x["wall_seconds"] for x in res])
-        evals = int(np.mean([x["grad_evals"] for x in res]))
-        steps = int(np.mean([x["steps"] for x in res]))
-        threads = "/".join(sorted({str(x.get("threads", "?")) for x in res}))
-        cost_rows.append([label, res[0]["grad_evals_per_step"], steps, evals, res[0]["epochs"],
-                          _pm([x["train_seconds"] for x in res], scale=1.0), f"{wall_s[0]:.1f}",
-                          f"{1000 * train_s[0] / max(evals, 1):.2f}", threads])
-        cost_csv.append([label, res[0]["grad_evals_per_step"], steps, evals, res[0]["epochs"], len(res),
-                         _number(train_s[0], 2), _number(train_s[1], 2) if len(res) > 1 else "",
-                         _number(wall_s[0], 2), _number(1000 * train_s[0] / max(evals, 1), 3), threads])
+        markdown_row, csv_row = _cost_rows(label, res)
+        cost_rows.append(markdown_row)
+        cost_csv.append(csv_row)
         paired: dict[str, Any] = {}
         for measure in (*MEASURES, "best_val_acc"):
             values = [x[measure] for x in res]
@@ -288,7 +274,7 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
             "setting": rs[0]["setting"], "seeds": [r["seed"] for r in rs], "accuracy_unit": ACCURACY_UNIT,
             "final_test_acc": mean_std([x["final_test_acc"] for x in res]),
             "best_val_test_acc": mean_std([x["best_val_test_acc"] for x in res]),
-            "train_seconds": train_s[0], "grad_evals": evals,
+            "train_seconds": mean_std([x["train_seconds"] for x in res])[0], "grad_evals": csv_row[3],
             "mean_ess": ess if math.isfinite(ess) else None, "num_samples": samples,
             "reference": reference, "paired": paired}
     tables = {"accuracy": (["optimizer", "setting", "measure", "unit", "n", "mean", "std", "reference",
@@ -300,6 +286,19 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
                        "paired": (["difference", "seeds", "Δ test acc (final epoch) [95% CI]", "verdict",
                                    "Δ test acc (best-val epoch) [95% CI]", "verdict"], paired_rows)}
     return tables, markdown_tables, summary
+
+
+def _cost_rows(label: str, res: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """Table 7's row for one optimizer's results: for report.md, and numeric for cost.csv."""
+    train_s = mean_std([x["train_seconds"] for x in res])
+    wall_s = mean_std([x["wall_seconds"] for x in res])
+    evals = int(np.mean([x["grad_evals"] for x in res]))
+    head = [label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals, res[0]["epochs"]]
+    threads = "/".join(sorted({str(x.get("threads", "?")) for x in res}))
+    return ([*head, _pm([x["train_seconds"] for x in res], scale=1.0), f"{wall_s[0]:.1f}",
+             f"{1000 * train_s[0] / max(evals, 1):.2f}", threads],
+            [*head, len(res), _number(train_s[0], 2), _number(train_s[1], 2) if len(res) > 1 else "",
+             _number(wall_s[0], 2), _number(1000 * train_s[0] / max(evals, 1), 3), threads])
 
 
 def _axis_tables(runs: list[dict[str, Any]], ess_of: dict[str, float], tables: dict[str, Any],

@@ -19,12 +19,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import _json
 from .._tables import csv_text
 from .config import atomic_write_text
 
 __all__ = ["METRIC_COLUMNS", "RESULT_FORMAT", "ACCURACY_UNIT", "write_metrics", "read_metrics", "write_result",
-           "read_result", "summarize"]
+           "read_result", "summarize", "finite_mean"]
 
 RESULT_FORMAT = "tiltedsam.result/1"
 #: accuracies in metrics.csv, result.json and summary.json are fractions; reports show percent
@@ -63,6 +65,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     with open(file, newline="") as handle:
         return [{column: _cell(column, text) for column, text in row.items() if column in METRIC_COLUMNS}
                 for row in csv.DictReader(handle)]
+
+
+def finite_mean(values: list[Any]) -> float:
+    """Mean of the finite values (None and NaN skipped); NaN when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config, to_dict
 from .dropout import StepRngReplay
 from .rundata import dataset_kwargs, load_run_data
-from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, read_metrics, read_result, summarize,
-                     write_metrics, write_result)
+from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, finite_mean, read_metrics, read_result,
+                     summarize, write_metrics, write_result)
 
 __all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
            "METRIC_COLUMNS", "RunInterrupted", "RunDiverged", "read_result", "summarize", "check_run", "check_device",
@@ -350,11 +350,6 @@ def _restore_rng_states(states: dict[str, Any], loader_generator: torch.Generato
     loader_generator.set_state(states["loader"])
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
 @dataclass
 class _Run:
     """One run while it trains: what :func:`_start_run` built and the counters the epochs advance."""
@@ -625,8 +620,8 @@ def _evaluate_epoch(run: _Run, sums: dict[str, Any], epoch_start: float) -> dict
         "train_loss": sums["loss"] / count, "train_acc": sums["correct"] / count,
         "train_objective": sums["objective"] / max(sums["steps"], 1), "train_loss_at_theta": loss_at_theta,
         "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-        "tilt": _mean(sums["tilts"]) if sums["tilts"] else float(getattr(run.optimizer, "tilt", float("nan"))),
-        "effective_sample_size": _mean(sums["ess"]),
+        "tilt": finite_mean(sums["tilts"]) if sums["tilts"] else float(getattr(run.optimizer, "tilt", float("nan"))),
+        "effective_sample_size": finite_mean(sums["ess"]),
     }
     if not math.isfinite(row["train_loss"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         # the last step of the epoch left non-finite weights: nothing of it is saved
@@ -666,7 +661,7 @@ def _finish_run(run: _Run) -> dict[str, Any]:
     from .._version import __version__
 
     config, budget = run.config, run.budget
-    ess = _mean([r["effective_sample_size"] for r in run.rows]) if run.num_samples else None
+    ess = finite_mean([r["effective_sample_size"] for r in run.rows]) if run.num_samples else None
     result = {
         "format": RESULT_FORMAT, "package_version": __version__, "run_key": run_key(config),
         "label": config.display_label, "optimizer": config.optimizer.name, "seed": config.seed,
