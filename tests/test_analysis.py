@@ -468,7 +468,7 @@ def test_cli_without_the_harness_says_what_is_missing(tmp_path, monkeypatch):
     from tiltedsam.cli import main
 
     monkeypatch.setitem(sys.modules, "tiltedsam.harness", None)  # makes the import fail
-    monkeypatch.setitem(sys.modules, "tiltedsam.harness.checkpoints", None)
+    monkeypatch.setitem(sys.modules, "tiltedsam.harness.rundata", None)
     with pytest.raises(SystemExit, match="needs tiltedsam.harness"):
         main(["analyze", "ckpt.pt", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
