@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tiltedsam import SAM, TSAM
-from tiltedsam.optim.functional import draw_noise
+from tiltedsam.functional import draw_noise
 
 pytestmark = [
     pytest.mark.cuda,

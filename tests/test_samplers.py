@@ -12,9 +12,9 @@ from scipy import integrate, stats
 from torch import nn
 
 from tiltedsam import TSAM
-from tiltedsam.optim.functional import draw_noise
-from tiltedsam.samplers import SAMPLERS, HMCSampler, NaiveSampler, SamplingContext, make_sampler
-from tiltedsam.samplers.hmc import _drift
+from tiltedsam.functional import draw_noise, restore
+from tiltedsam.optim.samplers import SAMPLERS, HMCSampler, NaiveSampler, SamplingContext, make_sampler
+from tiltedsam.optim.samplers.hmc import _drift
 
 # ---------------------------------------------------------------- a 2-D target with a known density
 DELTA = 2.0  # sample tilt
@@ -357,5 +357,5 @@ def test_naive_samples_lie_in_the_ball() -> None:
         next(program)
         norms.append(float(weights.detach().norm()))
         program.close()
-        ctx.reset()
+        restore(ctx.params, ctx.origin)
     assert max(norms) <= 0.7 + 1e-6 and min(norms) > 0

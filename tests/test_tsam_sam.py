@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tiltedsam import ERM, SAM, TSAM, NonFiniteLossError, frozen_batchnorm_stats
-from tiltedsam.optim.functional import draw_noise, global_norm
+from tiltedsam.functional import draw_noise, global_norm
 
 
 def make_problem(seed=0, batchnorm=False):
