@@ -318,7 +318,7 @@ class PerturbationOptimizer(Optimizer):
         if self.distributed.local_ascent and (model is None or not self.has_ascent_only_evaluations):
             raise ValueError(
                 "DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module) and an "
-                f"optimizer with ascent-only evaluations; got model={type(model).__name__} for {type(self).__name__}"
+                f"optimizer with ascent evaluations (Request.ascent_only); got model={type(model).__name__} for {type(self).__name__}"
                 f"{'' if self.has_ascent_only_evaluations else ', which has none'}"
             )
         self.last_step = StepDiagnostics()
