@@ -208,10 +208,10 @@ def check_hyperparameter(
             allowed = "True or False" if flag else f"one of {tuple(choices)}"
             raise ValueError(f"{name} must be {allowed}, got {value!r}")
         return value
+    bounds = " and ".join(([f"{'>=' if low_inclusive else '>'} {low:g}"] if low > -math.inf else [])
+                          + ([f"{'<=' if high_inclusive else '<'} {high:g}"] if high < math.inf else []))
     if integer:
         if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
-            bounds = " and ".join(b for b in (f">= {low:g}" if low > -math.inf else "",
-                                              f"<= {high:g}" if high < math.inf else "") if b)
             raise ValueError(f"{name} must be an integer {bounds}, got {value!r}".replace("integer ,", "integer,"))
         return int(value)
     if not _is_number(value):
@@ -220,12 +220,6 @@ def check_hyperparameter(
     above = number >= low if low_inclusive else number > low
     below = number <= high if high_inclusive else number < high
     if math.isnan(number) or (math.isinf(number) and not allow_inf) or not (above and below):
-        bounds = []
-        if low > -math.inf:
-            bounds.append(f"{'>=' if low_inclusive else '>'} {low:g}")
-        if high < math.inf:
-            bounds.append(f"{'<=' if high_inclusive else '<'} {high:g}")
         kind = "a number (inf allowed)" if allow_inf else "a finite number"
-        allowed = kind + (" " + " and ".join(bounds) if bounds else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {kind}{' ' + bounds if bounds else ''}, got {value!r}")
     return number

@@ -478,57 +478,46 @@ _SMALLEST_TILT = 1e-12
 
 
 class AutoTilt:
-    r"""The adaptive (target-ESS) tilt: bisection for the ESS target, smoothed in log space across steps.
+    r"""The ``tilt="auto"`` rule: the largest tilt keeping a target ESS, smoothed in log space across steps.
 
-    The adaptive tempering of sequential Monte Carlo applied to the weights of Eq. 4. The rule is
-    *predictive* (a streaming accumulator needs its weights' tilt before the first gradient arrives):
+    Adaptive tempering (sequential Monte Carlo) applied to the weights of Eq. 4, *predictive* because a
+    streaming accumulator needs its weights' tilt before the first gradient arrives:
 
-    1. after step ``k`` (its losses ``L_kj`` known), :meth:`observe` bisects for
-       ``tau*_k = sup{tau in [0, cap] : ESS(softmax(tau L_k.)) >= alpha n}`` (:func:`tilt_for_ess`;
-       tied losses give the cap), or :meth:`fold` takes a ``tau*_k`` found otherwise (the toy's quadrature);
-    2. it smooths in log space: ``m_k = beta m_{k-1} + (1 - beta) log tau*_k`` (``m_0 = log tau*_0``);
-    3. step ``k + 1`` uses :meth:`next_tilt` ``= min(exp(m_k), cap)``; ``0`` (uniform weights) before any step.
+    1. after step ``k``, :meth:`observe` bisects its losses for ``tau*_k = sup{tau in [0, cap] :
+       ESS(softmax(tau L_k.)) >= alpha n}`` (:func:`tilt_for_ess`; tied losses give the cap); :meth:`fold`
+       takes a ``tau*_k`` found otherwise (the toy's quadrature);
+    2. ``m_k = beta m_{k-1} + (1 - beta) log tau*_k`` (``m_0 = log tau*_0``): the state ``log_ema``;
+    3. step ``k + 1`` uses :meth:`next_tilt` ``= min(exp(m_k), cap)``, ``0`` (uniform) before any step.
 
-    ``cap`` is passed per call, so a schedule may move it between steps. The state is ``log_ema`` (``m_k``).
-
-    Args:
-        target_ess: ``alpha`` in ``(0, 1]``, the target ESS as a fraction of the number of losses.
-        smoothing: ``beta`` in ``[0, 1)``.
+    ``alpha = target_ess`` in ``(0, 1]``, ``beta = smoothing`` in ``[0, 1)``; ``cap`` is given per call, so a
+    schedule may move it between steps.
     """
 
     def __init__(self, target_ess: float = DEFAULT_TARGET_ESS, smoothing: float = DEFAULT_TILT_SMOOTHING, *,
                  log_ema: float | None = None) -> None:
-        for name, value, ok in (("target_ess", target_ess, lambda v: 0.0 < v <= 1.0),
-                                ("tilt_smoothing", smoothing, lambda v: 0.0 <= v < 1.0)):
+        for name, value, ok, allowed in (("target_ess", target_ess, lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
+                                         ("tilt_smoothing", smoothing, lambda v: 0.0 <= v < 1.0, "in [0, 1)")):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                allowed = "a fraction of num_samples in (0, 1]" if name == "target_ess" else "in [0, 1)"
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
-        self.target_ess, self.smoothing = float(target_ess), float(smoothing)
-        self.log_ema = log_ema
+        self.target_ess, self.smoothing, self.log_ema = float(target_ess), float(smoothing), log_ema
 
     @staticmethod
     def check_cap(max_tilt: float) -> float:
-        """``max_tilt`` as a float: ``>= 0`` and finite (nearly tied losses would ask for an infinite tilt)."""
+        """``max_tilt``, checked: ``>= 0`` and finite (nearly tied losses would ask for an infinite tilt)."""
         max_tilt = check_tilt(max_tilt, "max_tilt")
         if math.isinf(max_tilt):
             raise ValueError("max_tilt must be finite (nearly tied losses would ask tilt='auto' for an infinite tilt)")
         return max_tilt
 
     def next_tilt(self, cap: float) -> float:
-        """``min(exp(m_k), cap)``; ``0`` before the first step."""
         return 0.0 if self.log_ema is None else min(math.exp(self.log_ema), cap)
 
     def fold(self, chosen: float) -> None:
-        """Fold one step's chosen tilt ``tau*_k`` into the smoothed log tilt."""
-        log_chosen = math.log(max(chosen, _SMALLEST_TILT))
-        if self.log_ema is None:
-            self.log_ema = log_chosen
-        else:
-            self.log_ema = self.smoothing * self.log_ema + (1.0 - self.smoothing) * log_chosen
+        log_chosen, beta = math.log(max(chosen, _SMALLEST_TILT)), self.smoothing
+        self.log_ema = log_chosen if self.log_ema is None else beta * self.log_ema + (1.0 - beta) * log_chosen
 
     def observe(self, losses: Sequence[float], cap: float) -> float:
-        """Bisect for this step's ``tau*_k`` from its (finite) losses, fold it in and return it; with no
-        finite loss or ``cap = 0`` there is nothing to learn and ``cap`` is returned, the state unchanged."""
+        """Bisect, fold and return ``tau*_k``; with no finite loss or ``cap = 0`` nothing is learnt: ``cap``."""
         finite = [x for x in losses if math.isfinite(x)]
         if not finite or cap == 0.0:
             return cap

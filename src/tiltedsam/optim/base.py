@@ -117,13 +117,8 @@ class Evaluation:
     request: Request
     loss: Tensor | float | None = None
 
-    @property
-    def label(self) -> str:
-        return self.request.label
-
-    @property
-    def batch_fraction(self) -> float:
-        return self.request.batch_fraction
+    label = property(lambda self: self.request.label)
+    batch_fraction = property(lambda self: self.request.batch_fraction)
 
     def record(self, loss: Tensor | float) -> None:
         """Hand the loss at this point back to the optimizer (its value is used for tilting/logging)."""
@@ -241,7 +236,7 @@ class PerturbationOptimizer(Optimizer):
     """Base class: a wrapped base optimizer plus a per-step perturbation program.
 
     Subclasses set ``hyperparameters`` (a dict of their own settings, saved in ``state_dict``),
-    implement :meth:`_algorithm` and :attr:`grad_evals_per_step`.
+    implement :meth:`_program` (the step) and :meth:`evaluations_for` (its cost).
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
@@ -317,9 +312,9 @@ class PerturbationOptimizer(Optimizer):
         self.distributed = resolve_distributed(distributed)
         if self.distributed.local_ascent and (model is None or not self.has_ascent_only_evaluations):
             raise ValueError(
-                "DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module) and an "
-                f"optimizer with ascent evaluations (Request.ascent_only); got model={type(model).__name__} for {type(self).__name__}"
-                f"{'' if self.has_ascent_only_evaluations else ', which has none'}"
+                "DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module) and an optimizer "
+                f"with ascent evaluations (Request.ascent_only); got model={type(model).__name__} for "
+                f"{type(self).__name__}{'' if self.has_ascent_only_evaluations else ', which has none'}"
             )
         self.last_step = StepDiagnostics()
         self.step_count = 0
@@ -348,11 +343,11 @@ class PerturbationOptimizer(Optimizer):
                                                               inspect.Parameter.KEYWORD_ONLY)} - {"self", "params"}
         unknown = sorted(set(base_kwargs) - accepted)
         if unknown:
-            own = sorted(self.setting_defaults()) + ["model", "seed", "distributed", "nonfinite"]
-            name = getattr(base_optimizer, "__name__", type(base_optimizer).__name__)
+            own, name = sorted({*self.setting_defaults(), "model", "seed", "distributed", "nonfinite"}), getattr(
+                base_optimizer, "__name__", type(base_optimizer).__name__)
             raise TypeError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {type(self).__name__} on base "
-                            f"optimizer {name}; {type(self).__name__} takes {', '.join(sorted(set(own)))}; "
-                            f"{name} takes {', '.join(sorted(accepted))}")
+                            f"optimizer {name}; {type(self).__name__} takes {', '.join(own)}; {name} takes "
+                            f"{', '.join(sorted(accepted))}")
 
     @classmethod
     def setting_defaults(cls) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Tilted SAM (TSAM): Algorithm 1 of the paper, with a pluggable perturbation sampler."""
+"""Tilted SAM (TSAM): Algorithm 1 of the paper with Algorithm 2 inline (:meth:`TSAM._program`), and other
+perturbation samplers as strategies (:mod:`tiltedsam.optim.samplers`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..functional import ascent_step, check_hyperparameter, move, restore, shift
 from ..tilt import (DEFAULT_MAX_TILT, DEFAULT_TARGET_ESS, DEFAULT_TILT_SMOOTHING, AutoTilt, TiltedGradientAccumulator,
                     check_tilt, effective_sample_size, tilted_mean)
 from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
+from .distributed import scalar_loss_value
 from .samplers import AscentSampler, Sampler, SamplingContext, make_sampler
 from .samplers.base import evaluation_count
 from .samplers.batched import BatchedAscentSampler
@@ -53,10 +55,6 @@ def build_sampler(sampler: str | Sampler = "ascent", sampler_options: dict[str, 
     return make_sampler(sampler, **(sampler_options or {}))
 
 
-def _detached(loss: Any) -> Any:
-    return loss.detach() if isinstance(loss, Tensor) else loss
-
-
 class TSAM(PerturbationOptimizer):
     r"""Tilted Sharpness-Aware Minimization (Algorithm 1, with the sampler of Algorithm 2 by default).
 
@@ -77,7 +75,7 @@ class TSAM(PerturbationOptimizer):
     ``theta + delta_j`` and at ``theta + eps_j``), so :meth:`step` calls the closure ``2 s`` times.
     Cheaper ways to draw the samples (``ascent_direction="shared"``: ``s + 1``; ``ascent_fraction=f``:
     ``s (1 + f)``; ``refresh_every=k``: ``s (1 + 1/k)`` on average) are documented on
-    :class:`~tiltedsam.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
+    :class:`~tiltedsam.optim.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
     ``tilt = 0`` weights the samples uniformly; ``tilt = inf`` keeps the gradient of the largest loss
     (whatever ``sample_tilt``). With ``num_samples=1, noise_radius=0`` the update is exactly SAM's.
 
@@ -98,8 +96,8 @@ class TSAM(PerturbationOptimizer):
         sample_tilt: ``delta`` with ``0 <= delta <= tilt``; ``None`` means ``tilt / 2`` (the paper's
             choice, App. C.1); ``0`` weights by ``exp(t L_j)``, as the authors' published code does.
         sampler: ``"ascent"`` (Algorithm 2), another registered name, or a :class:`Sampler`.
-        sampler_options: settings for a sampler given by name (the noise settings above apply to
-            ``"ascent"``).
+        sampler_options: settings for a sampler given by name (the noise and ascent settings above apply to
+            ``"ascent"`` only; another sampler refuses them).
         nonfinite: ``"raise"`` (default) raises :class:`~tiltedsam.tilt.NonFiniteLossError` when a
             sample's loss is NaN/inf (parameters are restored first, no step is taken); ``"ignore"``
             gives such samples zero weight (the step still fails if all are non-finite).
@@ -107,32 +105,22 @@ class TSAM(PerturbationOptimizer):
         seed: seed of the noise generator.
         parallel_samples: EXPERIMENTAL (``"ascent"`` sampler, needs ``model=``): enables
             :meth:`step_batched`, which evaluates the ``s`` samples in one ``torch.func.vmap`` pass per
-            stage (:mod:`tiltedsam.samplers.batched`). ``step``/``manual_step`` still evaluate in a loop.
+            stage (:mod:`tiltedsam.optim.samplers.batched`). ``step``/``manual_step`` still evaluate in a loop.
         target_ess: with ``tilt="auto"``: the target ESS as a fraction ``alpha`` of ``s``, in ``(0, 1]``.
         max_tilt: with ``tilt="auto"``: the cap on ``t`` (finite, ``>= sample_tilt``).
         tilt_smoothing: with ``tilt="auto"``: the EMA factor ``beta`` in ``[0, 1)`` of ``log tau`` across steps.
 
-    **tilt="auto"** (issue 12; the adaptive tempering of sequential Monte Carlo). The rule sets the
-    *aggregation* tilt ``tau = t - delta`` (the one whose weights ``exp(tau L_j)`` combine the gradients,
-    and whose ESS it controls); ``t`` follows as ``tau + delta``, i.e. ``t = 2 tau`` with the default
-    ``sample_tilt=None`` (``delta = t/2``), ``t = tau + delta`` with an explicit ``delta``, ``t = tau`` for a
-    sampler that draws from ``mu`` (``"naive"``). The estimator is *predictive*, so memory stays flat
-    in ``s`` (the streaming accumulator needs its weights' tilt before the first gradient arrives):
-
-    1. after step ``k`` (its ``s`` losses ``L_kj`` known; under DDP these are the all-reduced, global
-       losses, so every rank computes the same numbers), bisect for
-       ``tau*_k = sup{tau in [0, tau_max] : ESS(softmax(tau L_k.)) >= alpha s}``
-       (:func:`~tiltedsam.tilt.tilt_for_ess`; ``tau_max = max_tilt - delta``; tied losses give ``tau_max``);
-    2. smooth in log space: ``m_k = beta m_{k-1} + (1 - beta) log tau*_k`` (``m_0 = log tau*_0``);
-    3. step ``k + 1`` weights its samples with ``tau_{k+1} = min(exp(m_k), tau_max)``.
-
-    The very first step (no losses seen yet) uses ``tau = 0``: uniform weights. The realised ESS of each
-    step (in :attr:`last_step`) therefore tracks ``alpha s`` only as well as consecutive mini-batches'
-    loss spreads agree. :attr:`last_step` ``.extra`` holds the ``tilt`` and ``aggregation_tilt`` used by
-    the step and ``auto_tilt``, the step's own bisection result ``tau*_k``. The state (``m_k``) is saved
-    in :meth:`state_dict`. A :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules
-    the cap ``max_tilt`` (see there). Reading :attr:`tilt` gives the ``t`` the next step will use;
-    assigning a number switches the rule off, assigning ``"auto"`` back on.
+    **tilt="auto"**: :class:`~tiltedsam.tilt.AutoTilt` (the adaptive tempering of sequential Monte Carlo)
+    sets the *aggregation* tilt ``tau = t - delta``, whose weights ``exp(tau L_j)`` combine the gradients and
+    whose ESS it controls, from the (under DDP: global) losses of the previous steps, capped at
+    ``tau_max`` (the ``tau`` of ``t = max_tilt``); the first step is uniform. ``t`` follows as ``2 tau``
+    (``sample_tilt=None``), ``tau + delta`` (explicit ``delta``) or ``tau`` (a sampler that draws from ``mu``,
+    ``"naive"``). It needs ``target_ess * s > 1`` (every weighting has ESS >= 1). :attr:`last_step` ``.tilt``
+    is the ``t`` a step used (``.extra`` also holds ``aggregation_tilt`` and ``auto_tilt``, the step's own
+    bisection result); the rule's state is saved in :meth:`state_dict`. A
+    :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules the cap ``max_tilt``.
+    Reading :attr:`tilt` gives the ``t`` the next step will use; assigning a number switches the rule off,
+    assigning ``"auto"`` back on.
 
     After each step, :attr:`last_step` holds the per-sample losses, weights and effective sample size.
     """
@@ -181,14 +169,14 @@ class TSAM(PerturbationOptimizer):
         check_hyperparameter("parallel_samples", parallel_samples, choices=(True, False))
         ascent = dict(noise=noise, noise_radius=noise_radius, noise_std=noise_std, ascent_direction=ascent_direction,
                       ascent_fraction=ascent_fraction, refresh_every=refresh_every)
-        if parallel_samples and (sampler != "ascent" or model is None):
-            raise ValueError(f"parallel_samples=True needs sampler='ascent' and model=; got sampler={sampler!r}, "
-                             f"model={type(model).__name__}")
-        if parallel_samples and (ascent_direction, ascent_fraction, refresh_every) != ("per_sample", 1.0, 1):
-            raise ValueError("parallel_samples=True batches Algorithm 2's per-sample ascent only; got "
-                             f"ascent_direction={ascent_direction!r}, ascent_fraction={ascent_fraction!r}, "
-                             f"refresh_every={refresh_every!r}")
         if parallel_samples:
+            if sampler != "ascent" or model is None:
+                raise ValueError(f"parallel_samples=True needs sampler='ascent' and model=; got sampler={sampler!r}, "
+                                 f"model={type(model).__name__}")
+            if (ascent_direction, ascent_fraction, refresh_every) != ("per_sample", 1.0, 1):
+                raise ValueError("parallel_samples=True batches Algorithm 2's per-sample ascent only; got "
+                                 f"ascent_direction={ascent_direction!r}, ascent_fraction={ascent_fraction!r}, "
+                                 f"refresh_every={refresh_every!r}")
             self.sampler: Sampler = BatchedAscentSampler(noise=noise, noise_radius=noise_radius, noise_std=noise_std,
                                                          **(sampler_options or {}))
         else:
@@ -398,7 +386,7 @@ class TSAM(PerturbationOptimizer):
                 # weights need), so reading them does not stall the device a second time per sample
                 logged: list[tuple[str, Any]] = []
                 if sampler.shared and refresh and j == 0:
-                    logged.append(("clean_loss", _detached((yield sampler.clean_request))))
+                    logged.append(("clean_loss", scalar_loss_value((yield sampler.clean_request))))
                     direction, finite = unit_direction(self._grads(params))
                     kept.append(direction if finite else None)  # used this step even if not finite, never kept
                 noise = sampler.draw_noise(params, ctx.generator)
@@ -408,7 +396,7 @@ class TSAM(PerturbationOptimizer):
                 if sampler.shared:
                     move(params, direction if refresh else sampler.directions[0], rho)
                 elif refresh:
-                    logged.append(("noise_loss", _detached((yield sampler.noise_request))))
+                    logged.append(("noise_loss", scalar_loss_value((yield sampler.noise_request))))
                     if sampler.lazy:
                         unit, finite = unit_direction(self._grads(params))
                         kept.append(unit if finite else None)

@@ -1,6 +1,6 @@
 r"""The ``tilt="auto"`` rule of :class:`~tiltedsam.optim.TSAM` on the 1-D toy problems, computed exactly.
 
-The optimizer's rule (issue 12): choose the tilt whose weights :math:`w \propto e^{t L(\theta+\epsilon)}`
+The optimizer's rule (:class:`~tiltedsam.tilt.AutoTilt`): choose the tilt whose weights :math:`w \propto e^{t L(\theta+\epsilon)}`
 keep an effective sample size of ``alpha`` times the number of samples, cap it at ``max_tilt``, smooth
 ``log t`` across steps with an EMA, and use the tilt chosen from the *previous* steps (the first step is
 uniform, ``t = 0``). Here the samples are the whole measure ``mu``: the ESS fraction of ``s`` i.i.d.

@@ -88,9 +88,6 @@ class Sampler:
     #: whether some of its evaluations only set the ascent direction (m-sharpness under DDP)
     has_ascent_only_evaluations: bool = False
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` for bad settings (called by the optimizer at construction)."""
-
     def draw(self, ctx: SamplingContext) -> Generator[Any, Any, DrawResult]:
         """Move to ``theta + eps_j``, yielding for each evaluation; return its loss and gradient."""
         raise NotImplementedError
