@@ -15,6 +15,7 @@ from tiltedsam import TSAM
 from tiltedsam.functional import draw_noise, restore
 from tiltedsam.optim.samplers import SAMPLERS, HMCSampler, NaiveSampler, SamplingContext, make_sampler
 from tiltedsam.optim.samplers.hmc import _drift
+from conftest import closure_for, tiny_classifier
 
 # ---------------------------------------------------------------- a 2-D target with a known density
 DELTA = 2.0  # sample tilt
@@ -224,16 +225,8 @@ def test_hmc_reversible_drift_returns_with_flipped_momentum() -> None:
 
 
 def _mlp_problem():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
-
-    def closure() -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return model, closure
+    model, x, y = tiny_classifier(0, inputs=4, hidden=8, classes=2)
+    return model, closure_for(model, x, y)
 
 
 @pytest.mark.parametrize("num_steps, num_transitions", [(1, 1), (3, 2)])
