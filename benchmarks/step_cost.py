@@ -195,6 +195,11 @@ def measure_memory(step, device: str) -> tuple[float | None, float | None]:
     return ((peak[0] - before) / 2**20 if watched[0] else None), None
 
 
+#: what a step's time is read from: wall time, or this process's CPU time (``--clock process``: on a CPU
+#: shared with other work it counts only this process's own work, so other load adds less noise)
+CLOCK = [time.perf_counter]
+
+
 def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, **model_options) -> list[dict]:
     runs = [build(spec, device, **model_options) for spec in specs]
     for opt, step in runs:
@@ -206,11 +211,11 @@ def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, *
             # lazy ascent costs more on its refresh steps: time whole refresh periods, per step
             period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
             sync(device)
-            start = time.perf_counter()
+            start = CLOCK[0]()
             for _ in range(period):
                 step()
             sync(device)
-            times[k].append((time.perf_counter() - start) / period)
+            times[k].append((CLOCK[0]() - start) / period)
     rows = []
     for spec, t, (opt, step) in zip(specs, times, runs):
         extra, peak = measure_memory(step, device)
@@ -294,12 +299,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="time steps by wall clock (default) or by this process's CPU time (CPU only)")
     parser.add_argument("--src", default="src", help="the library tree to time (default: ./src)")
     parser.add_argument("--baseline-src", default=None, metavar="DIR",
                         help="also time the library in DIR, in alternating subprocesses, and compare (see above)")
     parser.add_argument("--rounds", type=int, default=5, help="with --baseline-src: subprocess pairs to run")
     args = parser.parse_args()
     SOURCE[0] = args.src
+    if args.clock == "process":
+        if args.device.startswith("cuda"):
+            parser.error("--clock process measures CPU time; use the wall clock on cuda")
+        CLOCK[0] = time.process_time
     if args.baseline_src:
         return compare_trees(args, args.baseline_src)
     if args.threads:

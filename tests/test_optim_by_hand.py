@@ -1029,8 +1029,8 @@ def test_registry_resolves_base_optimizers_and_names() -> None:
     with pytest.raises(ValueError, match=r"^unknown base optimizer 'rmsprop'; known.*\['adam', 'adamw', 'sgd'\]"):
         create_optimizer("sam", make_params(), base_optimizer="rmsprop", lr=0.1)
     for bad in (5, int):
-        with pytest.raises(TypeError, match=r"^base optimizer must be a name \['adam', 'adamw', 'sgd'\] or an "
-                                            rf"Optimizer class, got {bad!r}$"):
+        with pytest.raises(TypeError, match=r"^base optimizer must be a name \['adam', 'adamw', 'sgd'\] or a "
+                                            rf"torch.optim.Optimizer class .*got {bad!r}$"):
             create_optimizer("sam", make_params(), base_optimizer=bad, lr=0.1)
     with pytest.raises(ValueError, match=r"^unknown optimizer 5; known optimizers: "):
         create_optimizer(5, make_params(), lr=0.1)  # type: ignore[arg-type]
@@ -1039,7 +1039,7 @@ def test_registry_resolves_base_optimizers_and_names() -> None:
 def test_shell_construction_checks_in_full() -> None:
     from tiltedsam.optim.distributed import DistributedSync
     params = make_params()
-    with pytest.raises(TypeError, match=r"^base_optimizer must be a torch.optim.Optimizer class \(e.g. torch.optim.SGD\)"):
+    with pytest.raises(TypeError, match=r"Optimizer class .*got 5$"):
         SAM(params, 5, lr=0.1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^base_optimizer must be an optimizer \*class\* \(e.g. torch.optim.SGD\) plus its "
                                         r"keyword arguments, not an instance: got SGD instance$"):

@@ -92,3 +92,13 @@ def test_the_tilt_a_step_used_is_public() -> None:
     auto.step(closure)
     assert auto.last_step.tilt == chosen == auto.last_step.extra["tilt"]
     assert create_optimizer("sam", model.parameters(), lr=0.1).last_step.tilt is None
+
+
+def test_erm_is_a_name_of_the_base_optimizer_everywhere() -> None:
+    from tiltedsam import ERM, equal_compute_steps, grad_evals_per_step
+    from tiltedsam.optim.registry import budget_multiplier
+
+    assert type(create_optimizer("erm", nn.Linear(2, 1).parameters(), lr=0.1)) is ERM
+    assert grad_evals_per_step("erm") == grad_evals_per_step("sgd") == 1
+    assert budget_multiplier("erm", reference="tsam") == 6.0  # TSAM's default: s = 3 samples, 2 evaluations each
+    assert equal_compute_steps("erm", 10, reference="tsam") == 60

@@ -55,13 +55,20 @@ BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 
 def resolve_base_optimizer(base: Any) -> type[Optimizer] | Callable[..., Optimizer]:
-    """A base optimizer given by name (case-insensitive key of :data:`BASE_OPTIMIZERS`) -> its class;
-    a class (or factory) is returned unchanged and checked by the optimizer's constructor."""
+    """The one resolution of a base optimizer: a name (case-insensitive key of :data:`BASE_OPTIMIZERS`) -> its
+    class; an Optimizer class, or a factory ``f(param_groups, **kwargs)``, is returned unchanged; anything else
+    (an optimizer *instance*, a class that is not an optimizer, a number) raises ``TypeError``."""
     if isinstance(base, str):
         if base.lower() not in BASE_OPTIMIZERS:
             raise ValueError(f"unknown base optimizer {base!r}; known names: {sorted(BASE_OPTIMIZERS)} "
                              "(or pass a torch.optim.Optimizer class)")
         return BASE_OPTIMIZERS[base.lower()]
+    if isinstance(base, Optimizer):  # checked first: an instance is not callable either
+        raise TypeError("base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword "
+                        f"arguments, not an instance: got {type(base).__name__} instance")
+    if not callable(base) or (isinstance(base, type) and not issubclass(base, Optimizer)):
+        raise TypeError(f"base optimizer must be a name {sorted(BASE_OPTIMIZERS)} or a torch.optim.Optimizer class "
+                        f"(or a factory of one), got {base!r}")
     return base
 
 _STATE_FORMAT = "tiltedsam.optimizer/1"
@@ -323,15 +330,6 @@ class PerturbationOptimizer(Optimizer):
     def _check_base_keywords(self, base_optimizer: Any, base_kwargs: dict[str, Any]) -> None:
         """A keyword neither this optimizer nor its base optimizer takes (a typo such as ``tilte=3``) is named
         here, with both lists of settings, rather than left to the base optimizer's ``__init__``."""
-        if isinstance(base_optimizer, Optimizer):  # checked first: an instance is not callable either
-            raise TypeError(
-                "base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword arguments, "
-                f"not an instance: got {type(base_optimizer).__name__} instance"
-            )
-        if not callable(base_optimizer):
-            raise TypeError(
-                f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
-            )
         try:
             signature = inspect.signature(base_optimizer)
         except (TypeError, ValueError):  # a factory without a signature: its own error will tell

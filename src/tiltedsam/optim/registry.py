@@ -14,8 +14,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-from .base import BASE_OPTIMIZERS, PerturbationOptimizer
-from .base import resolve_base_optimizer as _resolve_base
+from .base import BASE_OPTIMIZERS, PerturbationOptimizer, resolve_base_optimizer
 from .erm import ERM
 from .esam2 import ESAM2
 from .pgn import PGN
@@ -26,15 +25,6 @@ from .tsam import TSAM
 
 __all__ = ["OptimizerSpec", "REGISTRY", "register", "create_optimizer", "list_optimizers", "grad_evals_per_step",
            "BASE_OPTIMIZERS", "resolve_base_optimizer", "ALIASES", "equal_compute_steps", "budget_multiplier"]
-
-
-def resolve_base_optimizer(base: str | type[Optimizer]) -> type[Optimizer]:
-    """A base optimizer name or class -> its class (:func:`tiltedsam.optim.base.resolve_base_optimizer`, which
-    the optimizers' constructors use, plus the requirement that the result is an Optimizer class)."""
-    resolved = _resolve_base(base)
-    if isinstance(resolved, type) and issubclass(resolved, Optimizer):
-        return resolved
-    raise TypeError(f"base optimizer must be a name {sorted(BASE_OPTIMIZERS)} or an Optimizer class, got {base!r}")
 
 
 @dataclass(frozen=True)
