@@ -1,0 +1,223 @@
+"""Training a tiltedsam optimizer through PyTorch Lightning equals our own ``step(closure)`` loop.
+
+Every comparison runs the same model initialisation, optimizer seed and batches through ``Trainer.fit``
+(with ``PerturbationOptimizerMixin``) and through a plain loop over ``optimizer.step(closure)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+pytest.importorskip("lightning")
+import lightning.pytorch as L  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from tiltedsam import create_optimizer  # noqa: E402
+from tiltedsam.integrations.lightning import PerturbationOptimizerMixin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 8
+BATCHES = 4
+OPTIMIZERS = {
+    "sam": dict(rho=0.05),
+    "tsam": dict(tilt=5.0, num_samples=3, rho=0.05, noise_radius=0.3),
+}
+BASE = dict(lr=0.1, momentum=0.9, weight_decay=1e-3)
+
+
+def make_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def make_data(n: int = BATCH * BATCHES) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def loader(batch_size: int = BATCH) -> DataLoader:
+    return DataLoader(TensorDataset(*make_data()), batch_size=batch_size, shuffle=False)
+
+
+def make_scheduler(optimizer):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+
+
+class Classifier(PerturbationOptimizerMixin, L.LightningModule):
+    def __init__(self, name: str, accumulate: int = 1, scheduler: bool = True, clip: float | None = None):
+        super().__init__()
+        self.net = make_net()
+        self.name, self.scheduler = name, scheduler
+        self.accumulate_micro_batches = accumulate
+        self.gradient_clip_val = clip
+
+    def training_loss(self, batch, evaluation):
+        x, y = evaluation.batch(*batch)
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        optimizer = create_optimizer(self.name, self.parameters(), model=self, seed=3, **OPTIMIZERS[self.name], **BASE)
+        if not self.scheduler:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "step"}}
+
+
+def trainer(**options) -> L.Trainer:
+    settings = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    settings.update(options)
+    return L.Trainer(**settings)
+
+
+def own_loop(name: str, batches, *, scheduler: bool = True, clip: float | None = None) -> nn.Module:
+    """The reference: ``optimizer.step(closure)`` on each batch, the scheduler after each step."""
+    net = make_net()
+    optimizer = create_optimizer(name, net.parameters(), model=net, seed=3, **OPTIMIZERS[name], **BASE)
+    sched = make_scheduler(optimizer) if scheduler else None
+    for x, y in batches:
+        def closure():
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+        if clip is None:
+            optimizer.step(closure)
+        else:  # the clipped variant: evaluations, clip the combined gradient, base step
+            for evaluation in optimizer.manual_step(apply=False):
+                evaluation.record(closure())
+            nn.utils.clip_grad_norm_(net.parameters(), clip)
+            optimizer.base_step()
+        if sched is not None:
+            sched.step()
+    return net
+
+
+def assert_same_parameters(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=atol, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_fit_equals_step_closure_loop_with_a_scheduler(name):
+    module = Classifier(name)
+    fitted = trainer()
+    fitted.fit(module, loader())
+    assert fitted.global_step == BATCHES  # Lightning counts our optimizer steps
+    optimizer = module.optimizers().optimizer
+    assert optimizer.step_count == BATCHES
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(BASE["lr"] * 0.5 ** (BATCHES // 2))
+    reference = own_loop(name, list(loader()))
+    assert_same_parameters(module.net, reference)
+    logged = fitted.callback_metrics
+    assert "optimizer/objective" in logged and "optimizer/effective_sample_size" in logged
+    if name == "tsam":
+        assert float(logged["optimizer/tilt"]) == pytest.approx(OPTIMIZERS["tsam"]["tilt"])
+        assert 1.0 <= float(logged["optimizer/effective_sample_size"]) <= OPTIMIZERS["tsam"]["num_samples"]
+
+
+def test_accumulating_two_micro_batches_is_one_step_on_their_union():
+    """k = 2 micro-batches of 4 per step: every evaluation sees both at the same point, each loss halved,
+    which is the step on the 8-example union (not two SAM steps, not the ascent of one micro-batch)."""
+    module = Classifier("tsam", accumulate=2)
+    fitted = trainer()
+    fitted.fit(module, loader(batch_size=BATCH // 2))
+    assert fitted.global_step == BATCHES
+    reference = own_loop("tsam", list(loader()))
+    assert_same_parameters(module.net, reference)
+    # and it is not what stepping on each micro-batch separately would give
+    separate = own_loop("tsam", list(loader(batch_size=BATCH // 2))[:BATCHES])
+    assert max((p - q).abs().max().item() for p, q in zip(module.net.parameters(), separate.parameters())) > 1e-4
+
+
+def test_clipping_applies_to_the_combined_gradient():
+    module = Classifier("sam", scheduler=False, clip=0.05)
+    trainer().fit(module, loader())
+    assert_same_parameters(module.net, own_loop("sam", list(loader()), scheduler=False, clip=0.05))
+    unclipped = own_loop("sam", list(loader()), scheduler=False)
+    assert max((p - q).abs().max().item() for p, q in zip(module.net.parameters(), unclipped.parameters())) > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_checkpoint_resume_continues_exactly(tmp_path, name):
+    """Two epochs in one go == one epoch, save, a fresh module and trainer resuming for the second epoch.
+    The TSAM noise generator must round-trip: a reseeded one would draw different noise."""
+    straight = Classifier(name)
+    trainer(max_epochs=2).fit(straight, loader())
+
+    first = Classifier(name)
+    first_trainer = trainer(max_epochs=1)
+    first_trainer.fit(first, loader())
+    path = tmp_path / "half.ckpt"
+    first_trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["optimizer_states"][0]
+    assert state["step_count"] == BATCHES and "base_optimizer" in state
+    if name == "tsam":
+        assert state["generator"] is not None
+
+    resumed = Classifier(name)
+    trainer(max_epochs=2).fit(resumed, loader(), ckpt_path=str(path))
+    assert resumed.optimizers().optimizer.step_count == 2 * BATCHES
+    for p, q in zip(straight.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bf16_mixed_matches_the_same_autocast_in_our_loop():
+    """Lightning's bf16-mixed plugin autocasts each evaluation's forward; our loop does the same by hand."""
+    module = Classifier("tsam", scheduler=False)
+    trainer(precision="bf16-mixed").fit(module, loader())
+    net = make_net()
+    optimizer = create_optimizer("tsam", net.parameters(), model=net, seed=3, **OPTIMIZERS["tsam"], **BASE)
+    for x, y in loader():
+        def closure():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+    assert_same_parameters(module.net, net, atol=1e-5)
+
+
+def test_a_grad_scaler_precision_plugin_unscales_before_the_base_step():
+    """The 16-mixed path (GradScaler: scale each backward, unscale the combined gradient, scaler.step) on
+    the CPU: a power-of-two scale is exact, so with float16 autocast switched off it equals float32."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    class Float32Scaled(MixedPrecision):
+        def forward_context(self):  # keep float32 arithmetic; what is under test is the scaler's path
+            return torch.autocast("cpu", enabled=False)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=10**6)
+    module = Classifier("tsam")
+    trainer(plugins=[Float32Scaled("16-mixed", "cpu", scaler=scaler)]).fit(module, loader())
+    assert scaler.get_scale() == 1024.0  # no overflow: every step was taken
+    assert_same_parameters(module.net, own_loop("tsam", list(loader())))
+
+
+def test_plain_optimizer_and_automatic_optimization_are_refused():
+    class Plain(Classifier):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(TypeError, match="needs a tiltedsam optimizer"):
+        trainer().fit(Plain("sam"), loader())
+    with pytest.raises(ValueError, match="manual optimisation"):
+        Classifier("sam").automatic_optimization = True
+
+
+def test_missing_extra_names_it(monkeypatch):
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "lightning", None)  # a None entry makes `import lightning...` fail
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "tiltedsam.integrations.lightning")
+    with pytest.raises(ImportError, match=r"pip install 'tiltedsam\[lightning\]'"):
+        importlib.import_module("tiltedsam.integrations.lightning")
