@@ -221,3 +221,42 @@ def test_missing_extra_names_it(monkeypatch):
     monkeypatch.delitem(sys.modules, "tiltedsam.integrations.lightning")
     with pytest.raises(ImportError, match=r"pip install 'tiltedsam\[lightning\]'"):
         importlib.import_module("tiltedsam.integrations.lightning")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_ranks_identical_and_equal_one_process(tmp_path):
+    """Lightning's "ddp" strategy, 2 gloo processes, TSAM with 2 micro-batches per step and rank-dependent
+    global seeds: both ranks end bit-identical, equal (to rounding) to one process given the whole batch."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import lightning_ddp_script as script
+    finally:
+        sys.path.pop(0)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "lightning_ddp_script.py"), str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(script.WORLD)]
+    assert all(r["steps"] == 4 and r["global_step"] == 4 for r in ranks)
+    for p, q in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(p, q)
+    # one process: the same 4 steps on the 16-example union of each step's 4 micro-batches (2 per rank),
+    # with the seed rank 0 drew (the ranks share it)
+    x, y = script.make_data()
+    net = script.make_net()
+    torch.manual_seed(100)
+    optimizer = create_optimizer("tsam", net.parameters(), model=net, **script.SETTINGS)
+    shards = [(x[r::script.WORLD], y[r::script.WORLD]) for r in range(script.WORLD)]
+    per_rank = 2 * script.MICRO_BATCH
+    for start in range(0, len(x) // script.WORLD, per_rank):
+        xs = torch.cat([sx[start:start + per_rank] for sx, _ in shards])
+        ys = torch.cat([sy[start:start + per_rank] for _, sy in shards])
+
+        def closure():
+            loss = F.cross_entropy(net(xs), ys)
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+    for p, q in zip(net.parameters(), ranks[0]["params"]):
+        torch.testing.assert_close(p.detach(), q, atol=1e-6, rtol=1e-5)
