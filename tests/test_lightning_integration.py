@@ -202,6 +202,31 @@ def test_a_grad_scaler_precision_plugin_unscales_before_the_base_step():
     assert_same_parameters(module.net, own_loop("tsam", list(loader())))
 
 
+def test_an_overflowing_gradient_under_a_grad_scaler_skips_the_step_like_any_optimizer():
+    """The first step's loss is multiplied by 2**120, so under a 2**20 loss scale its gradient overflows
+    float32: the evaluations stop at the inf gradient (parameters restored, no step counted), the scaler
+    skips the base step and halves the scale, and the next three steps are exact (power-of-two scales).
+    So the result is our own loop run on batches 2..4 only."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    class Float32Scaled(MixedPrecision):
+        def forward_context(self):
+            return torch.autocast("cpu", enabled=False)
+
+    class OverflowsFirst(Classifier):
+        def training_loss(self, batch, evaluation):
+            factor = 2.0**120 if self.global_step == 0 else 1.0
+            return super().training_loss(batch, evaluation) * factor
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=10**6)
+    module = OverflowsFirst("sam", scheduler=False)
+    fitted = trainer(plugins=[Float32Scaled("16-mixed", "cpu", scaler=scaler)])
+    fitted.fit(module, loader())
+    assert scaler.get_scale() == 2.0**19
+    assert module.optimizers().optimizer.step_count == BATCHES - 1
+    assert_same_parameters(module.net, own_loop("sam", list(loader())[1:], scheduler=False))
+
+
 def test_plain_optimizer_and_automatic_optimization_are_refused():
     class Plain(Classifier):
         def configure_optimizers(self):

@@ -61,7 +61,8 @@ def run_evaluations(
     contribution: Callable[[Any, Any], Tensor],
     backward: Callable[[Tensor], None],
     no_sync: Callable[[], ContextManager[Any]] | None = None,
-) -> None:
+    stop_on_nonfinite_gradients: bool = False,
+) -> bool:
     r"""Run every evaluation of one step of ``optimizer`` over all ``micro_batches``.
 
     At each point :math:`\theta'` the optimizer asks for (``manual_step(apply=False)``), the loss it
@@ -75,7 +76,14 @@ def run_evaluations(
     ``evaluation.batch(...)`` for sub-batch ascent); ``backward`` is the framework's backward (loss
     scaling, DDP); ``no_sync`` (optional) is a context that defers the DDP gradient all-reduce, used
     for every micro-batch but the last of each evaluation. Afterwards the parameters are restored and
-    ``.grad`` holds the combined gradient; the base optimizer has *not* stepped.
+    ``.grad`` holds the combined gradient; the base optimizer has *not* stepped. Returns ``True``.
+
+    ``stop_on_nonfinite_gradients`` (for a ``GradScaler``, whose loss scale may overflow in float16):
+    after each evaluation, if a gradient holds inf/NaN, leave the step at once -- the optimizer restores
+    the parameters and counts no step -- and return ``False`` with that gradient still in ``.grad``,
+    so the scaler's ``step`` finds it, skips the base step and lowers the scale, as for any optimizer.
+    Without it an overflowing *ascent* gradient would move the parameters to NaN (its normalisation
+    divides inf by inf). Costs one host synchronisation per evaluation.
     """
     if not micro_batches:
         raise ValueError("run_evaluations needs at least one micro-batch")
@@ -90,7 +98,17 @@ def run_evaluations(
                     raise TypeError(f"the training loss must be a scalar tensor, got {loss!r}")
                 backward(loss)
             total = total + loss.detach().float()
+        if stop_on_nonfinite_gradients and not _gradients_finite(optimizer):
+            return False  # leaving manual_step restores the parameters; no step is counted
         evaluation.record(total)
+    return True
+
+
+def _gradients_finite(optimizer: PerturbationOptimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 class CombinedGradientStep:
@@ -117,6 +135,7 @@ class CombinedGradientStep:
         self.before_base_step = before_base_step
         self.closure_runs_evaluations = closure_runs_evaluations
         self.ready = False
+        self.applied = 0  # base steps taken through this object (a GradScaler may skip some)
         self._previous = optimizer.__dict__.get("step")  # e.g. an LR scheduler's step counter, or None
         # torch's LR schedulers look for this marker on optimizer.step to know they wrapped it
         self._wrapped_by_lr_sched = getattr(self._previous, "_wrapped_by_lr_sched", False)
@@ -170,6 +189,7 @@ class CombinedGradientStep:
         if self.before_base_step is not None:
             self.before_base_step()
         self.optimizer.base_step()
+        self.applied += 1
         if self._wrapped_by_lr_sched:
             self.optimizer._opt_called = True  # what the scheduler's own wrapper records (no warning)
         return result

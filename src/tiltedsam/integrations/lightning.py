@@ -131,15 +131,19 @@ class PerturbationOptimizerMixin:
         # DDP: all-reduce once per evaluation (on its last micro-batch), not once per micro-batch
         no_sync = (lambda: lightning_optimizer.toggle_model(sync_grad=False)) if count > 1 else None
 
+        # a GradScaler (16-mixed) may overflow: then the step is skipped and the scale lowered, as usual
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         with combined_gradient_step(optimizer, before_base_step=lambda: self._clip_combined_gradient(optimizer),
                                     closure_runs_evaluations=True) as step:
             def closure() -> None:
-                run_evaluations(optimizer, micro_batches, lambda mb, ev: self.training_loss(mb, ev) / count,
-                                self.manual_backward, no_sync)
-                step.mark_ready()
+                if run_evaluations(optimizer, micro_batches, lambda mb, ev: self.training_loss(mb, ev) / count,
+                                   self.manual_backward, no_sync, stop_on_nonfinite_gradients=scaled):
+                    step.mark_ready()
 
             # through Lightning's optimizer wrapper: precision plugin (scaler), hooks, step counters
             lightning_optimizer.step(closure=closure)
+        if not step.applied:
+            return None  # skipped (inf/NaN gradient under a GradScaler): no scheduler step, nothing to log
 
         self._step_lr_schedulers("step")
         if self.log_optimizer_diagnostics:
