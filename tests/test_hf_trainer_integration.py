@@ -95,7 +95,8 @@ def own_loop(name: str, data, *, autocast: torch.dtype | None = None) -> nn.Modu
 
 def assert_same_parameters(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, atol=atol, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.detach().cpu(), q.detach().cpu(), atol=atol, rtol=1e-5,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -166,6 +167,33 @@ def test_clipping_applies_to_the_combined_gradient(tmp_path):
         optimizer.base_step()
         scheduler.step()
     assert_same_parameters(model, reference)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_one_mixed_precision_step_on_cuda_equals_the_manual_recipe(tmp_path, precision):
+    """One TSAM step through the Trainer on the GPU (fp16: accelerate's GradScaler) against the documented
+    manual recipe: autocast each evaluation, scaler.scale(loss).backward(), scaler.step(base_optimizer)."""
+    model, optimizer, trainer = build("tsam", tmp_path, max_steps=1, use_cpu=False, max_grad_norm=0.0,
+                                      **{precision: True})
+    trainer.train()
+    assert trainer.state.global_step == 1 and optimizer.step_count == 1
+
+    reference = TinyClassifier().cuda()
+    manual = create_optimizer("tsam", reference.parameters(), model=reference, seed=3, **OPTIMIZERS["tsam"], **BASE)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    x, y = (t.cuda() for t in batches()[0])
+    for evaluation in manual.manual_step(apply=False):
+        with torch.autocast("cuda", dtype=dtype):
+            loss = reference(x, y)["loss"]
+        scaler.scale(loss).backward()
+        evaluation.record(loss)
+    scaler.step(manual.base_optimizer)
+    scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert_same_parameters(model, reference, atol=1e-4)
 
 
 def test_a_plain_optimizer_or_none_is_refused(tmp_path):

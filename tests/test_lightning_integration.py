@@ -103,7 +103,8 @@ def own_loop(name: str, batches, *, scheduler: bool = True, clip: float | None =
 
 def assert_same_parameters(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, atol=atol, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.detach().cpu(), q.detach().cpu(), atol=atol, rtol=1e-5,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -225,6 +226,33 @@ def test_an_overflowing_gradient_under_a_grad_scaler_skips_the_step_like_any_opt
     assert scaler.get_scale() == 2.0**19
     assert module.optimizers().optimizer.step_count == BATCHES - 1
     assert_same_parameters(module.net, own_loop("sam", list(loader())[1:], scheduler=False))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_one_mixed_precision_step_on_cuda_equals_the_manual_recipe(precision):
+    """One TSAM step through Lightning on the GPU (16-mixed: its GradScaler) against the documented manual
+    recipe: autocast each evaluation, scaler.scale(loss).backward(), scaler.step(base_optimizer)."""
+    module = Classifier("tsam", scheduler=False)
+    fitted = trainer(accelerator="gpu", precision=precision, max_steps=1)
+    fitted.fit(module, loader())
+    assert fitted.global_step == 1 and module.optimizers().optimizer.step_count == 1
+
+    net = make_net().cuda()
+    optimizer = create_optimizer("tsam", net.parameters(), model=net, seed=3, **OPTIMIZERS["tsam"], **BASE)
+    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "16-mixed")
+    x, y = (t.cuda() for t in next(iter(loader())))
+    for evaluation in optimizer.manual_step(apply=False):
+        with torch.autocast("cuda", dtype=dtype):
+            loss = F.cross_entropy(net(x), y)
+        scaler.scale(loss).backward()
+        evaluation.record(loss)
+    scaler.step(optimizer.base_optimizer)
+    scaler.update()
+    assert all(torch.isfinite(p).all() for p in module.net.parameters())
+    assert_same_parameters(module.net, net, atol=1e-4)
 
 
 def test_plain_optimizer_and_automatic_optimization_are_refused():
