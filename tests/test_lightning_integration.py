@@ -342,3 +342,12 @@ def test_docs_snippets_are_the_code_the_tests_and_examples_run():
         source = (ROOT / path).read_text()
         for chunk in body.split("\n...\n"):
             assert chunk.strip("\n") in source, f"docs/integrations.md quotes {path} but it no longer says:\n{chunk}"
+
+
+def test_import_tiltedsam_loads_no_framework():
+    code = ("import sys, tiltedsam, tiltedsam.integrations, tiltedsam.integrations.common; "
+            "print(sorted(m for m in ('lightning', 'transformers', 'accelerate') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
