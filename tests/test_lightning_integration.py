@@ -6,11 +6,9 @@ Every comparison runs the same model initialisation, optimizer seed and batches 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest

@@ -114,7 +114,11 @@ class PerturbationOptimizerMixin:
         group_size = self.accumulate_micro_batches
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"accumulate_micro_batches must be an int >= 1, got {group_size!r}")
-        pending = self.__dict__.setdefault("_pending_micro_batches", [])
+        # micro-batches of the current group; a group never spans epochs or fit calls
+        owner = (id(self.trainer), self.trainer.current_epoch)
+        if self.__dict__.get("_pending_owner") != owner:
+            self.__dict__["_pending_owner"], self.__dict__["_pending_micro_batches"] = owner, []
+        pending = self.__dict__["_pending_micro_batches"]
         pending.append(batch)
         last_of_epoch = batch_idx + 1 >= self.trainer.num_training_batches
         if len(pending) < group_size and not last_of_epoch:
