@@ -66,15 +66,15 @@ def make_scheduler(optimizer):
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
 
 
-def build(name: str, out, *, seed: int = 3, **arguments):
+def build(name: str, out, *, seed: int = 3, trainer_class=PerturbationTrainer, **arguments):
     model = TinyClassifier()
     optimizer = create_optimizer(name, model.parameters(), model=model, seed=seed, **OPTIMIZERS[name], **BASE)
     settings = dict(output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=BATCH, use_cpu=True,
                     train_sampling_strategy="sequential", report_to="none", save_strategy="no", logging_steps=1,
                     disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0)
     settings.update(arguments)
-    trainer = PerturbationTrainer(model=model, args=TrainingArguments(**settings), train_dataset=Examples(),
-                                  optimizers=(optimizer, make_scheduler(optimizer)))
+    trainer = trainer_class(model=model, args=TrainingArguments(**settings), train_dataset=Examples(),
+                            optimizers=(optimizer, make_scheduler(optimizer)))
     return model, optimizer, trainer
 
 
@@ -150,6 +150,28 @@ def test_bf16_matches_the_same_autocast_in_our_loop(tmp_path):
     model, _, trainer = build("tsam", tmp_path, bf16=True)
     trainer.train()
     assert_same_parameters(model, own_loop("tsam", batches(), autocast=torch.bfloat16), atol=1e-5)
+
+
+def test_a_grad_scaler_overflow_skips_the_step_and_the_scaled_steps_are_exact(tmp_path):
+    """accelerate's GradScaler path (fp16 needs CUDA, so the scaler is given to the CPU accelerator and the
+    arithmetic stays float32). The first step's loss is multiplied by 2**120: its gradient overflows under
+    the 2**20 scale, the evaluations stop (parameters restored, no step counted), the scaler skips the step
+    and halves the scale, the scheduler does not step. The next three steps are exact (power-of-two
+    scale), so the result is our own loop on batches 2..4."""
+
+    class OverflowsFirst(PerturbationTrainer):
+        def compute_loss(self, model, inputs, **kwargs):
+            factor = 2.0**120 if self.state.global_step == 0 else 1.0
+            return super().compute_loss(model, inputs, **kwargs) * factor
+
+    model, optimizer, trainer = build("sam", tmp_path, trainer_class=OverflowsFirst,
+                                      max_grad_norm=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=10**6)
+    trainer.accelerator.scaler = scaler
+    trainer.train()
+    assert scaler.get_scale() == 2.0**19
+    assert trainer.state.global_step == STEPS and optimizer.step_count == STEPS - 1
+    assert_same_parameters(model, own_loop("sam", batches()[1:]))
 
 
 def test_clipping_applies_to_the_combined_gradient(tmp_path):
