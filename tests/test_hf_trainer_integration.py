@@ -174,6 +174,7 @@ def test_a_grad_scaler_overflow_skips_the_step_and_the_scaled_steps_are_exact(tm
     assert_same_parameters(model, own_loop("sam", batches()[1:]))
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")  # the reference's base_step
 def test_clipping_applies_to_the_combined_gradient(tmp_path):
     model, _, trainer = build("sam", tmp_path, max_grad_norm=0.05)
     trainer.train()
