@@ -372,7 +372,8 @@ def _mean(values: list[float]) -> float:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Final-epoch and best-validation-epoch numbers of a list of metric rows."""
     final = rows[-1]
-    best = max(rows, key=lambda r: (r["val_acc"] if math.isfinite(r["val_acc"]) else -1.0, -r["epoch"]))
+    score = "val_metric" if "val_metric" in final else "val_acc"  # a task's official metric when it has one
+    best = max(rows, key=lambda r: (r[score] if math.isfinite(r[score]) else -2.0, -r["epoch"]))
     return {
         "final_epoch": final["epoch"], "final_val_acc": final["val_acc"], "final_test_acc": final["test_acc"],
         "final_test_loss": final["test_loss"], "final_train_loss": final["train_loss"],
@@ -459,8 +460,10 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     optimizer = create_optimizer(
         config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
         seed=config.seed, **base_optimizer_kwargs(config), **optimizer_settings(config))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
+    from .tasks import evaluation_loss, task_metrics, training_loss  # regression (STS-B), GLUE metrics
+
+    loss_fn = training_loss(data, config.label_smoothing)
+    eval_loss_fn = evaluation_loss(data)  # validation/test loss: the plain empirical loss
     loader_generator = torch.Generator().manual_seed(config.seed)
     train_sampler = world.train_sampler(data.train, loader_generator)
     if getattr(model, "length_bucketing", False) and world.world_size == 1:
@@ -581,6 +584,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             "tilt": _mean(sums["tilts"]) if sums["tilts"] else float(getattr(optimizer, "tilt", float("nan"))),
             "effective_sample_size": _mean(sums["ess"]),
         }
+        row.update(task_metrics(model, data, config.run.eval_batch_size, device))  # {} unless GLUE
         if not math.isfinite(row["train_loss"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             progress.close()  # the last step of the epoch left non-finite weights: nothing of it is saved
             raise RunDiverged(f"run diverged in epoch {epoch}: the model's parameters are no longer finite "
@@ -620,6 +624,9 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         "ess_warning": ess_warning,
         **summarize(rows),
     }
+    from .tasks import summary_metrics
+
+    result.update(summary_metrics(rows, [r["epoch"] for r in rows].index(result["best_val_epoch"])))
     if result["mean_effective_sample_size"] is not None and not math.isfinite(result["mean_effective_sample_size"]):
         result["mean_effective_sample_size"] = None  # JSON holds no NaN
     if world.is_main:
