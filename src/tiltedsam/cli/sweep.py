@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -89,4 +90,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(report.markdown.split("## Cost")[0].split("## Test accuracy (Table 1 style)")[-1].strip())
             print(f"report: {sweep.out_dir}/report.md")
+    from ..harness.glue_report import glue_table_from_database
+
+    glue = glue_table_from_database(sweep.out_dir)  # "" unless the sweep ran GLUE tasks
+    if glue:
+        from .._atomic import atomic_write
+
+        atomic_write(Path(sweep.out_dir) / "glue.md", glue)
+        print(glue + f"GLUE table: {sweep.out_dir}/glue.md")
     return 1 if counts["failed"] else 0

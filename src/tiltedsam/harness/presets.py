@@ -121,8 +121,8 @@ def load_preset(name: str) -> Preset:
             else:
                 sweep[key] = value
         meta = {**parent.get("preset", {}), **{k: v for k, v in data["preset"].items()}}
-        for key in ("smoke", "cost"):  # merged: a child states only what differs
-            meta[key] = _merge(parent.get("preset", {}).get(key, {}), data["preset"].get(key, {}))
+        for key in ("smoke", "cost"):  # merged key by key: a child states only what differs
+            meta[key] = {**parent.get("preset", {}).get(key, {}), **data["preset"].get(key, {})}
         data = {"preset": meta, "sweep": sweep}
     meta = data.get("preset", {})
     sweep = dict(data.get("sweep", {}))

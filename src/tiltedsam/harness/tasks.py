@@ -12,7 +12,8 @@ Spearman for STS-B, the mean of F1 and accuracy for MRPC/QQP, accuracy otherwise
 best-validation epoch is chosen on ``val_metric`` when it is present.
 
 Regression: one output, mean squared error ``mean((f(x) - y)^2)`` for training and evaluation;
-label smoothing does not apply. The accuracy columns of a regression run are NaN (written as null).
+label smoothing does not apply. The accuracy columns of a regression run hold its official score,
+(Pearson + Spearman) / 2, so tables built on accuracy stay defined.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def task_metrics(model: nn.Module, data: Any, batch_size: int, device: torch.dev
             row[f"{prefix}_{name}"] = value
         if prefix in ("val", "test"):
             row[f"{prefix}_metric"] = _selection_score(task, metrics)
-    if regression:
-        row["val_acc"] = row["test_acc"] = float("nan")
+    if regression:  # no accuracy: the accuracy columns hold the official score, (Pearson + Spearman) / 2
+        row["val_acc"], row["test_acc"] = row.get("val_metric", float("nan")), row.get("test_metric", float("nan"))
     return {k: (v if isinstance(v, float) and math.isfinite(v) else (float("nan") if isinstance(v, float) else v))
             for k, v in row.items()}
 
