@@ -12,6 +12,7 @@
 #                  the batched TSAM step (s=3, 5) and every other registered optimizer; synchronised
 #                  timing, cudnn.benchmark, max_memory_allocated
 #   4. smoke       a ~2-minute TSAM training run of the harness (ResNet18 on the bundled MNIST-5k)
+#   5. paper_presets  paper:cifar100-resnet18 and paper:glue-distilbert at --scale smoke (synthetic data)
 # then benchmarks/gpu_check_report.py writes everything to $OUT/gpu_check.json and prints the tables.
 #
 # Settings (environment): GPU_CHECK_DEVICE (cuda), GPU_CHECK_OUT (gpu_check_out), PYTHON
@@ -84,5 +85,8 @@ run_part step_cost "$LIMIT_COST" "$PYTHON" benchmarks/step_cost.py --device "$DE
 
 run_part smoke "$LIMIT_SMOKE" "$PYTHON" -m tiltedsam train --out "$OUT/smoke" --set optimizer.name=tsam \
     --set run.device="$DEVICE" --set run.progress=false "${SMOKE[@]}"
+
+# 5. paper_presets: one image and one GLUE preset of the paper at smoke scale (synthetic on-disk data)
+run_part paper_presets "$LIMIT_SMOKE" "$PYTHON" benchmarks/paper_presets_smoke.py "$DEVICE" "$OUT"
 
 "$PYTHON" benchmarks/gpu_check_report.py "$OUT"

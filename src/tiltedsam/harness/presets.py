@@ -153,6 +153,9 @@ def preset_sweep(name: str, scale: str = "paper", overrides: list[str] = ()) -> 
         data = apply_overrides(data, preset.smoke)
         data["out_dir"] = f"results/paper-smoke/{preset.name}"
     data = apply_overrides(data, list(overrides))
+    # --set optimizers=[...] may narrow the preset: axes of the optimizers left out go with them
+    labels = set(data.get("optimizers", []))
+    data["per_optimizer"] = {k: v for k, v in data.get("per_optimizer", {}).items() if k in labels}
     return from_dict(SweepConfig, data)
 
 
