@@ -183,12 +183,15 @@ def estimate(preset: Preset, sweep: Any) -> dict[str, Any]:
     for point in expand_grid(sweep, check=False):
         steps_per_epoch = math.ceil(_train_examples(preset, point.config) / point.config.batch_size)
         budget = resolve_budget(point.config, steps_per_epoch)
-        row = per_label.setdefault(point.label, {"runs": 0, "grad_evals": 0.0, "steps": 0,
-                                                 "evals_per_step": budget.grad_evals_per_step})
+        row = per_label.setdefault(point.label, {"runs": 0, "grad_evals": 0.0, "steps": 0, "evals": set()})
+        row["evals"].add(budget.grad_evals_per_step)
         row["runs"] += 1
         row["steps"] += budget.total_steps
         row["grad_evals"] += float(budget.total_grad_evals)
     for row in per_label.values():
+        low, high = min(row["evals"]), max(row["evals"])
+        row["evals_per_step"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+        del row["evals"]
         row["gpu_hours"] = row["grad_evals"] * seconds / 3600
     total = {"runs": sum(r["runs"] for r in per_label.values()),
              "grad_evals": sum(r["grad_evals"] for r in per_label.values())}
@@ -214,7 +217,7 @@ def dry_run_text(name: str, scale: str = "paper", overrides: list[str] = ()) -> 
              f"seeds: {sweep.seeds}; output: {sweep.out_dir}", "grid:", *_axes_text(sweep), "",
              f"{'label':<16}{'runs':>6}{'evals/step':>12}{'steps':>14}{'grad evals':>16}{'GPU-hours':>12}"]
     for label, row in cost["per_label"].items():
-        lines.append(f"{label:<16}{row['runs']:>6}{row['evals_per_step']:>12g}{row['steps']:>14,}"
+        lines.append(f"{label:<16}{row['runs']:>6}{row['evals_per_step']:>12}{row['steps']:>14,}"
                      f"{row['grad_evals']:>16,.0f}{row['gpu_hours']:>12.2f}")
     total = cost["total"]
     lines += [f"{'total':<16}{total['runs']:>6}{'':>12}{'':>14}{total['grad_evals']:>16,.0f}{total['gpu_hours']:>12.2f}",
