@@ -204,7 +204,7 @@ def test_glue_table_average_is_table1s_mean():
 
 def test_cola_reports_mcc_and_glue_sweep_prints_average(assets, tmp_path, capsys):
     d = json.dumps(str(assets["distilbert"]))
-    args = ["sweep", "paper:glue-distilbert", "--scale", "smoke", "--set", 'optimizers=["tsam"]',
+    args = ["sweep", "paper:glue-distilbert", "--scale", "smoke", "--set", 'optimizers=["sgd"]',
             "--set", 'grid.task=["cola", "stsb"]', "--set", f"out_dir={json.dumps(str(tmp_path / 'g'))}",
             "--set", f"base.data.data_dir={json.dumps(str(assets['glue']))}", "--set", f"base.model.options.path={d}",
             "--set", f"base.data.options.tokenizer={d}"]
