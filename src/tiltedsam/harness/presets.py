@@ -226,6 +226,8 @@ def dry_run_text(name: str, scale: str = "paper", overrides: list[str] = ()) -> 
               f"{sweep.base.get('batch_size', 64)})  GPU-hours: {total['gpu_hours']:.1f}",
               f"cost model: {cost['seconds_per_grad_eval']:g} s per gradient evaluation on one GPU "
               f"({cost['cost_source']})"]
+    if preset.paper:
+        lines.append("the paper's test numbers: " + ", ".join(f"{k} {v:g}" for k, v in preset.paper.items()))
     if preset.choices:
         lines += ["choices where the paper is ambiguous:", *(f"  - {c}" for c in preset.choices)]
     return "\n".join(lines)

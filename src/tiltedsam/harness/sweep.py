@@ -94,6 +94,7 @@ AXIS_ALIASES = {
     "lr": "optimizer.lr",
     "weight_decay": "optimizer.weight_decay",
     "task": "data.options.task",  # a GLUE task
+    "sample_tilt": "optimizer.settings.sample_tilt",
 }
 
 
