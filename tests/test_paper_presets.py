@@ -213,3 +213,20 @@ def test_cola_reports_mcc_and_glue_sweep_prints_average(assets, tmp_path, capsys
     assert "| objective | COLA |" in out and "AVG" in out
     results = [json.loads(p.read_text()) for p in (tmp_path / "g").glob("runs/*/result.json")]
     assert any("final_test_mcc" in r for r in results) and any("final_test_spearman" in r for r in results)
+
+
+def test_unknown_preset_and_bad_scale_are_one_line_errors():
+    with pytest.raises(SystemExit) as caught:
+        main(["sweep", "paper:no-such-table", "--dry-run"])
+    message = str(caught.value.code)
+    assert message.startswith("error: unknown preset paper:no-such-table") and "\n" not in message
+    assert "paper:cifar100-resnet18" in message  # the allowed names are listed
+    with pytest.raises(SystemExit):  # argparse refuses an unknown scale
+        main(["sweep", "paper:cifar100-resnet18", "--dry-run", "--scale", "huge"])
+
+
+def test_presets_ship_inside_the_package():
+    from importlib import resources
+
+    folder = resources.files("tiltedsam.harness").joinpath("paper_presets")
+    assert sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")) == sorted(ALL)
