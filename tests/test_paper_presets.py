@@ -230,3 +230,14 @@ def test_presets_ship_inside_the_package():
 
     folder = resources.files("tiltedsam.harness").joinpath("paper_presets")
     assert sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml")) == sorted(ALL)
+
+
+@pytest.mark.slow
+def test_every_best_scale_point_passes_the_run_checks():
+    """Every grid point of every preset at --scale best builds its optimizer with its settings (HMC options,
+    noise kinds, budgets matched to TSAM): nothing fails only once a GPU job starts."""
+    from tiltedsam.harness.presets import preset_sweep
+    from tiltedsam.harness.sweep import expand_grid
+
+    for name in ALL:
+        assert expand_grid(preset_sweep(name, "best"), check=True)
