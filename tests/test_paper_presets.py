@@ -164,8 +164,10 @@ def test_local_checkpoint_trains_two_tsam_steps(kind, assets, tmp_path):
                                 f"run.out_dir={json.dumps(str(tmp_path / 'run'))}", "run.progress=false"])
     result = train(config)
     assert result["steps"] == 2 and result["grad_evals"] == 2 * 6  # TSAM s = 3: 6 evaluations per step
-    if kind == "distilbert":  # STS-B: regression with the official metrics
+    if kind == "distilbert":  # STS-B: regression with the official metrics, per epoch and in the result
         assert {"final_test_pearson", "final_test_spearman"} <= set(result)
+        header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert {"val_pearson", "val_spearman", "test_pearson", "test_spearman", "val_metric"} <= set(header)
 
 
 def test_image_inputs_reach_the_model_at_its_resolution_and_normalisation(assets):
@@ -213,6 +215,8 @@ def test_cola_reports_mcc_and_glue_sweep_prints_average(assets, tmp_path, capsys
     assert "| objective | COLA |" in out and "AVG" in out
     results = [json.loads(p.read_text()) for p in (tmp_path / "g").glob("runs/*/result.json")]
     assert any("final_test_mcc" in r for r in results) and any("final_test_spearman" in r for r in results)
+    headers = [p.read_text().splitlines()[0] for p in (tmp_path / "g").glob("runs/*/metrics.csv")]
+    assert any("val_mcc" in h and "test_mcc" in h for h in headers)  # CoLA's MCC each epoch
 
 
 def test_unknown_preset_and_bad_scale_are_one_line_errors():

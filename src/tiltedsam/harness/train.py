@@ -358,7 +358,9 @@ def _restore_rng_states(states: dict[str, Any], loader_generator: torch.Generato
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    # a task's own metrics (GLUE: val_mcc, test_pearson, ...) follow the fixed columns
+    extra = sorted({k for r in rows for k in r if k not in METRIC_COLUMNS and k.startswith(("val_", "test_"))})
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + extra, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
