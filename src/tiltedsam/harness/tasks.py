@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["is_regression", "training_loss", "evaluation_loss", "task_metrics", "TABLE1_GLUE_NUMBERS"]
+__all__ = ["is_regression", "training_loss", "evaluation_loss", "task_metrics", "summary_metrics", "TABLE1_GLUE_NUMBERS"]
 
 #: the numbers Table 1 prints per GLUE task, in its column order; its AVG is their plain mean
 #: (checked against the paper: ERM's 11 numbers average to 0.7716, printed 0.7715; TSAM's to 0.7801)
