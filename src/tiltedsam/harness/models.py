@@ -396,6 +396,17 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def _build_pretrained(data: Any, *, path: str = "") -> nn.Module:
+    from .pretrained import build_pretrained
+
+    return build_pretrained(data, path=path)
+
+
+# a local Hugging Face checkpoint (ViT, ResNet, DistilBERT/BERT family): harness/pretrained.py
+MODELS["pretrained"] = ModelSpec(_build_pretrained, "local Hugging Face checkpoint (model.options.path): ViT, ResNet, "
+                                 "DistilBERT/BERT family; fresh head (text extra)", "any")
+
+
 def build_model(name: str, data: Any, **kwargs: Any) -> nn.Module:
     """Build model ``name`` for ``data`` (a ``DataSplits``, or anything with ``name``, ``input_shape``,
     ``num_classes`` and ``info``). ``kwargs`` are the model's options (``MODELS[name].options``)."""
@@ -405,6 +416,6 @@ def build_model(name: str, data: Any, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(spec.options))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {list(spec.options)}")
-    if int(data.num_classes) < 2:
+    if int(data.num_classes) < 2 and not getattr(data, "info", {}).get("regression"):
         raise ValueError(f"num_classes must be >= 2, got {data.num_classes}")
     return spec.builder(data, **kwargs)

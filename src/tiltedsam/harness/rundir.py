@@ -43,8 +43,14 @@ _INTEGER_COLUMNS = {"epoch", "step"}
 
 def write_metrics(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
     """``metrics.csv`` from ``rows`` (atomically; ``repr`` of each float, so values round-trip exactly)."""
-    table = [[row.get(column, "") for column in METRIC_COLUMNS] for row in rows]
-    atomic_write_text(Path(run_dir) / "metrics.csv", csv_text(METRIC_COLUMNS, table))
+    # a task's own metrics (GLUE: val_mcc, test_pearson, ...) follow the fixed columns
+    columns = METRIC_COLUMNS + sorted({k for r in rows for k in r if k not in METRIC_COLUMNS and _is_task_column(k)})
+    table = [[row.get(column, "") for column in columns] for row in rows]
+    atomic_write_text(Path(run_dir) / "metrics.csv", csv_text(columns, table))
+
+
+def _is_task_column(column: str) -> bool:
+    return column.startswith(("val_", "test_"))
 
 
 def _cell(column: str, text: str) -> Any:
@@ -63,7 +69,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not file.is_file():
         return []
     with open(file, newline="") as handle:
-        return [{column: _cell(column, text) for column, text in row.items() if column in METRIC_COLUMNS}
+        return [{column: _cell(column, text) for column, text in row.items()
+                 if column in METRIC_COLUMNS or _is_task_column(column)}
                 for row in csv.DictReader(handle)]
 
 
@@ -76,7 +83,8 @@ def finite_mean(values: list[Any]) -> float:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Final-epoch and best-validation-epoch numbers of a list of metric rows."""
     final = rows[-1]
-    best = max(rows, key=lambda r: (r["val_acc"] if math.isfinite(r["val_acc"]) else -1.0, -r["epoch"]))
+    score = "val_metric" if "val_metric" in final else "val_acc"  # a task's official metric when it has one
+    best = max(rows, key=lambda r: (r[score] if math.isfinite(r[score]) else -2.0, -r["epoch"]))
     return {
         "final_epoch": final["epoch"], "final_val_acc": final["val_acc"], "final_test_acc": final["test_acc"],
         "final_test_loss": final["test_loss"], "final_train_loss": final["train_loss"],

@@ -64,6 +64,8 @@ AXIS_ALIASES = {
     "tilt_schedule": "optimizer.tilt_schedule",
     "lr": "optimizer.lr",
     "weight_decay": "optimizer.weight_decay",
+    "task": "data.options.task",  # a GLUE task
+    "sample_tilt": "optimizer.settings.sample_tilt",
 }
 
 

@@ -41,6 +41,7 @@ from .._atomic import remove_stale_temporaries
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config, to_dict
 from .dropout import StepRngReplay
+from .tasks import evaluation_loss, summary_metrics, task_metrics, training_loss
 from .rundata import dataset_kwargs, load_run_data
 from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, finite_mean, read_metrics, read_result,
                      summarize, write_metrics, write_result)
@@ -490,8 +491,8 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
                data=data, model=model, net=net, optimizer=optimizer, train_loader=train_loader,
                loader_generator=loader_generator, replay=StepRngReplay(config.optimizer.same_dropout_masks),
                budget=budget, tilt_scheduler=make_tilt_scheduler(config, optimizer, budget.total_steps),
-               loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-               eval_loss_fn=nn.CrossEntropyLoss(),
+               loss_fn=training_loss(data, config.label_smoothing),  # regression for STS-B
+               eval_loss_fn=evaluation_loss(data),
                loss_subset=torch.utils.data.Subset(data.train, range(min(TRAIN_LOSS_SUBSET, len(data.train)))))
     if checkpoint is not None:
         _restore(run, checkpoint)
@@ -623,6 +624,7 @@ def _evaluate_epoch(run: _Run, sums: dict[str, Any], epoch_start: float) -> dict
         "tilt": finite_mean(sums["tilts"]) if sums["tilts"] else float(getattr(run.optimizer, "tilt", float("nan"))),
         "effective_sample_size": finite_mean(sums["ess"]),
     }
+    row.update(task_metrics(model, run.data, batch, device))  # a task's official metrics ({} unless GLUE)
     if not math.isfinite(row["train_loss"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         # the last step of the epoch left non-finite weights: nothing of it is saved
         raise RunDiverged(f"run diverged in epoch {run.epoch}: the model's parameters are no longer finite "
@@ -672,6 +674,7 @@ def _finish_run(run: _Run) -> dict[str, Any]:
         "ess_warning": run.ess_warning, "accuracy_unit": ACCURACY_UNIT,
         **summarize(run.rows),
     }
+    result.update(summary_metrics(run.rows, [r["epoch"] for r in run.rows].index(result["best_val_epoch"])))
     if run.world.is_main:
         write_result(run.run_dir, result)
     return result
