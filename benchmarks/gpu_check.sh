@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check of tiltedsam (issue 15): at most ~7.5 minutes on one H100.
+# GPU readiness check of tiltedsam: at most ~10 minutes on one H100.
 #
 #   bash benchmarks/gpu_check.sh                       # on a CUDA machine, from the repository root
 #   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh  # dry run of every part on the CPU, tiny sizes
@@ -7,11 +7,14 @@
 # Parts (each under its own time limit; a failing part does not stop the others):
 #   1. device      the card, driver/CUDA/cuDNN versions, memory
 #   2. cuda_tests  pytest -m cuda (device placement, generator state on CUDA, fp16+GradScaler and bf16
-#                  through the manual API against float32, host syncs per step, batched step on CUDA)
+#                  through the manual API against float32, host syncs per step, batched step on CUDA, and
+#                  one mixed-precision TSAM step through Lightning (16-mixed, bf16-mixed) and through the
+#                  Hugging Face Trainer (fp16, bf16); those skip when the lightning/hf extras are missing)
 #   3. step_cost   benchmarks/step_cost.py on the CIFAR ResNet18 at batch 64: SGD, SAM, TSAM s=1/3/5,
 #                  the batched TSAM step (s=3, 5) and every other registered optimizer; synchronised
 #                  timing, cudnn.benchmark, max_memory_allocated
 #   4. smoke       a ~2-minute TSAM training run of the harness (ResNet18 on the bundled MNIST-5k)
+#   5. paper_presets  paper:cifar100-resnet18 and paper:glue-distilbert at --scale smoke (synthetic data)
 # then benchmarks/gpu_check_report.py writes everything to $OUT/gpu_check.json and prints the tables.
 #
 # Settings (environment): GPU_CHECK_DEVICE (cuda), GPU_CHECK_OUT (gpu_check_out), PYTHON
@@ -31,12 +34,14 @@ if [ "$DEVICE" = cpu ]; then
     MODEL=small_cnn BATCH=8 WARMUP=1 REPEATS=1 THREADS=(--threads 1)
     SMOKE=(--set data.name=digits --set model.name=small_cnn --set budget.kind=steps
            --set "budget.amount=${GPU_CHECK_SMOKE_STEPS:-3}" --set run.num_threads=1)
-    LIMIT_TESTS=300 LIMIT_COST=300 LIMIT_SMOKE=300
+    LIMIT_TESTS=300 LIMIT_COST=300 LIMIT_SMOKE=300 LIMIT_PRESETS=600
 else
     MODEL=resnet18 BATCH=64 WARMUP=3 REPEATS=15 THREADS=()
     SMOKE=(--set data.name=mnist5k --set model.name=resnet18 --set budget.kind=steps
            --set "budget.amount=${GPU_CHECK_SMOKE_STEPS:-1000}")
-    LIMIT_TESTS=100 LIMIT_COST=170 LIMIT_SMOKE=150  # + ~30 s for the device part: under 8 minutes
+    # cuda_tests: + ~20 s for importing Lightning and transformers; + ~30 s for the device part
+    LIMIT_TESTS=120 LIMIT_COST=170 LIMIT_SMOKE=150
+    LIMIT_PRESETS=120  # the paper's presets at smoke scale
 fi
 
 mkdir -p "$OUT"
@@ -84,5 +89,8 @@ run_part step_cost "$LIMIT_COST" "$PYTHON" benchmarks/step_cost.py --device "$DE
 
 run_part smoke "$LIMIT_SMOKE" "$PYTHON" -m tiltedsam train --out "$OUT/smoke" --set optimizer.name=tsam \
     --set run.device="$DEVICE" --set run.progress=false "${SMOKE[@]}"
+
+# 5. paper_presets: one image and one GLUE preset of the paper at smoke scale (synthetic on-disk data)
+run_part paper_presets "$LIMIT_PRESETS" "$PYTHON" benchmarks/paper_presets_smoke.py "$DEVICE" "$OUT"
 
 "$PYTHON" benchmarks/gpu_check_report.py "$OUT"

@@ -114,8 +114,17 @@ def test_bad_input_is_named(glue_dir, tmp_path):
         read_glue("rte", tmp_path)
     with pytest.raises(ValueError, match="needs the option task"):
         load_dataset("glue", data_dir=str(glue_dir))
-    with pytest.raises(ValueError, match="regression task"):
-        load_dataset("glue", data_dir=str(glue_dir), task="stsb")
+    with pytest.raises(ValueError, match="regression task 'stsb'"):
+        load_dataset("glue", data_dir=str(glue_dir), task="stsb", label_noise=0.2)
+
+
+def test_stsb_loads_as_regression_with_float_scores(glue_dir):
+    """STS-B: one output, the scores kept as floats (not truncated to class indices)."""
+    pytest.importorskip("transformers")
+    data = load_dataset("glue", data_dir=str(glue_dir), task="stsb", val_fraction=0.0)
+    assert data.info["regression"] is True and data.num_classes == 1
+    assert data.train.labels.dtype == torch.float32
+    assert sorted(data.train.labels.tolist()) == pytest.approx([0.8, 5.0])
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -110,7 +110,7 @@ def test_gpu_check_dry_run_on_cpu_runs_every_part(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert [p["part"] for p in report["parts"]] == ["device", "cuda_tests", "step_cost", "smoke"]
+    assert [p["part"] for p in report["parts"]] == ["device", "cuda_tests", "step_cost", "smoke", "paper_presets"]
     assert report["ok"] is True
     tests = report["cuda_tests"]
     assert tests["tests"] >= 8 and tests["skipped"] == tests["tests"]  # no CUDA here: all skip, none fail

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 import warnings
@@ -114,15 +115,35 @@ def test_a_lease_owner_on_another_host_is_unknown_never_dead():
     assert not _owner_is_dead(f"{socket.gethostname()}:{os.getpid()}:abc")
 
 
-def test_the_run_directory_lock_names_its_holder_and_is_exclusive(tmp_path):
-    with common.hold_run_directory(tmp_path / "run"):
-        holder = (tmp_path / "run" / common.LOCK_NAME).read_text()
-        assert holder.strip() == f"{socket.gethostname()}:{os.getpid()}"
-        with pytest.raises(common.RunDirectoryBusy, match=holder.strip()):
-            with common.hold_run_directory(tmp_path / "run"):  # another descriptor: flock refuses it
-                pass
-    with common.hold_run_directory(tmp_path / "run"):  # released on exit
-        pass
+HOLD_LOCK = """
+import sys, time
+from tiltedsam.harness.runlock import RunDirectoryLock
+with RunDirectoryLock(sys.argv[1], owner="other-host:4242"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+print("released", flush=True)
+"""
+
+
+def test_a_trial_waits_for_the_run_directory_lock_of_another_process_then_takes_it(tmp_path):
+    from tiltedsam.harness.runlock import LOCK_NAME, RunDirectoryBusy
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryBusy, match="other-host:4242"):  # no wait: refused at once
+            common.lock_run_directory(run_dir)
+        with common.lock_run_directory(run_dir, wait=120):  # taken once the other process lets go
+            assert holder.stdout.readline().strip() == "released"  # not before the holder let go
+            assert (run_dir / LOCK_NAME).read_text().strip() == f"{socket.gethostname()}:{os.getpid()}"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    with common.lock_run_directory(tmp_path / "new" / "run"):  # a missing run directory is created
+        assert (tmp_path / "new" / "run" / LOCK_NAME).is_file()
 
 
 def test_engine_errors_are_one_line(tmp_path, monkeypatch, capsys):

@@ -35,4 +35,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     print(report.markdown)
     print(f"\nwritten to {args.out or database_path(path).parent}/ (report.md, *.csv, *.png)")
+    from ..harness.glue_report import glue_table_from_database
+
+    glue = glue_table_from_database(database_path(path))  # "" unless the sweep ran GLUE tasks
+    if glue:
+        print("\n" + glue)
     return 0

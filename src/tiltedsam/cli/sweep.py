@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -10,7 +11,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "sweep", help="grid over optimizers x hyper-parameters x seeds, in an SQLite database (resumable)",
         description="Run a sweep config (see docs/harness.md). Re-running the same command skips finished runs "
                     "and resumes interrupted ones from their checkpoints; then writes the report.")
-    p.add_argument("config", help="sweep config file (TOML, YAML or JSON)")
+    p.add_argument("config", nargs="?", help="sweep config file (TOML, YAML or JSON), or paper:NAME for one of "
+                   "the paper's experiments (--list-presets)")
+    from ..harness.presets import SCALES
+
+    p.add_argument("--list-presets", action="store_true", help="list the paper's experiments (paper:NAME) and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, runs, gradient evaluations and GPU-hours; "
+                   "train nothing")
+    p.add_argument("--scale", choices=SCALES, default="paper", help="paper:NAME only: paper (the full grid), best "
+                   "(the paper's best rho/t/s), smoke (one point per optimizer, 2 steps; seconds on a CPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep key, e.g. workers=2 or base.budget.amount=5 (repeatable)")
     p.add_argument("--out", help="output directory (sweep.db, runs/, report); default: the config's out_dir")
@@ -50,8 +59,23 @@ def run(args: argparse.Namespace) -> int:
     for flag, key in (("cpus_per_run", "cpus_per_run"), ("gpus_per_run", "gpus_per_run")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    from ..harness import presets
+
     try:
-        sweep = load_sweep_config(args.config, overrides)
+        if args.list_presets:
+            print(presets.list_text())
+            return 0
+        if args.config is None:
+            raise ConfigError("give a sweep config file or paper:NAME (tiltedsam sweep --list-presets)")
+        if args.dry_run:
+            if not presets.is_preset_reference(args.config):
+                raise ConfigError("--dry-run needs paper:NAME (a preset); got a file")
+            print(presets.dry_run_text(args.config, args.scale, overrides))
+            return 0
+        if presets.is_preset_reference(args.config):
+            sweep = presets.preset_sweep(args.config, args.scale, overrides)
+        else:
+            sweep = load_sweep_config(args.config, overrides)
         counts = _run_engine(args, sweep)
     except (ConfigError, SweepError) as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -78,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(report.markdown.split("## Cost")[0].split("## Test accuracy (Table 1 style)")[-1].strip())
             print(f"report: {sweep.out_dir}/report.md")
+    from ..harness.glue_report import glue_table_from_database
+
+    glue = glue_table_from_database(sweep.out_dir)  # "" unless the sweep ran GLUE tasks
+    if glue:
+        from .._atomic import atomic_write
+
+        atomic_write(Path(sweep.out_dir) / "glue.md", glue)
+        print(glue + f"GLUE table: {sweep.out_dir}/glue.md")
     return 1 if counts["failed"] else 0
 
 

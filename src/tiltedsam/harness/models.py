@@ -15,7 +15,8 @@
 * ``text_bow``   mean of word embeddings (padding excluded) -> MLP.
 * ``minilm``     pretrained all-MiniLM-L6-v2 (text extra): the top ``train_layers`` encoder layers + a
                  mean-pooled linear head are trained, the frozen lower part's outputs are cached
-                 (:mod:`tiltedsam.harness.minilm`). Needs data loaded with ``tokenizer="minilm"``.
+                 (:mod:`tiltedsam.harness.minilm`). Needs data loaded with ``tokenizer="minilm"``,
+                 which a run config gets by default (``ModelSpec.data_options``).
 
 Image models accept any ``(C, H, W)`` input (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR, larger
 ImageFolder images): the stem takes ``C`` channels and a global average pool removes the spatial size.
@@ -24,8 +25,8 @@ ImageFolder images): the stem takes ``C`` channels and a global average pool rem
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -373,6 +374,8 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     description: str
     input_kind: str  # "image" or "text"
+    #: data options this model needs (filled in by tiltedsam.harness.rundata.dataset_kwargs when unset)
+    data_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -388,8 +391,20 @@ MODELS: dict[str, ModelSpec] = {
     "wrn16_8": ModelSpec(_build_wrn16_8, "WideResNet-16-8, pre-activation, ~11.0M params for 100 classes", "image"),
     "text_cnn": ModelSpec(_build_text_cnn, "word-embedding CNN with widths 3/4/5 and max-over-time pooling", "text"),
     "text_bow": ModelSpec(_build_text_bow, "mean word embedding + MLP", "text"),
-    "minilm": ModelSpec(_build_minilm, "pretrained all-MiniLM-L6-v2, top layers + head trained (text extra)", "text"),
+    "minilm": ModelSpec(_build_minilm, "pretrained all-MiniLM-L6-v2, top layers + head trained (text extra)", "text",
+                        {"tokenizer": "minilm"}),
 }
+
+
+def _build_pretrained(data: Any, *, path: str = "") -> nn.Module:
+    from .pretrained import build_pretrained
+
+    return build_pretrained(data, path=path)
+
+
+# a local Hugging Face checkpoint (ViT, ResNet, DistilBERT/BERT family): harness/pretrained.py
+MODELS["pretrained"] = ModelSpec(_build_pretrained, "local Hugging Face checkpoint (model.options.path): ViT, ResNet, "
+                                 "DistilBERT/BERT family; fresh head (text extra)", "any")
 
 
 def build_model(name: str, data: Any, **kwargs: Any) -> nn.Module:
@@ -401,6 +416,6 @@ def build_model(name: str, data: Any, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(spec.options))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {list(spec.options)}")
-    if int(data.num_classes) < 2:
+    if int(data.num_classes) < 2 and not getattr(data, "info", {}).get("regression"):
         raise ValueError(f"num_classes must be >= 2, got {data.num_classes}")
     return spec.builder(data, **kwargs)

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .splits import DataSplits, _reject_options, _Request, _require_data_dir
+from .splits import DataSplits, InMemoryDataset, _reject_options, _Request, _require_data_dir
 
 __all__ = ["GLUE_TASKS", "GlueTask", "GlueSplit", "read_glue", "glue_metric", "matthews_corrcoef",
            "binary_f1", "pearson", "spearman"]
@@ -253,6 +253,10 @@ def glue_metric(task: str, predictions: Sequence[float], labels: Sequence[float]
 
 def _load_glue(request: _Request, *, task: str | None = None, tokenizer: str = "minilm", seq_len: int = 128,
                mnli_dev: str = "matched", **options: Any) -> DataSplits:
+    """``tokenizer``: ``"minilm"`` (the bundled WordPiece tokenizer) or a local Hugging Face model directory
+    whose own tokenizer is used (the same directory as ``model.options.path``). STS-B is a regression
+    task: float labels, ``info["regression"]``, one model output. MNLI's other dev set (mismatched when
+    ``mnli_dev = "matched"``) is attached as ``extra_eval`` and scored beside the test set."""
     from .text import _assemble_wordpiece
 
     _reject_options(request.name, options)
@@ -260,20 +264,85 @@ def _load_glue(request: _Request, *, task: str | None = None, tokenizer: str = "
         raise ValueError(f"dataset 'glue' needs the option task (one of {sorted(GLUE_TASKS)}), e.g. "
                          "--set data.options.task=sst2")
     spec = _task(task)
-    if spec.is_regression:
-        raise ValueError("GLUE task 'stsb' is a regression task: the harness trains classifiers only; use "
-                         "read_glue('stsb', ...), MiniLMClassifier(task='regression') and glue_metric")
-    if tokenizer != "minilm":
-        raise ValueError(f"GLUE is tokenised with the pretrained WordPiece tokenizer only: tokenizer must be "
-                         f"'minilm', got {tokenizer!r}")
     if mnli_dev not in ("matched", "mismatched"):
         raise ValueError(f"mnli_dev must be 'matched' or 'mismatched', got {mnli_dev!r}")
+    if spec.is_regression and request.label_noise:
+        raise ValueError(f"label_noise = {request.label_noise} is not defined for the regression task 'stsb'; use 0")
+    if seq_len < 4:
+        raise ValueError(f"seq_len must be >= 4 ([CLS], [SEP] and text), got {seq_len}")
     splits = read_glue(task, _require_data_dir(request))
     dev = splits[f"dev_{mnli_dev}"] if task == "mnli" else splits["dev"]
-    return _assemble_wordpiece(
-        request, splits["train"].examples, splits["train"].labels, num_classes=len(spec.labels),
-        class_names=list(spec.labels), source=f"GLUE {spec.folder} TSV files in {request.data_dir}",
-        seq_len=seq_len, test_examples=dev.examples, test_labels=dev.labels,
-        extra_info={"glue_task": task, "glue_metric": spec.metric, "test_split": "dev" if task != "mnli" else f"dev_{mnli_dev}",
-                    "skipped_rows": {"train": splits["train"].skipped, "dev": dev.skipped}},
-    )
+    extra_info = {"glue_task": task, "glue_metric": spec.metric,
+                  "test_split": "dev" if task != "mnli" else f"dev_{mnli_dev}",
+                  "skipped_rows": {"train": splits["train"].skipped, "dev": dev.skipped}}
+    if tokenizer == "minilm" and not spec.is_regression:
+        out = _assemble_wordpiece(
+            request, splits["train"].examples, splits["train"].labels, num_classes=len(spec.labels),
+            class_names=list(spec.labels), source=f"GLUE {spec.folder} TSV files in {request.data_dir}",
+            seq_len=seq_len, test_examples=dev.examples, test_labels=dev.labels, extra_info=extra_info)
+        encode = None
+    else:
+        out, encode = _assemble_tokenized(request, spec, splits["train"], dev, tokenizer, seq_len, extra_info)
+    if task == "mnli":
+        other = "mismatched" if mnli_dev == "matched" else "matched"
+        extra = splits[f"dev_{other}"]
+        if request.limit is not None:
+            extra = GlueSplit(extra.examples[: request.limit], extra.labels[: request.limit])
+        inputs = encode(extra.examples) if encode is not None else _minilm_encode(extra.examples, seq_len)
+        out.extra_eval = {f"test_{other}": InMemoryDataset(inputs, extra.labels)}
+    return out
+
+
+def _minilm_encode(examples: list[tuple[str, ...]], seq_len: int) -> torch.Tensor:
+    from .text import encode_wordpiece
+
+    return encode_wordpiece(examples, seq_len)
+
+
+def _assemble_tokenized(request: _Request, spec: GlueTask, train: GlueSplit, dev: GlueSplit, tokenizer: str,
+                        seq_len: int, extra_info: dict[str, Any]) -> tuple[DataSplits, Any]:
+    """Split on row positions (as every loader), encode each split with ``tokenizer`` (``"minilm"`` or a
+    model directory), and for regression put the float scores back as labels."""
+    from .splits import _assemble
+
+    if tokenizer == "minilm":
+        from ..minilm import load_minilm_tokenizer
+
+        encoder, tokenizer_path = load_minilm_tokenizer(), None
+    else:
+        from ..pretrained import load_tokenizer
+
+        encoder, tokenizer_path = load_tokenizer(tokenizer), str(tokenizer)
+
+    def encode(examples: list[tuple[str, ...]]) -> torch.Tensor:
+        if not examples:
+            return torch.zeros(0, seq_len, dtype=torch.long)
+        first = [e[0] for e in examples]
+        second = [e[1] for e in examples] if len(examples[0]) > 1 else None
+        encoded = encoder(first, second, padding="max_length", truncation=True, max_length=seq_len,
+                          return_tensors="pt", return_token_type_ids=False, return_attention_mask=False)
+        return encoded["input_ids"].to(torch.long)
+
+    regression = spec.is_regression
+    labels = torch.zeros(len(train.labels), dtype=torch.long) if regression else train.labels
+    dev_labels = torch.zeros(len(dev.labels), dtype=torch.long) if regression else dev.labels
+    splits = _assemble(
+        request, pool_inputs=torch.arange(len(train.examples)).unsqueeze(1), pool_labels=labels,
+        num_classes=2 if regression else len(spec.labels), class_names=["score"] if regression else list(spec.labels),
+        source=f"GLUE {spec.folder} TSV files in {request.data_dir}", standardise=False,
+        test_inputs=torch.arange(len(dev.examples)).unsqueeze(1), test_labels=dev_labels, extra_info=extra_info)
+    for part in (splits.train, splits.val, splits.test):
+        table = dev if part is splits.test else train
+        rows = part.inputs.squeeze(1).tolist()
+        part.inputs = encode([table.examples[r] for r in rows])
+        if regression:  # float scores, kept as float (the container's labels are class indices otherwise)
+            part.labels = part.clean_labels = table.labels[rows].to(torch.float32) if rows else torch.zeros(0)
+    splits.input_shape = (seq_len,)
+    pad = encoder.pad_token_id if encoder.pad_token_id is not None else 0
+    splits.info.update({"input_dtype": "int64", "tokenizer": tokenizer_path or "minilm", "tokenizer_path": tokenizer_path,
+                        "vocab_size": len(encoder), "seq_len": seq_len, "pad_index": int(pad),
+                        "sep_index": encoder.sep_token_id, "regression": regression})
+    if regression:
+        splits.num_classes = 1
+        splits.info["num_classes"] = 1
+    return splits, encode

@@ -1,10 +1,12 @@
 """What every sweep engine shares: run one key in its run directory, and record the outcome in the index.
 
 An engine (local worker processes, Ray, SLURM) decides *where* a run trains; the run itself is always
-:func:`run_in_directory`: rebuild the resolved config, hold the run directory's lock, resume from its
-checkpoint when there is one (``train(resume=True)`` is exact), and return a small picklable
-*outcome*. It never touches the sweep database: on a cluster only the driver writes the index
-(:func:`record_outcome`); a trial writes nothing but its run directory.
+:func:`run_in_directory`: rebuild the resolved config, hold the run directory's lock
+(:class:`..runlock.RunDirectoryLock`, taken in the process that trains), resume from its checkpoint
+when there is one (``train(resume=True)`` is exact), and return a small picklable *outcome*. The run
+directory is the single home of the run's epochs (``metrics.csv``) and result (``result.json``); a
+trial never touches the sweep database. On a cluster only the driver writes the index
+(:func:`record_outcome`: status, error, finish time; never a copy of the epochs or the result).
 
 Failures come in two kinds. A deterministic one (the run diverged, the config cannot run, the
 checkpoint is refused) would fail again anywhere: it is returned as ``{"status": "failed", "error":
@@ -15,8 +17,6 @@ resumes from the last epoch's checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -25,50 +25,33 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ... import _json
-from ..._atomic import atomic_write
 
-__all__ = ["RunDirectoryBusy", "hold_run_directory", "run_in_directory", "record_outcome", "SweepPlan",
-           "plan_sweep", "claim_keys", "NETWORK_FILESYSTEMS", "filesystem_type", "warn_if_network_filesystem"]
-
-LOCK_NAME = ".run.lock"
+__all__ = ["lock_run_directory", "run_in_directory", "record_outcome", "SweepPlan", "plan_sweep", "claim_keys",
+           "progress_of", "NETWORK_FILESYSTEMS", "filesystem_type", "warn_if_network_filesystem"]
 
 
-class RunDirectoryBusy(RuntimeError):
-    """Another live process holds the run directory's lock."""
+def lock_run_directory(run_dir: str | os.PathLike[str], wait: float = 0.0, owner: str | None = None) -> Any:
+    """Take ``run_dir``'s :class:`..runlock.RunDirectoryLock` (created if missing), trying again for
+    up to ``wait`` seconds while another process holds it: on a network file system the lock of a
+    vanished node lasts until the server's lease expires, and a retried run must not fail on it.
+    Returns the held lock (release it, or use it as a context manager); raises
+    :class:`..runlock.RunDirectoryBusy` when it is still held after ``wait``."""
+    from ..runlock import RunDirectoryBusy, RunDirectoryLock
 
-
-@contextlib.contextmanager
-def hold_run_directory(run_dir: str | os.PathLike[str], wait: float = 0.0) -> Iterator[None]:
-    """Hold an exclusive OS lock on ``run_dir`` (``flock`` on ``run_dir/.run.lock``) while training there.
-
-    The minimal lock the engines need: the kernel releases it when the holder dies (``kill -9``
-    included), so a retried run takes it over at once; on a network file system a lock of a vanished
-    node lasts until the server's lease expires, hence ``wait`` (seconds to keep trying). The file
-    names its holder (``host:pid``) for the error message and for tests. Raises
-    :class:`RunDirectoryBusy` when the lock is still held after ``wait``.
-    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-                    raise RunDirectoryBusy(f"run directory {str(run_dir)!r} is in use by {holder}") from None
-                time.sleep(0.5)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+    lock = RunDirectoryLock(run_dir, owner=owner or f"{socket.gethostname()}:{os.getpid()}")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return lock.acquire()
+        except RunDirectoryBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def run_in_directory(config_data: dict[str, Any], *, num_threads: int = 0, device: str | None = None,
@@ -77,18 +60,19 @@ def run_in_directory(config_data: dict[str, Any], *, num_threads: int = 0, devic
     """Train one resolved run config (a dict as stored in the sweep index) in its run directory.
 
     Resumes from the directory's checkpoint; a run whose ``result.json`` is already there for this
-    run key is not trained again (its result is returned). ``num_threads`` (torch threads, unless the
-    config sets them) and ``device`` override the config's ``[run]`` section, which is not part of
-    the run key. ``epoch_hook(config, metrics_row)`` is called after each epoch's checkpoint.
+    run key is not trained again. ``num_threads`` (torch threads, unless the config sets them) and
+    ``device`` override the config's ``[run]`` section, which is not part of the run key.
+    ``epoch_hook(config, metrics_row)`` is called after each epoch's row is on disk.
 
-    Returns ``{"status": "done", "result": ..., "epochs": [metrics rows], "host": ...}`` or
-    ``{"status": "failed", "error": one line, "host": ...}`` for a deterministic failure; every
-    other exception propagates (the engine may retry).
+    Returns ``{"status": "done", "host": ..., "device": ...}`` (the epochs and result are in the run
+    directory) or ``{"status": "failed", "error": one line, "host": ...}`` for a deterministic
+    failure; every other exception propagates (the engine may retry).
     """
-    from ..checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    from ..checkpoints import CHECKPOINT_NAME, CheckpointError
     from ..config import ConfigError, RunConfig, from_dict, run_key
+    from ..rundir import read_result
     from ..sweep import _error_text
-    from ..train import RunDiverged, read_result, train
+    from ..train import RunDiverged, train
 
     host = socket.gethostname()
     try:
@@ -101,56 +85,55 @@ def run_in_directory(config_data: dict[str, Any], *, num_threads: int = 0, devic
         config.run.device = device
     config.run.progress = False
     run_dir = Path(config.run.out_dir)
-    key = run_key(config)
-    with hold_run_directory(run_dir, wait=lock_wait):
-        result = None
+    with lock_run_directory(run_dir, wait=lock_wait):  # train() may take it again: re-entrant
+        finished = False
         if (run_dir / "result.json").is_file() and (run_dir / CHECKPOINT_NAME).is_file():
             try:
-                previous = read_result(run_dir)
+                finished = read_result(run_dir).get("run_key") == run_key(config)
             except (OSError, ValueError):
-                previous = None
-            if previous is not None and previous.get("run_key") == key:
-                result = previous  # finished before (e.g. the driver died before recording it)
-        if result is None:
+                finished = False
+        if not finished:  # else it finished before (e.g. the driver died before recording it)
             hook = None if epoch_hook is None else (lambda row: epoch_hook(config, row))
             try:
-                result = train(config, resume=True, on_epoch=hook)
+                train(config, resume=True, on_epoch=hook)
             except (RunDiverged, ConfigError, CheckpointError) as exc:
                 return {"status": "failed", "error": _error_text(exc), "host": host}
-        epochs = load_checkpoint(run_dir)["metrics"]
-    return {"status": "done", "result": result, "epochs": epochs, "host": host, "device": config.run.device}
+    return {"status": "done", "host": host, "device": config.run.device}
 
 
 def record_outcome(connection: sqlite3.Connection, key: str, owner: str, outcome: dict[str, Any]) -> str:
     """Write ``outcome`` (from :func:`run_in_directory`) into the sweep index, only where ``owner``
-    still holds the run; returns the status written. Only the driver calls this."""
-    now = time.time()
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        if outcome["status"] == "done":
-            connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
-            connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)",
-                                   [(key, r["epoch"], _json.dumps(r)) for r in outcome.get("epochs", [])])
-            connection.execute("UPDATE runs SET status='done', finished=?, result=?, error=NULL "
-                               "WHERE run_key=? AND owner=?", (now, _json.dumps(outcome["result"]), key, owner))
-        else:
-            connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
-                               (now, outcome["error"], key, owner))
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
+    still holds the run: the status, the finish time and (failed) the error; the run's epochs and
+    result stay in its run directory. Returns the status written. Only the driver calls this."""
+    if outcome["status"] == "done":
+        connection.execute("UPDATE runs SET status='done', finished=?, error=NULL WHERE run_key=? AND owner=?",
+                           (time.time(), key, owner))
+    else:
+        connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
+                           (time.time(), outcome["error"], key, owner))
     return outcome["status"]
 
 
 # ---------------------------------------------------------------------- the driver's side
 @dataclass
 class SweepPlan:
+    """The local engine's plan (:func:`..sweep._plan`: the claimable keys longest first, their cost,
+    the index file, when this sweep started) and every grid point, for the cluster engines."""
+
     points: list[Any]            # every GridPoint of the sweep
-    todo: list[str]              # run keys not done yet, longest first
-    db_file: str                 # absolute path of sweep.db
-    since: float                 # when this sweep started (failed runs before it may be retried)
-    cost: dict[str, float]       # run key -> expected gradient evaluations (progress weights)
+    index: Any                   # sweep._Plan
+
+    @property
+    def todo(self) -> list[str]:
+        return self.index.todo
+
+    @property
+    def db_file(self) -> str:
+        return self.index.db_file
+
+    @property
+    def since(self) -> float:
+        return self.index.since
 
     def config_of(self, key: str) -> dict[str, Any]:
         """The resolved config of ``key`` as a dict, with an absolute run directory (trials may
@@ -163,35 +146,27 @@ class SweepPlan:
         return data
 
 
+def progress_of(sweep: Any, plan: SweepPlan, claimed: list[str]) -> Any:
+    """The local engine's progress (:class:`..sweep._Progress`: one bar weighted by gradient
+    evaluations, one line per finished run, the counts) over the ``claimed`` runs; ``elsewhere``
+    counts the runs left to another sweep process."""
+    from dataclasses import replace
+
+    from ..sweep import _Progress
+
+    progress = _Progress(sweep, replace(plan.index, todo=list(claimed), budget=len(claimed)))
+    progress.counts["elsewhere"] = len(plan.todo) - len(claimed)
+    return progress
+
+
 def plan_sweep(sweep: Any, retry_failed: bool = True) -> SweepPlan:
     """Check the whole sweep, write ``sweep.json``, register the grid in the index and list what is
-    left to do: the same first steps as the local engine."""
-    from ..config import to_dict
-    from ..sweep import SweepError, database_path, expand_grid, open_database, register_points
-    from ..train import resolve_budget
+    left to do: the local engine's own set-up (:func:`..sweep.expand_grid`, :func:`..sweep._plan`).
+    No network-file-system warning: a cluster's run directories are on one by design."""
+    from ..sweep import _plan, expand_grid
 
-    points = expand_grid(sweep)
-    out = Path(sweep.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "sweep.json", _json.dumps(to_dict(sweep), nonfinite="string", indent=2) + "\n")
-    except OSError as exc:
-        raise SweepError(f"cannot write the sweep to out_dir {str(out)!r}: {exc.strerror or exc}") from None
-    since = time.time()
-    connection = open_database(out, create=True)
-    try:
-        register_points(connection, points)
-        wanted = {p.key for p in points}
-        statuses = ("pending", "running", "interrupted", "failed") if retry_failed else \
-            ("pending", "running", "interrupted")
-        todo = [r["run_key"] for r in connection.execute(
-            f"SELECT run_key FROM runs WHERE status IN ({','.join('?' * len(statuses))}) ORDER BY rowid", statuses)
-            if r["run_key"] in wanted]
-    finally:
-        connection.close()
-    cost = {p.key: resolve_budget(p.config, steps_per_epoch=1000).total_grad_evals for p in points}
-    todo.sort(key=lambda key: -cost[key])
-    return SweepPlan(points, todo, str(database_path(out).resolve()), since, cost)
+    points = expand_grid(sweep)  # checks every point before anything is written
+    return SweepPlan(points, _plan(sweep, points, retry_failed, max_runs=None))
 
 
 def claim_keys(connection: sqlite3.Connection, owner: str, plan: SweepPlan, *, retry_failed: bool,

@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import claim_keys, plan_sweep, record_outcome, run_in_directory
+from .common import claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
 
 __all__ = ["run_sweep_on_ray", "check_shared_directory", "import_ray"]
 
@@ -102,15 +102,14 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
     """
     from . import check_cluster_settings
     from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
-                         _raise_interrupt, _run_line)
+                         _raise_interrupt)
 
     ray = import_ray()
     check_cluster_settings(sweep)
     plan = plan_sweep(sweep, retry_failed)
     owner = _owner_id()
-    counts = {"done": 0, "failed": 0, "skipped": len(plan.points) - len(plan.todo), "elsewhere": 0}
     if not plan.todo:
-        return counts
+        return {"done": 0, "failed": 0, "skipped": plan.index.skipped, "elsewhere": 0}
     started_ray = not ray.is_initialized()
     if started_ray:
         init: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
@@ -128,12 +127,12 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             raise SweepError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
     handlers: dict[int, Any] = {}
     refs: dict[Any, str] = {}
-    connection = heartbeat = None
+    connection = heartbeat = progress = None
     try:
         check_shared_directory(ray, sweep.out_dir)
         connection = _connect(Path(plan.db_file))
         claimed = claim_keys(connection, owner, plan, retry_failed=retry_failed, lease_seconds=sweep.lease_seconds)
-        counts["elsewhere"] = len(plan.todo) - len(claimed)
+        progress = progress_of(sweep, plan, claimed)
         heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
         heartbeat.start()
         if _in_main_thread():
@@ -148,16 +147,13 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             ref = task.options(name=f"tiltedsam {labels[key]} {key}").remote(
                 plan.config_of(key), sweep.cpus_per_run, device, wait, epoch_hook)
             refs[ref] = key
-        total = len(claimed)
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
             for ref in ready:
                 key = refs.pop(ref)
                 outcome = _outcome_of(ray, ref, sweep.max_retries)
                 status = record_outcome(connection, key, owner, outcome)
-                counts[status] += 1
-                if sweep.progress:
-                    print(_run_line(plan.db_file, key, status, counts["done"] + counts["failed"], total), flush=True)
+                progress.finished(key, status)
     except KeyboardInterrupt as exc:
         for signum in handlers:  # a second signal must not interrupt the clean-up
             signal.signal(signum, signal.SIG_IGN)
@@ -182,7 +178,9 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             ray.shutdown()
         for signum, previous in handlers.items():
             signal.signal(signum, previous)
-    return counts
+        if progress is not None:
+            progress.bar.close()
+    return progress.counts
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:

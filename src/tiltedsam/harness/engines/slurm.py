@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from ... import _json
 from ..._atomic import atomic_write
-from .common import claim_keys, plan_sweep, record_outcome, run_in_directory
+from .common import claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
 
 __all__ = ["run_sweep_on_slurm", "SlurmTrial", "import_submitit"]
 
@@ -88,7 +88,7 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
     from . import check_cluster_settings
     from ..config import ConfigError
     from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
-                         _raise_interrupt, _run_line)
+                         _raise_interrupt)
 
     submitit = import_submitit()
     check_cluster_settings(sweep)
@@ -98,9 +98,8 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
         raise ConfigError(f"--max-parallel {max_parallel!r} is invalid; allowed: an integer >= 1")
     plan = plan_sweep(sweep, retry_failed)
     owner = _owner_id()
-    counts = {"done": 0, "failed": 0, "skipped": len(plan.points) - len(plan.todo), "elsewhere": 0}
     if not plan.todo:
-        return counts
+        return {"done": 0, "failed": 0, "skipped": plan.index.skipped, "elsewhere": 0}
     folder = Path(sweep.out_dir).resolve() / "slurm" / "%j"
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     parameters: dict[str, Any] = {"name": f"tiltedsam-{sweep.name}", "timeout_min": time_minutes or 60,
@@ -117,11 +116,11 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
 
     handlers: dict[int, Any] = {}
     jobs: dict[str, Any] = {}
-    connection = heartbeat = None
+    connection = heartbeat = progress = None
     try:
         connection = _connect(Path(plan.db_file))
         claimed = claim_keys(connection, owner, plan, retry_failed=retry_failed, lease_seconds=sweep.lease_seconds)
-        counts["elsewhere"] = len(plan.todo) - len(claimed)
+        progress = progress_of(sweep, plan, claimed)
         heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
         heartbeat.start()
         if _in_main_thread():
@@ -145,7 +144,6 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
         atomic_write(_jobs_file(sweep.out_dir), _json.dumps(known, indent=2) + "\n")
         if on_submitted is not None:
             on_submitted(dict(jobs))
-        total = len(jobs)
         pending = dict(jobs)
         while pending:
             finished = [key for key, job in pending.items() if job.done()]
@@ -155,9 +153,7 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
             for key in finished:
                 job = pending.pop(key)
                 status = record_outcome(connection, key, owner, _outcome_of(job))
-                counts[status] += 1
-                if sweep.progress:
-                    print(_run_line(plan.db_file, key, status, counts["done"] + counts["failed"], total), flush=True)
+                progress.finished(key, status)
     except KeyboardInterrupt as exc:
         for signum in handlers:
             signal.signal(signum, signal.SIG_IGN)
@@ -178,7 +174,9 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
             connection.close()
         for signum, previous in handlers.items():
             signal.signal(signum, previous)
-    return counts
+        if progress is not None:
+            progress.bar.close()
+    return progress.counts
 
 
 def _reattach(submitit: Any, executor: Any, folder: Path, job_id: str | None) -> Any:
