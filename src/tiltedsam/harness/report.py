@@ -202,7 +202,7 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
     ``reference`` is the label the paired differences are taken against (default:
     :func:`default_reference`).
     """
-    connection = open_database(db)
+    connection = open_database(db, read_only=True)
     try:
         runs, epochs = _load(connection)
         if only_keys is not None:

@@ -70,6 +70,7 @@ from typing import Any, Iterator
 
 from .. import _json
 from .._atomic import atomic_write
+from .runlock import RunDirectoryBusy, RunDirectoryLock, read_owner
 from .config import (MAX_SEED, ConfigError, RunConfig, apply_overrides, check_name, from_dict, read_mapping,
                      run_key, to_dict)
 
@@ -253,11 +254,22 @@ _RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, st
                   "result, error"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=120, isolation_level=None)  # autocommit; explicit transactions
+def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
+    """Open ``path`` (``mode``: ``rw`` an existing database, ``rwc`` create it, ``ro`` read only; a read-only
+    database in a folder this process cannot write is opened ``immutable``, since SQLite could not
+    create the WAL index there). A database that vanished (its sweep directory deleted) is an error,
+    never silently recreated as an empty stub."""
+    from .sweep_safety import sqlite_uri
+
+    try:
+        connection = sqlite3.connect(sqlite_uri(path, mode), timeout=120, isolation_level=None, uri=True)
+    except sqlite3.OperationalError as exc:  # autocommit above; explicit transactions
+        raise SweepError(f"cannot open the sweep database {str(path)!r} ({exc}); was its directory deleted "
+                         "or made unreadable?") from None
     try:
         connection.execute("PRAGMA busy_timeout=120000")
-        connection.execute("PRAGMA journal_mode=WAL")
+        if mode != "ro":
+            connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
         connection.close()
         raise SweepError(f"{str(path)!r} is not an SQLite database ({exc}); expected a tiltedsam sweep.db") from None
@@ -281,12 +293,28 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
         raise
 
 
-def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3.Connection:
-    """Open a sweep database; with ``create`` make it if missing. Raises :class:`SweepError` when it
-    is missing (and not created) or was written with another schema version."""
-    from .._version import __version__
+def open_database(path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> sqlite3.Connection:
+    """Open a sweep database; with ``create`` make it if missing; ``read_only`` for readers (a report:
+    works in a read-only results folder). Raises :class:`SweepError` when it is missing (and not
+    created) or was written with another schema version.
+
+    Creating (and migrating) happens under an OS lock on the sibling file ``sweep.db.lock``, so that
+    two sweeps that start together on a new database do not both try to create its tables.
+    """
+    from .sweep_safety import creation_lock
 
     file = database_path(path)
+    if read_only:
+        return _open_database(file, create=False, read_only=True)
+    if create and not file.is_file():
+        file.parent.mkdir(parents=True, exist_ok=True)
+    with creation_lock(file):
+        return _open_database(file, create, read_only=False)
+
+
+def _open_database(file: Path, create: bool, read_only: bool) -> sqlite3.Connection:
+    from .._version import __version__
+
     if not file.is_file():
         if not create:
             raise SweepError(f"no sweep database at {str(file)!r}; run `tiltedsam sweep` or `tiltedsam compare` first")
@@ -297,7 +325,7 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
         if header != b"SQLite format 3\x00" and not (create and file.stat().st_size == 0):
             raise SweepError(f"{str(file)!r} is not an SQLite database (no SQLite header); expected a tiltedsam "
                              "sweep.db")
-    connection = _connect(file)
+    connection = _connect(file, "ro" if read_only else ("rwc" if create else "rw"))
     try:
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
@@ -319,7 +347,7 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
             COMMIT;""")
         return connection
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-    if meta.get("schema_version") == "1":
+    if meta.get("schema_version") == "1" and not read_only:
         _migrate_v1(connection)
         meta["schema_version"] = str(SCHEMA_VERSION)
     if meta.get("schema_version") != str(SCHEMA_VERSION):
@@ -453,6 +481,22 @@ def _error_text(exc: BaseException) -> str:
     return traceback.format_exc()
 
 
+def _hold_run(connection: sqlite3.Connection, key: str, run_dir: str, owner: str) -> RunDirectoryLock:
+    """Take the run directory's OS lock for ``owner`` (the authority over who trains a run: a lease can
+    look stale while its owner lives). When another live process holds it, the run's row is given
+    back to that holder (its heartbeats then match again) and :class:`RunDirectoryBusy` is raised."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    lock = RunDirectoryLock(run_dir, owner=owner)
+    try:
+        return lock.acquire()
+    except RunDirectoryBusy:
+        holder = read_owner(run_dir)
+        if holder.count(":") == 2:  # a sweep owner id: host:pid:nonce
+            connection.execute("UPDATE runs SET status='running', owner=?, heartbeat=? WHERE run_key=? AND owner=?",
+                               (holder, time.time(), key, owner))
+        raise
+
+
 def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None) -> tuple[str, str]:
     """Train one grid point (resuming from its checkpoint if a crash left one), store its epochs
     and result, mark it done or failed. ``owner`` is the lease holder that claimed the run; without
@@ -464,6 +508,7 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
     if num_threads:
         torch.set_num_threads(num_threads)
     connection = _connect(Path(db_file))
+    lock = None
     try:
         if owner is None:
             owner = _owner_id()
@@ -474,17 +519,22 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         config = from_dict(RunConfig, json.loads(row["config"]))
         if num_threads and not config.run.num_threads:  # run.* is not part of the run key
             config.run.num_threads = num_threads
+        try:
+            lock = _hold_run(connection, key, config.run.out_dir, owner)
+        except RunDirectoryBusy:
+            return key, "elsewhere"  # its live owner keeps it (a stale-looking lease, e.g. a stopped process)
         connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
 
         def store_epoch(metrics: dict[str, Any]) -> None:
+            lock.verify()  # still the run's holder, its directory still in place
             connection.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)",
                                (key, metrics["epoch"], _json.dumps(metrics)))
 
         try:
             result = train(config, resume=True, on_epoch=store_epoch)
         except Exception as exc:
-            connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
-                               (time.time(), _error_text(exc), key, owner))
+            connection.execute("UPDATE runs SET status='failed', finished=?, error=?, owner=? WHERE run_key=?",
+                               (time.time(), _error_text(exc), owner, key))
             return key, "failed"
         from .checkpoints import load_checkpoint
 
@@ -493,11 +543,14 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
         connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)",
                                [(key, r["epoch"], _json.dumps(r)) for r in rows])
-        connection.execute("UPDATE runs SET status='done', finished=?, result=? WHERE run_key=? AND owner=?",
-                           (time.time(), _json.dumps(result), key, owner))
+        # the run directory's lock made this process the run's only writer: the row is ours
+        connection.execute("UPDATE runs SET status='done', finished=?, result=?, owner=? WHERE run_key=?",
+                           (time.time(), _json.dumps(result), owner, key))
         connection.execute("COMMIT")
         return key, "done"
     finally:
+        if lock is not None:
+            lock.release()
         connection.close()
 
 
@@ -758,6 +811,8 @@ def _run_line(db_file: str, key: str, status: str, done: int, total: int) -> str
     finally:
         connection.close()
     head = f"[{done}/{total}] {row['label']} seed {row['seed']}"
+    if status == "elsewhere":
+        return f"{head}: left to the live process that holds its run directory"
     if status != "done" or not row["result"]:
         last = (row["error"] or "").strip().splitlines()[-1:] or ["?"]
         return f"{head}: FAILED ({last[0]})"

@@ -40,6 +40,7 @@ from .._atomic import remove_stale_temporaries
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
 from .dropout import StepRngReplay
+from .runlock import holding_run_directory, verify_held
 
 __all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
            "METRIC_COLUMNS", "RunInterrupted", "RunDiverged", "read_result", "check_run", "check_device",
@@ -396,6 +397,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     return result
 
 
+@holding_run_directory
 def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, world: World | None = None) -> dict[str, Any]:
     """Run ``config`` to the end of its budget and return the result dict (also ``result.json``).
@@ -593,6 +595,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
                 warnings.warn(f"{config.display_label}: {ess_warning}", TiltDiagnosticWarning, stacklevel=2)
         rows.append(row)
         if world.is_main:
+            verify_held(run_dir)  # still ours, still there: a deleted run directory is not recreated
             save_checkpoint(run_dir / CHECKPOINT_NAME, {
                 "config": json.loads(json.dumps(_config_dict(config))), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
@@ -623,6 +626,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     if result["mean_effective_sample_size"] is not None and not math.isfinite(result["mean_effective_sample_size"]):
         result["mean_effective_sample_size"] = None  # JSON holds no NaN
     if world.is_main:
+        verify_held(run_dir)
         atomic_write_text(run_dir / "result.json", _json.dumps(result, indent=2) + "\n")
     return result
 
