@@ -67,10 +67,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [ValueError, OSError, pickle.UnpicklingError, sqlite3.DatabaseError]
     try:
+        from ..harness.runlock import RunDirectoryBusy, RunDirectoryLost
         from ..harness.sweep import SweepError
         from ..harness.train import RunDiverged
 
-        types += [SweepError, RunDiverged]
+        types += [SweepError, RunDiverged, RunDirectoryBusy, RunDirectoryLost]
     except ImportError:  # pragma: no cover - harness dependencies missing
         pass
     try:

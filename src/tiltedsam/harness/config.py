@@ -504,6 +504,27 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     return from_dict(RunConfig, apply_overrides(data, overrides or {}))
 
 
+def toml_string(value: str, key: str = "value") -> str:
+    """``value`` as a TOML basic string: ``\\``, ``"`` and control characters escaped, every other
+    character (any language, emoji) kept as it is. (``json.dumps`` would write characters outside the
+    Basic Multilingual Plane as surrogate pairs, ``"\\ud83d\\ude00"``, which TOML refuses.) A string
+    holding a lone surrogate (a file name in another encoding than UTF-8) has no TOML spelling:
+    :class:`ConfigError` naming ``key``."""
+    out = []
+    for char in value:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise ConfigError(f"{key} = {value!r} is not valid Unicode (a name in another encoding than UTF-8?); "
+                              "use a UTF-8 name")
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -516,11 +537,11 @@ def _toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
     if isinstance(value, dict):
-        items = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        items = [f"{toml_string(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
         return "{" + ", ".join(items) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
@@ -546,7 +567,7 @@ def to_toml(data: Mapping[str, Any]) -> str:
         lines.append(f"[{name}]")
         for key, value in table.items():
             if value is not None:
-                lines.append(f"{json.dumps(key) if '.' in key else key} = {_toml_value(value)}")
+                lines.append(f"{toml_string(key) if '.' in key else key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
