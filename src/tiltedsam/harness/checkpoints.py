@@ -123,7 +123,12 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     payload = {"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}
     payload["checksum"] = payload_checksum(payload)
     remove_stale_temporaries(path.parent, target=path.name)
-    atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
+    try:
+        atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
+    except (OSError, RuntimeError) as exc:  # disk full, file-size limit: one line naming the file
+        from .checkpoint_checks import write_failure
+
+        raise write_failure(exc, path) from None
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -211,11 +216,13 @@ def load_for_analysis(path: str | os.PathLike[str], device: str | torch.device =
     from .train import dataset_kwargs
 
     payload = load_checkpoint(path, map_location=device)
-    config = from_dict(RunConfig, payload["config"])
+    from .checkpoint_checks import checked_config, load_weights
+
+    config = checked_config(payload, find_checkpoint(path), lambda data: from_dict(RunConfig, data))
     torch.manual_seed(config.seed)
     data = load_dataset(config.data.name, **dataset_kwargs(config))
     model = build_model(config.model.name, data, **config.model.options)
-    model.load_state_dict(payload["model"])
+    load_weights(model, payload, find_checkpoint(path))
     model.to(device).eval()
     result: dict[str, Any] = {}
     result_file = find_checkpoint(path).parent / "result.json"

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import _json
 from .._atomic import remove_stale_temporaries
+from .checkpoint_checks import check_resume_state
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
 from .dropout import StepRngReplay
@@ -479,7 +480,9 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     rows: list[dict[str, Any]] = []
     epoch = step = 0
     train_seconds = wall_seconds = 0.0
-    if checkpoint is not None:
+    if checkpoint is not None:  # structure checked against this run (a valid checksum is not enough)
+        check_resume_state(checkpoint, run_dir / CHECKPOINT_NAME, budget, model, optimizer, _restore_rng_states,
+                           loader_generator, tilt_scheduler)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if tilt_scheduler is not None:
