@@ -141,6 +141,9 @@ def configure_threads(requested: int | None = None, processes: int = 1, *,
     return choice
 
 
+from ._limits import check_threads  # noqa: E402
+
+
 def add_threads_argument(parser: object, processes_note: str = "") -> None:
     """The ``--threads N`` option every computing command shares (an ``argparse`` parser)."""
 
@@ -148,7 +151,9 @@ def add_threads_argument(parser: object, processes_note: str = "") -> None:
         import argparse
 
         try:
-            return _positive_int("--threads", text)
+            value = _positive_int("--threads", text)
+            check_threads("--threads", value)
+            return value
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

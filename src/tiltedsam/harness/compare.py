@@ -60,6 +60,9 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
 
     epochs = epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     seeds = seeds or (1 if quick else DEFAULT_SEEDS)
+    from .._limits import check_seed_count
+
+    check_seed_count("--seeds", seeds)  # before list(range(seeds)) below
     labels = compare_labels()
     base: dict[str, Any] = {
         "batch_size": 64, "label_smoothing": 0.1,

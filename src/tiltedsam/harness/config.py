@@ -191,6 +191,13 @@ def validate(config: RunConfig) -> None:
         raise bad("optimizer.lr", config.optimizer.lr, "a finite number > 0")
     if config.optimizer.tilt_schedule not in ("constant", "increase", "decrease"):
         raise bad("optimizer.tilt_schedule", config.optimizer.tilt_schedule, "constant | increase | decrease")
+    if config.run.num_threads > 0:
+        from .._limits import check_threads
+
+        try:
+            check_threads("run.num_threads", config.run.num_threads)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.run.num_threads < 0:
         raise bad("run.num_threads", config.run.num_threads, "0 (torch default) or a positive count")
     if config.run.eval_batch_size < 1:

@@ -136,6 +136,7 @@ class SweepConfig:
         check_name("name", self.name)
         if self.workers < 1:
             raise ConfigError(f"workers = {self.workers!r} is invalid; allowed: an integer >= 1")
+        _check_sweep_limits(self)
         if self.threads_per_worker < 0:
             raise ConfigError(f"threads_per_worker = {self.threads_per_worker!r} is invalid; allowed: 0 (cores / "
                               "workers) or a positive count")
@@ -164,6 +165,32 @@ class SweepConfig:
         for label in self.per_optimizer:
             if label not in self.optimizers:
                 raise ConfigError(f"per_optimizer.{label}: {label!r} is not in optimizers {self.optimizers}")
+
+
+def _check_sweep_limits(sweep: "SweepConfig") -> None:
+    """Workers, threads per worker, seeds and grid points under :mod:`tiltedsam._limits` (before any expansion)."""
+    from .. import _limits
+
+    try:
+        _limits.check_workers("workers", sweep.workers)
+        if sweep.threads_per_worker > 0:
+            _limits.check_threads("threads_per_worker", sweep.threads_per_worker)
+        if isinstance(sweep.seeds, list):
+            _limits.check_seed_count("seeds", len(sweep.seeds))
+        points = len(sweep.seeds) if isinstance(sweep.seeds, list) else 1
+        total = 0
+        for label in sweep.optimizers or []:
+            axes = {**(sweep.grid if isinstance(sweep.grid, dict) else {}),
+                    **((sweep.per_optimizer or {}).get(label) or {} if isinstance(sweep.per_optimizer, dict) else {})}
+            size = points
+            for values in axes.values():
+                size *= len(values) if isinstance(values, list) else 1
+                if size > _limits.MAX_GRID_POINTS:
+                    break
+            total += size
+        _limits.check_grid_points("the sweep grid (optimizers x axis values x seeds)", total)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_sweep_config(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> SweepConfig:

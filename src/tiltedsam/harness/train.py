@@ -222,11 +222,21 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
     if stop_after_epochs is not None and (isinstance(stop_after_epochs, bool) or stop_after_epochs < 1):
         raise ConfigError(f"stop_after_epochs = {stop_after_epochs!r} is invalid; allowed: an integer >= 1")
     check_device(config.run.device)
+    _check_model_options(config)
     check_optimizer_settings(config)
     try:
         resolve_budget(config, steps_per_epoch=1)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"budget: {' '.join(str(exc).split())}") from None
+
+
+def _check_model_options(config: RunConfig) -> None:
+    from .models import check_model_options
+
+    try:
+        check_model_options(config.model.name, config.model.options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_model_size(config: RunConfig, data: Any) -> None:
