@@ -182,12 +182,7 @@ def _check_sweep_limits(sweep: "SweepConfig") -> None:
         for label in sweep.optimizers or []:
             axes = {**(sweep.grid if isinstance(sweep.grid, dict) else {}),
                     **((sweep.per_optimizer or {}).get(label) or {} if isinstance(sweep.per_optimizer, dict) else {})}
-            size = points
-            for values in axes.values():
-                size *= len(values) if isinstance(values, list) else 1
-                if size > _limits.MAX_GRID_POINTS:
-                    break
-            total += size
+            total += points * math.prod(len(v) if isinstance(v, list) else 1 for v in axes.values())
         _limits.check_grid_points("the sweep grid (optimizers x axis values x seeds)", total)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
