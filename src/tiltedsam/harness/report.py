@@ -32,7 +32,7 @@ import io
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,7 +43,8 @@ from .._atomic import atomic_write_with
 from ..optim.diagnostics import ess_message as _ess_message
 from .config import atomic_write_text
 from .stats import paired_by_seed
-from .sweep import database_path, failed_runs, iter_results, open_database
+from .report_input import failed_runs_checked, load_checked, skipped_markdown
+from .sweep import database_path, iter_results, open_database
 
 __all__ = ["Report", "build_report", "write_report", "run_report", "select_best", "mean_std",
            "markdown_table", "default_reference", "MEASURES"]
@@ -150,6 +151,7 @@ class Report:
     curves: dict[str, dict[str, list[list[float]]]]  # label -> metric -> per-seed series
     by_t: dict[str, list[tuple[float, list[float]]]]  # label -> [(t, test accs of the selected setting)]
     summary: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)  # database rows that could not be read, one line each
 
 
 def _load(connection) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
@@ -204,12 +206,12 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
     """
     connection = open_database(db, read_only=True)
     try:
-        runs, epochs = _load(connection)
+        runs, epochs, skipped = load_checked(connection)  # unreadable rows named and skipped
         if only_keys is not None:
             runs = [r for r in runs if r["run_key"] in only_keys]
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         counts = dict(connection.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
-        failures = failed_runs(connection, only_keys)
+        failures = failed_runs_checked(connection, only_keys)
     finally:
         connection.close()
     if not runs:
@@ -217,6 +219,8 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
         if failures:
             detail = f"; {len(failures)} failed or interrupted, e.g. {failures[0]['label']} seed " \
                      f"{failures[0]['seed']}: {failures[0]['error']}"
+        if skipped:
+            detail += f"; {len(skipped)} unreadable row(s) skipped, e.g. {skipped[0]}"
         raise ValueError(f"the sweep database {str(database_path(db))!r} has no finished runs yet{detail}")
     order = list(dict.fromkeys(r["label"] for r in runs))
     chosen = select_best(runs)
@@ -383,6 +387,7 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
                   "", markdown_table(["optimizer", "seed", "setting", "status", "error"],
                                      [[f["label"], f["seed"], _setting_text(f["setting"]), f["status"],
                                        f["error"].replace("|", "\\|")] for f in failures]), ""]
+    parts += skipped_markdown(skipped)
     if epilogue is not None:
         parts += [epilogue(summary)]
     run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), _number(100 * r["result"]["final_test_acc"]),
@@ -391,7 +396,7 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
                  r["result"].get("threads", ""), r["run_dir"]] for r in runs]
     tables["runs"] = (["optimizer", "seed", "setting", "final_test_acc_percent", "best_val_test_acc_percent",
                        "best_val_epoch", "grad_evals", "train_seconds", "mean_ess", "threads", "run_dir"], run_rows)
-    return Report(tables, "\n".join(parts), curves, by_t_plot, summary)
+    return Report(tables, "\n".join(parts), curves, by_t_plot, summary, skipped)
 
 
 def _styles(labels: list[str]) -> dict[str, dict[str, Any]]:
