@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .._warning_lines import install as one_line_warnings
+
+    one_line_warnings()  # "warning: Category: message", without the echoed source line
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -611,6 +611,7 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    _quiet_worker()
     connection.send("ready")  # only now may the parent claim a run for this worker
     while True:
         try:
@@ -620,6 +621,22 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
         if key is None:
             return
         connection.send(execute_run(db_file, key, num_threads, owner))
+
+
+def _quiet_worker() -> None:
+    """A worker's warnings as one ``warning: ...`` line each, and no ``multiprocessing`` semaphore of its
+    own: tqdm would create one for its write lock, and a worker stopped by SIGTERM (Ctrl-C of the
+    sweep) cannot unlink it, so the resource tracker reported it as leaked. A thread lock suffices
+    (a worker draws no bars of its own: progress is off with several workers)."""
+    from .. import _warning_lines
+
+    _warning_lines.install()
+    try:
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    except ImportError:  # pragma: no cover - tqdm is a harness dependency
+        pass
 
 
 @dataclass
