@@ -176,3 +176,36 @@ def test_out_of_memory_is_one_error_line(tmp_path):
 def test_every_command_error_is_one_error_line(argv, capsys):
     text = error_line(argv, capsys, code=2 if argv in (["analyze"], ["toy", "--tilt", "abc", "fig1"]) else 1)
     assert not text.startswith("error: tiltedsam analyze: tiltedsam")
+
+
+# ------------------------------------------------------------------------ further attacks (own round)
+def test_empty_out_is_refused_not_replaced_by_the_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--out is empty" in error_line(["train", *TINY, "--out", ""], capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "folder", "fifo.toml"])
+def test_a_config_that_is_not_a_regular_file_is_named(tmp_path, capsys, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo.toml")  # reading it would block forever
+    assert "is not a regular file" in error_line(["train", "--config", target, *TINY, "--print-config"], capsys)
+
+
+def test_thread_count_from_the_environment_is_bounded(monkeypatch):
+    from tiltedsam._threads import choose_threads
+
+    with pytest.raises(ValueError, match="TILTEDSAM_THREADS = 100000 is too many"):  # segfaulted in OpenBLAS
+        choose_threads(None, environ={"TILTEDSAM_THREADS": "100000"})
+
+
+def test_resume_with_a_folder_as_checkpoint_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    result = (out / "result.json").read_bytes()
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.pt").mkdir()
+    assert "is not a file" in error_line(["train", "--resume", "--out", str(out)], capsys)
+    assert (out / "result.json").read_bytes() == result

@@ -99,9 +99,11 @@ def choose_threads(requested: int | None = None, processes: int = 1, *, default_
     """
     processes = _positive_int("processes", processes)
     if requested:
+        check_threads("--threads (run.num_threads)", _positive_int("--threads", requested))
         return ThreadChoice(_positive_int("--threads", requested), "request", "asked for explicitly")
     environ = os.environ if environ is None else environ
     if environ.get(ENV_VAR, "").strip():
+        check_threads(ENV_VAR, _positive_int(ENV_VAR, environ[ENV_VAR]))
         return ThreadChoice(_positive_int(ENV_VAR, environ[ENV_VAR]), ENV_VAR, f"{ENV_VAR}={environ[ENV_VAR]}")
     if environ.get("OMP_NUM_THREADS", "").strip():
         try:

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from ..harness.sweep import SweepError, load_sweep_config, run_sweep
 
     overrides = list(args.overrides)
+    if args.out == "":
+        raise SystemExit("error: --out is empty; name a directory")
     if args.out:
         overrides.append(f"out_dir={toml_string(args.out, '--out')}")
     if args.workers is not None:

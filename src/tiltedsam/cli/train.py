@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.threads:
         overrides.append(f"run.num_threads={args.threads}")
+    if args.out == "":
+        raise SystemExit("error: --out is empty; name a directory")
     if args.out:
         overrides.append(f"run.out_dir={toml_string(args.out, '--out')}")
     config_file = args.config

@@ -469,6 +469,8 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     :data:`MAX_CONFIG_NODES` values (YAML aliases expanded, checked before anything is built).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device (/dev/zero), a FIFO that would block
+        raise ConfigError(f"config file {str(path)!r} is not a regular file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     where = f"config file {str(path)!r}"

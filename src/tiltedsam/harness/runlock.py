@@ -198,6 +198,9 @@ def _refuse_finished_without_checkpoint(run_dir: Path) -> None:
     overwrite its ``result.json``: refused."""
     from .checkpoints import CHECKPOINT_NAME
 
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if checkpoint.exists() and not checkpoint.is_file():
+        raise FileExistsError(f"{str(checkpoint)!r} is not a file; refusing to resume (or train over) this run")
     if (run_dir / "result.json").is_file() and not (run_dir / CHECKPOINT_NAME).exists():
         raise FileExistsError(f"{str(run_dir)!r} holds a finished run (result.json) but no {CHECKPOINT_NAME}; "
                               "refusing to train it again over its result (move result.json away to retrain)")
