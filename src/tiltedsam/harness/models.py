@@ -411,8 +411,9 @@ def build_model(name: str, data: Any, **kwargs: Any) -> nn.Module:
 _ZERO_ALLOWED = {"train_layers"}
 #: sequence options that may be empty (an MLP without hidden layers is a linear model)
 _EMPTY_ALLOWED = {"hidden_sizes"}
-#: largest width or count an option may name (a typo, not a model: the memory check sees the rest)
-MAX_MODEL_WIDTH = 2**20
+#: largest width or count an option may name (beyond int64; anything large but representable is left to
+#: the model-size check, which names the parameters and the machine's memory)
+MAX_MODEL_WIDTH = 2**62
 
 
 def check_model_options(name: str, options: dict[str, Any]) -> None:
@@ -442,12 +443,11 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
                 raise ValueError(where + "true or false")
         elif isinstance(default, int):
             if not count(value, low):
-                raise ValueError(where + f"an integer from {low} to {MAX_MODEL_WIDTH}")
+                raise ValueError(where + f"an integer >= {low}")
         elif isinstance(default, (tuple, list)):
             if not isinstance(value, (list, tuple)) or not all(count(v, 1) for v in value) or \
                     (not value and key not in _EMPTY_ALLOWED):
-                raise ValueError(where + f"a list of {'' if key in _EMPTY_ALLOWED else 'one or more '}integers "
-                                 f"from 1 to {MAX_MODEL_WIDTH}")
+                raise ValueError(where + f"a list of {'' if key in _EMPTY_ALLOWED else 'one or more '}integers >= 1")
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if key == "dropout":

@@ -605,7 +605,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         if message and ess_warning is None:  # once per run
             ess_warning = row["ess_warning"] = f"epoch {epoch}: {message}"
             if world.is_main:
-                warnings.warn(f"{config.display_label}: {ess_warning}", TiltDiagnosticWarning, stacklevel=2)
+                warnings.warn(f"{config.display_label}: {ess_warning}", TiltDiagnosticWarning, stacklevel=3)
         rows.append(row)
         if world.is_main:
             verify_held(run_dir)  # still ours, still there: a deleted run directory is not recreated
