@@ -80,3 +80,14 @@ def test_all_rows_unreadable_is_one_error_line(sweep_dir, tmp_path, capsys):
         main(["report", str(copy), "--out", str(tmp_path / "r")])
     text = str(raised.value.code)
     assert text.startswith("error: ") and "no finished runs" in text and "2 unreadable row(s) skipped" in text
+
+
+def test_a_failed_row_with_an_unreadable_setting_is_still_listed(sweep_dir, tmp_path):
+    copy = tmp_path / "s"
+    shutil.copytree(sweep_dir, copy)
+    connection = sqlite3.connect(copy / "sweep.db")
+    connection.execute("UPDATE runs SET status='failed', setting='{oops', error=NULL WHERE seed=1")
+    connection.commit()
+    connection.close()
+    report = build_report(copy)
+    assert "## Failed runs" in report.markdown and report.skipped == []
