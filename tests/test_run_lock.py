@@ -7,7 +7,6 @@ checkpoint is gone, and a failed ``train`` that must not leave an empty run dire
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from tiltedsam.cli import main
 from tiltedsam.harness.config import load_config
-from tiltedsam.harness.runlock import (LOCK_NAME, RunDirectoryBusy, RunDirectoryLock, RunDirectoryLost,
+from tiltedsam.harness.runlock import (RunDirectoryBusy, RunDirectoryLock, RunDirectoryLost,
                                        read_owner)
 from tiltedsam.harness.train import train
 

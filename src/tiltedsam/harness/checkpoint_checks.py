@@ -15,7 +15,6 @@ the file and the likely cause; the previous checkpoint is untouched (atomic writ
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
