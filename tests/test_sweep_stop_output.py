@@ -80,3 +80,31 @@ def test_warnings_are_one_clean_line(capsys):
         _warning_lines.install()
         warnings.warn("tilt diagnostics:\n  ESS 1.0 of 8", UserWarning, stacklevel=1)
     assert capsys.readouterr().err == "warning: UserWarning: tilt diagnostics: ESS 1.0 of 8\n"
+
+
+def test_a_signal_right_after_a_claim_commits_stays_an_interrupt(tmp_path):
+    """Ctrl-C that lands after ``COMMIT`` (or before ``BEGIN``) of a claim: the sweep's interrupt, not
+    ``error: cannot rollback - no transaction is active`` (seen with SIGINT from a terminal)."""
+    from tiltedsam.harness.sweep import claim_run, open_database
+
+    connection = open_database(tmp_path, create=True)
+    connection.execute("INSERT INTO runs (run_key, label, optimizer, seed, setting, config, run_dir) "
+                       "VALUES ('k', 'sgd', 'sgd', 0, '{}', '{}', 'd')")
+
+    class SignalAfterCommit:
+        def __init__(self, inner):
+            self.inner = inner
+
+        @property
+        def in_transaction(self):
+            return self.inner.in_transaction
+
+        def execute(self, sql, *args):
+            cursor = self.inner.execute(sql, *args)
+            if sql == "COMMIT":
+                raise KeyboardInterrupt
+            return cursor
+
+    with pytest.raises(KeyboardInterrupt):
+        claim_run(SignalAfterCommit(connection), "me:1:x", ["k"], since=time.time())
+    connection.close()

@@ -311,7 +311,8 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
         connection.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
 
 
@@ -451,7 +452,8 @@ def claim_run(connection: sqlite3.Connection, owner: str, candidates: list[str],
                                "attempts=attempts+1, error=NULL WHERE run_key=?", (owner, now, now, chosen))
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # a signal may arrive before BEGIN or after COMMIT: keep the signal's error
+            connection.execute("ROLLBACK")
         raise
     return chosen
 
