@@ -209,3 +209,12 @@ def test_resume_with_a_folder_as_checkpoint_is_refused_before_training(tmp_path,
     (out / "checkpoint.pt").mkdir()
     assert "is not a file" in error_line(["train", "--resume", "--out", str(out)], capsys)
     assert (out / "result.json").read_bytes() == result
+
+
+def test_limits_hold_for_fields_changed_after_construction():
+    from tiltedsam.harness.sweep import SweepConfig, expand_grid
+
+    sweep = SweepConfig(optimizers=["sgd"])
+    sweep.grid = {f"optimizer.settings.a{i}": list(range(10)) for i in range(6)}
+    with pytest.raises(ConfigError, match="expands to 1,000,000 runs"):
+        expand_grid(sweep)

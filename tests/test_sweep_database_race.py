@@ -78,3 +78,20 @@ def test_a_read_only_results_folder_can_be_read(tmp_path):
     finally:
         folder.chmod(stat.S_IRWXU)
         (folder / "sweep.db").chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_a_reader_opens_the_database_read_only(tmp_path, monkeypatch):
+    """What a report opens cannot write (so a read-only folder or file is enough), also as root; in a
+    folder it cannot write, it is opened immutable (SQLite could not create the WAL index there)."""
+    from tiltedsam.harness import sweep_safety
+
+    open_database(tmp_path, create=True).close()
+    connection = open_database(tmp_path, read_only=True)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        connection.execute("INSERT INTO meta VALUES ('x', 'y')")
+    connection.close()
+    monkeypatch.setattr(sweep_safety.os, "access", lambda path, mode: False)  # a folder we cannot write
+    assert sweep_safety.sqlite_uri(tmp_path / "sweep.db", "ro").endswith("?mode=ro&immutable=1")
+    connection = open_database(tmp_path, read_only=True)
+    assert connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    connection.close()

@@ -230,6 +230,7 @@ def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
     """
     from .train import check_run
 
+    _check_sweep_limits(sweep)  # again: the Python API may have changed the fields after construction
     out_root = Path(sweep.out_dir)
     points: list[GridPoint] = []
     seen: set[str] = set()
