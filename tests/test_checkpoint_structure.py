@@ -72,6 +72,31 @@ def test_resume_from_a_wrongly_structured_checkpoint_is_one_error_line(stopped, 
     assert not (run / "result.json").exists()
 
 
+METRICS_DAMAGE = {  # the epochs a resumed run continues from live in metrics.csv, not in the checkpoint
+    "not numbers": (lambda f: f.write_text("epoch,test_acc\nabc,0.5\n"), "cannot be read"),
+    "not UTF-8": (lambda f: f.write_bytes(b"epoch\n\xff\xfe\n"), "cannot be read"),
+    "removed": (lambda f: f.unlink(), "holds 0 epoch(s), but the checkpoint is of epoch 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(METRICS_DAMAGE))
+def test_resume_with_a_damaged_metrics_file_is_one_error_line(stopped, tmp_path, capsys, case):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    damage, expected = METRICS_DAMAGE[case]
+    damage(run / "metrics.csv")
+    try:
+        code = main(["train", "--resume", "--out", str(run)])
+        err = capsys.readouterr().err.strip()
+    except SystemExit as exc:
+        code, err = 1, str(exc.code)
+    assert code == 1 and err.startswith("error: ") and "\n" not in err, (code, err)
+    assert "metrics.csv" in err and expected in err, err
+    assert not (run / "result.json").exists()
+
+
 def test_analyze_of_a_checkpoint_with_a_wrong_weight_is_one_error_line(stopped, tmp_path, capsys):
     run = _edited(stopped, tmp_path, _first_weight)
     with pytest.raises(SystemExit) as raised:

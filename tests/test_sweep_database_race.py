@@ -14,7 +14,7 @@ import stat
 
 import pytest
 
-from tiltedsam.harness.sweep import SweepError, open_database
+from tiltedsam.harness.sweep import SCHEMA_VERSION, SweepError, open_database
 
 TRIALS = 40
 
@@ -47,7 +47,8 @@ def test_two_processes_create_one_database_together(tmp_path):
     assert failures == [], f"{len(failures)} of {2 * TRIALS} opens failed, e.g. {failures[:3]}"
     for trial in range(TRIALS):  # every database was created once, complete
         connection = sqlite3.connect(tmp_path / f"t{trial}" / "sweep.db")
-        assert connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        schema = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        assert schema == (str(SCHEMA_VERSION),)
         connection.close()
 
 
@@ -93,5 +94,5 @@ def test_a_reader_opens_the_database_read_only(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_safety.os, "access", lambda path, mode: False)  # a folder we cannot write
     assert sweep_safety.sqlite_uri(tmp_path / "sweep.db", "ro").endswith("?mode=ro&immutable=1")
     connection = open_database(tmp_path, read_only=True)
-    assert connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     connection.close()

@@ -39,9 +39,9 @@ def check_resume_state(checkpoint: dict[str, Any], file: Path, budget: Any, mode
     """Validate ``checkpoint`` for a run of ``budget`` and restore model, optimizer, scheduler and RNGs.
 
     Checks: ``epoch`` and ``step`` integers with ``0 <= step <= total_steps`` and ``step`` equal to
-    ``min(epoch * steps_per_epoch, total_steps)`` (what the train loop writes); ``metrics`` a list of
-    ``epoch`` rows (dicts); ``train_seconds``/``wall_seconds`` finite numbers >= 0; ``rng`` with the
-    four generators' states; model weights of the right names and shapes (``load_state_dict``).
+    ``min(epoch * steps_per_epoch, total_steps)`` (what the train loop writes); ``metrics``, where a
+    checkpoint of an older version holds it, a list of ``epoch`` rows (dicts); ``train_seconds`` and
+    ``wall_seconds`` finite numbers >= 0; ``rng`` with the four generators' states; model weights of the right names and shapes (``load_state_dict``).
     """
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {str(file)!r} does not fit this run: {what}; not resuming from it "
@@ -54,8 +54,9 @@ def check_resume_state(checkpoint: dict[str, Any], file: Path, budget: Any, mode
         raise bad(f"step = {step} is beyond the run's budget of {budget.total_steps} steps")
     if step != min(epoch * budget.steps_per_epoch, budget.total_steps):
         raise bad(f"step = {step} does not match epoch = {epoch} at {budget.steps_per_epoch} steps per epoch")
-    metrics = checkpoint.get("metrics")
-    if not isinstance(metrics, list) or len(metrics) != epoch or not all(isinstance(r, dict) for r in metrics):
+    metrics = checkpoint.get("metrics")  # only in checkpoints of older versions; metrics.csv holds the epochs
+    if "metrics" in checkpoint and (not isinstance(metrics, list) or len(metrics) != epoch
+                                    or not all(isinstance(r, dict) for r in metrics)):
         raise bad(f"metrics must be a list of {epoch} epoch rows")
     for name in ("train_seconds", "wall_seconds"):
         value = checkpoint.get(name)

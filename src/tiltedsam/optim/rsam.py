@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .base import PerturbationOptimizer, StepDiagnostics
-from .functional import ascent_step, standard_normal_like
+from ..functional import ascent_step, restore, standard_normal_like
+from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
 
 __all__ = ["RSAM", "filterwise_noise"]
 
@@ -92,29 +92,27 @@ class RSAM(PerturbationOptimizer):
     def noise_scale(self, value: float) -> None:
         self.hyperparameters["noise_scale"] = self._check_nonnegative("noise_scale", value)
 
-    @property
-    def grad_evals_per_step(self) -> int:
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int:
         return 2
 
-    def _algorithm(self) -> Generator[str, Any, float]:
-        params, origin = self._snapshot()
-        try:
-            if self.noise_scale > 0:
-                noise = filterwise_noise(params, self.noise_scale, self.generator)
-                with torch.no_grad():
-                    torch._foreach_add_(params, noise)
-            else:
-                noise = [torch.zeros_like(p) for p in params]
-            noise_loss = self._loss_value((yield "noise"))
+    #: the noisy point's gradient enters the ascent direction mixed with the noise: not ascent-only for DDP
+    _NOISE = Request(Point.NOISE)
+
+    def _program(self, params, origin) -> Generator[Request, Any, tuple[None, StepDiagnostics]]:
+        if self.noise_scale > 0:
+            noise = filterwise_noise(params, self.noise_scale, self.generator)
             with torch.no_grad():
-                # v = lambda * grad L(theta + delta) + delta, built in the noise buffers
-                for z, g in zip(noise, self._grads(params)):
-                    if g is not None:
-                        z.add_(g, alpha=self.hyperparameters["grad_weight"])
-            self._restore(params, origin)
-            ascent_step(params, noise, self.rho)
-            perturbed_loss = self._loss_value((yield "perturbed"))
-        finally:
-            self._restore(params, origin)
-        self.last_step = StepDiagnostics.single_point(perturbed_loss, noise_loss=noise_loss)
-        return perturbed_loss
+                torch._foreach_add_(params, noise)
+        else:
+            noise = [torch.zeros_like(p) for p in params]
+        noise_loss = self._loss_value((yield self._NOISE))
+        with torch.no_grad():
+            # v = lambda * grad L(theta + delta) + delta, built in the noise buffers
+            for z, g in zip(noise, self._grads(params)):
+                if g is not None:
+                    z.add_(g, alpha=self.hyperparameters["grad_weight"])
+        restore(params, origin)
+        ascent_step(params, noise, self.rho)
+        perturbed_loss = self._loss_value((yield PERTURBED))
+        return None, StepDiagnostics.single_point(perturbed_loss, noise_loss=noise_loss)
