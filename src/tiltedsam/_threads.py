@@ -99,9 +99,11 @@ def choose_threads(requested: int | None = None, processes: int = 1, *, default_
     """
     processes = _positive_int("processes", processes)
     if requested:
+        check_threads("--threads (run.num_threads)", _positive_int("--threads", requested))
         return ThreadChoice(_positive_int("--threads", requested), "request", "asked for explicitly")
     environ = os.environ if environ is None else environ
     if environ.get(ENV_VAR, "").strip():
+        check_threads(ENV_VAR, _positive_int(ENV_VAR, environ[ENV_VAR]))
         return ThreadChoice(_positive_int(ENV_VAR, environ[ENV_VAR]), ENV_VAR, f"{ENV_VAR}={environ[ENV_VAR]}")
     if environ.get("OMP_NUM_THREADS", "").strip():
         try:
@@ -141,6 +143,9 @@ def configure_threads(requested: int | None = None, processes: int = 1, *,
     return choice
 
 
+from ._limits import check_threads  # noqa: E402
+
+
 def add_threads_argument(parser: object, processes_note: str = "") -> None:
     """The ``--threads N`` option every computing command shares (an ``argparse`` parser)."""
 
@@ -148,7 +153,9 @@ def add_threads_argument(parser: object, processes_note: str = "") -> None:
         import argparse
 
         try:
-            return _positive_int("--threads", text)
+            value = _positive_int("--threads", text)
+            check_threads("--threads", value)
+            return value
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -24,7 +24,7 @@ COMMAND_MODULES = ["compare", "train", "sweep", "report", "analyze", "toy", "exa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ErrorLineParser(
         prog="tiltedsam",
         description="Tilted SAM (TSAM): train, compare and analyse sharpness-aware optimizers.",
     )
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .._warning_lines import install as one_line_warnings
+
+    one_line_warnings()  # "warning: Category: message", without the echoed source line
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -56,6 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected_errors() as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except SystemExit as exc:  # a command's own message: always one "error: ..." line (exit 1, printed by Python)
+        if not isinstance(exc.code, str):
+            raise
+        raise SystemExit(_error_line(exc.code)) from None
+    except (MemoryError, RuntimeError) as exc:  # out of memory (Python's or torch's allocator) is the machine's
+        if not _is_out_of_memory(exc):
+            raise
+        print(f"error: out of memory ({_one_line(exc)}); use a smaller model, batch_size or data.limit, "
+              "or fewer workers", file=sys.stderr)
+        return 1
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -65,10 +78,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [ValueError, OSError, pickle.UnpicklingError, sqlite3.DatabaseError]
     try:
+        from ..harness.runlock import RunDirectoryBusy, RunDirectoryLost
         from ..harness.sweep import SweepError
         from ..harness.train import RunDiverged
 
-        types += [SweepError, RunDiverged]
+        types += [SweepError, RunDiverged, RunDirectoryBusy, RunDirectoryLost]
     except ImportError:  # pragma: no cover - harness dependencies missing
         pass
     try:
@@ -78,6 +92,37 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover
         pass
     return tuple(types)
+
+
+def _error_line(text: str) -> str:
+    """``error: ...`` for a command's own exit message (with or without its ``error:``/``tiltedsam X:`` prefix)."""
+    text = " ".join(text.split())
+    for prefix in ("error: ", "tiltedsam "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return f"error: {text}"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+class ErrorLineParser(argparse.ArgumentParser):
+    """Usage errors as one line ``error: tiltedsam CMD: message (see tiltedsam CMD --help)``, exit 2,
+    without argparse's usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _one_line(exc: BaseException) -> str:

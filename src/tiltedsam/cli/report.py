@@ -34,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
     except (SweepError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(report.markdown)
+    if report.skipped:
+        import sys
+
+        print(f"warning: {len(report.skipped)} unreadable database row(s) skipped (listed in the report), e.g. "
+              f"{report.skipped[0]}", file=sys.stderr)
     print(f"\nwritten to {args.out or database_path(path).parent}/ (report.md, *.csv, *.png)")
     from ..harness.glue_report import glue_table_from_database
 

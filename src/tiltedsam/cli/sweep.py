@@ -45,13 +45,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..harness.config import ConfigError
+    from ..harness.config import ConfigError, toml_string
     from ..harness.report import write_report
     from ..harness.sweep import SweepError, load_sweep_config
 
     overrides = list(args.overrides)
+    if args.out == "":
+        raise SystemExit("error: --out is empty; name a directory")
     if args.out:
-        overrides.append(f"out_dir={json.dumps(args.out)}")
+        overrides.append(f"out_dir={toml_string(args.out, '--out')}")
     if args.workers is not None:
         overrides.append(f"workers={args.workers}")
     if args.threads:

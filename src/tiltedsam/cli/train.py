@@ -35,20 +35,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..harness.config import ConfigError, load_config, to_dict, to_toml
+    from ..harness.config import ConfigError, load_config, to_dict, to_toml, toml_string
     from ..harness.train import RunInterrupted, train
 
     overrides = list(args.overrides)
     if args.threads:
         overrides.append(f"run.num_threads={args.threads}")
+    if args.out == "":
+        raise SystemExit("error: --out is empty; name a directory")
     if args.out:
-        overrides.append(f"run.out_dir={json.dumps(args.out)}")
+        overrides.append(f"run.out_dir={toml_string(args.out, '--out')}")
     config_file = args.config
     if args.resume and config_file is None:
         out_dir = args.out or next((o.split("=", 1)[1] for o in overrides if o.startswith("run.out_dir=")), None)
         if out_dir is None:
             raise SystemExit("error: --resume needs --out RUN_DIR (or --config)")
-        config_file = Path(json.loads(out_dir) if out_dir.startswith('"') else out_dir) / "config.json"
+        config_file = Path(args.out or _unquote(out_dir)) / "config.json"
         if not config_file.is_file():
             raise SystemExit(f"error: {str(config_file.parent)!r} is not a run directory (no config.json)")
     try:
@@ -91,3 +93,10 @@ def run(args: argparse.Namespace) -> int:
           f"{result['grad_evals']} gradient evaluations | {result['train_seconds']:.1f} s | "
           f"{result['threads']} thread(s) |")
     return 0
+
+
+def _unquote(value: str) -> str:
+    """The value of a ``--set run.out_dir=VALUE`` override (a TOML string, or a bare word)."""
+    from ..harness.config import parse_override
+
+    return str(parse_override(f"run.out_dir={value}")[1])

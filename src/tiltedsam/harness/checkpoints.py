@@ -125,7 +125,12 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     payload = {"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}
     payload["checksum"] = payload_checksum(payload)
     remove_stale_temporaries(path.parent, target=path.name)
-    atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
+    try:
+        atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
+    except (OSError, RuntimeError) as exc:  # disk full, file-size limit: one line naming the file
+        from .checkpoint_checks import write_failure
+
+        raise write_failure(exc, path) from None
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -61,6 +61,9 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
     (e.g. ``base.data.limit=1000``)."""
     epochs = epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     seeds = seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS)
+    from .._limits import check_seed_count
+
+    check_seed_count("--seeds", seeds)  # before list(range(seeds)) below
     labels = list(COMPARE_LABELS)  # registry names: expand_grid names any this installation lacks
     base: dict[str, Any] = {
         "batch_size": 64, "label_smoothing": 0.1,

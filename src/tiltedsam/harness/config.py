@@ -191,6 +191,13 @@ def validate(config: RunConfig) -> None:
         raise bad("optimizer.lr", config.optimizer.lr, "a finite number > 0")
     if config.optimizer.tilt_schedule not in ("constant", "increase", "decrease"):
         raise bad("optimizer.tilt_schedule", config.optimizer.tilt_schedule, "constant | increase | decrease")
+    if config.run.num_threads > 0:
+        from .._limits import check_threads
+
+        try:
+            check_threads("run.num_threads", config.run.num_threads)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.run.num_threads < 0:
         raise bad("run.num_threads", config.run.num_threads, "0 (torch default) or a positive count")
     if config.run.eval_batch_size < 1:
@@ -462,6 +469,8 @@ def read_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     :data:`MAX_CONFIG_NODES` values (YAML aliases expanded, checked before anything is built).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device (/dev/zero), a FIFO that would block
+        raise ConfigError(f"config file {str(path)!r} is not a regular file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     where = f"config file {str(path)!r}"
@@ -504,6 +513,27 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     return from_dict(RunConfig, apply_overrides(data, overrides or {}))
 
 
+def toml_string(value: str, key: str = "value") -> str:
+    """``value`` as a TOML basic string: ``\\``, ``"`` and control characters escaped, every other
+    character (any language, emoji) kept as it is. (``json.dumps`` would write characters outside the
+    Basic Multilingual Plane as surrogate pairs, ``"\\ud83d\\ude00"``, which TOML refuses.) A string
+    holding a lone surrogate (a file name in another encoding than UTF-8) has no TOML spelling:
+    :class:`ConfigError` naming ``key``."""
+    out = []
+    for char in value:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise ConfigError(f"{key} = {value!r} is not valid Unicode (a name in another encoding than UTF-8?); "
+                              "use a UTF-8 name")
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -516,11 +546,11 @@ def _toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
     if isinstance(value, dict):
-        items = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        items = [f"{toml_string(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
         return "{" + ", ".join(items) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
@@ -546,7 +576,7 @@ def to_toml(data: Mapping[str, Any]) -> str:
         lines.append(f"[{name}]")
         for key, value in table.items():
             if value is not None:
-                lines.append(f"{json.dumps(key) if '.' in key else key} = {_toml_value(value)}")
+                lines.append(f"{toml_string(key) if '.' in key else key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

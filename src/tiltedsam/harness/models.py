@@ -416,6 +416,56 @@ def build_model(name: str, data: Any, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(spec.options))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; allowed: {list(spec.options)}")
+    check_model_options(name, kwargs)
     if int(data.num_classes) < 2 and not getattr(data, "info", {}).get("regression"):
         raise ValueError(f"num_classes must be >= 2, got {data.num_classes}")
     return spec.builder(data, **kwargs)
+
+
+#: integer options that may be 0 (every other integer option and every width must be >= 1)
+_ZERO_ALLOWED = {"train_layers"}
+#: sequence options that may be empty (an MLP without hidden layers is a linear model)
+_EMPTY_ALLOWED = {"hidden_sizes"}
+#: largest width or count an option may name (beyond int64; anything large but representable is left to
+#: the model-size check, which names the parameters and the machine's memory)
+MAX_MODEL_WIDTH = 2**62
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Check ``model.options`` against the builder's defaults before anything is built: an integer
+    default wants an integer >= 1 (``train_layers`` >= 0), a sequence default a list of such
+    integers (``hidden_sizes`` may be empty), a bool a bool, ``dropout`` a number in [0, 1), any
+    other float a finite number. Raises ``ValueError`` naming ``model.options.KEY``, the value and
+    what is allowed. Unknown names and models are left to :func:`build_model`."""
+    import math
+
+    spec = MODELS.get(name)
+    if spec is None:
+        return
+    defaults = {p.name: p.default for p in inspect.signature(spec.builder).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def count(value: Any, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_MODEL_WIDTH
+
+    for key, value in options.items():
+        if key not in defaults:
+            continue
+        default, where = defaults[key], f"model.options.{key} = {value!r} is invalid for model {name!r}; allowed: "
+        low = 0 if key in _ZERO_ALLOWED else 1
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(where + "true or false")
+        elif isinstance(default, int):
+            if not count(value, low):
+                raise ValueError(where + f"an integer >= {low}")
+        elif isinstance(default, (tuple, list)):
+            if not isinstance(value, (list, tuple)) or not all(count(v, 1) for v in value) or \
+                    (not value and key not in _EMPTY_ALLOWED):
+                raise ValueError(where + f"a list of {'' if key in _EMPTY_ALLOWED else 'one or more '}integers >= 1")
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if key == "dropout":
+                ok = ok and 0 <= value < 1
+            if not ok:
+                raise ValueError(where + ("a number in [0, 1)" if key == "dropout" else "a finite number"))

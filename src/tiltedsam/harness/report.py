@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,8 +27,9 @@ from .._tables import csv_text, markdown_table
 from ..optim.diagnostics import ess_message as _ess_message
 from .config import atomic_write_text
 from .stats import paired_by_seed
+from .report_input import failed_runs_checked, load_checked, skipped_markdown
 from .rundir import ACCURACY_UNIT, finite_mean, read_metrics, read_result
-from .sweep import database_path, failed_runs, iter_results, open_database
+from .sweep import database_path, open_database
 
 __all__ = ["Report", "build_report", "write_report", "run_report", "select_best", "mean_std",
            "markdown_table", "default_reference", "MEASURES"]
@@ -114,6 +115,7 @@ class Report:
     curves: dict[str, dict[str, list[list[float]]]]  # label -> metric -> per-seed series
     by_t: dict[str, list[tuple[float, list[float]]]]  # label -> [(t, test accs of the selected setting)]
     summary: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)  # database rows that could not be read, one line each
 
 
 def _by_axis(runs: list[dict[str, Any]], axis: str) -> dict[str, list[tuple[Any, list[dict[str, Any]]]]]:
@@ -158,24 +160,19 @@ class _SweepRuns:
     meta: dict[str, str]
     counts: dict[str, int]
     failures: list[dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)  # index rows or run files that could not be read
 
 
 def _load(db: str | Path, only_keys: set[str] | None) -> _SweepRuns:
-    """Runs through the sweep index; epochs from each run directory's metrics.csv (a schema-2
-    database's own copy only for a run directory that lacks it)."""
-    connection = open_database(db)
+    """Runs through the sweep index; results from each run directory's result.json, epochs from its
+    metrics.csv (a schema-2 database's own copies only for a run directory that lacks them). Rows
+    and files that cannot be read are named in ``skipped`` and left out (:mod:`.report_input`)."""
+    connection = open_database(db, read_only=True)
     try:
-        runs = [r for r in iter_results(connection) if only_keys is None or r["run_key"] in only_keys]
+        runs, epochs, skipped = load_checked(connection, only_keys)
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         counts = dict(connection.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
-        failures = failed_runs(connection, only_keys)
-        epochs = {r["run_key"]: read_metrics(r["run_dir"]) for r in runs}
-        missing = {key for key, rows in epochs.items() if not rows}
-        if missing and meta.get("schema_version") == "2":
-            for r in connection.execute("SELECT run_key, metrics FROM epochs ORDER BY run_key, epoch"):
-                if r["run_key"] in missing:  # non-finite numbers were stored as null
-                    epochs[r["run_key"]].append({k: float("nan") if v is None else v
-                                                 for k, v in json.loads(r["metrics"]).items()})
+        failures = failed_runs_checked(connection, only_keys)
     finally:
         connection.close()
     if not runs:
@@ -183,8 +180,10 @@ def _load(db: str | Path, only_keys: set[str] | None) -> _SweepRuns:
         if failures:
             detail = f"; {len(failures)} failed or interrupted, e.g. {failures[0]['label']} seed " \
                      f"{failures[0]['seed']}: {failures[0]['error']}"
+        if skipped:
+            detail += f"; {len(skipped)} unreadable row(s) skipped, e.g. {skipped[0]}"
         raise ValueError(f"the sweep database {str(database_path(db))!r} has no finished runs yet{detail}")
-    return _SweepRuns(runs, epochs, meta, counts, failures)
+    return _SweepRuns(runs, epochs, meta, counts, failures, skipped)
 
 
 def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
@@ -218,7 +217,7 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
                         _number(ess_of[r["run_key"]]) if _axis_value(r, "optimizer.settings.num_samples") else "",
                         r["result"].get("threads", ""), r["run_dir"]] for r in runs])
     markdown = _markdown(loaded, title, order, reference, markdown_tables, summary, bool(by_t_plot), epilogue)
-    return Report(tables, markdown, curves, by_t_plot, summary)
+    return Report(tables, markdown, curves, by_t_plot, summary, loaded.skipped)
 
 
 def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], reference: str,
@@ -400,6 +399,7 @@ def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference
                   "", markdown_table(["optimizer", "seed", "setting", "status", "error"],
                                      [[f["label"], f["seed"], _setting_text(f["setting"]), f["status"],
                                        f["error"].replace("|", "\\|")] for f in loaded.failures]), ""]
+    parts += skipped_markdown(loaded.skipped)
     if epilogue is not None:
         parts += [epilogue(summary)]
     return "\n".join(parts)

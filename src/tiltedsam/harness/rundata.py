@@ -92,12 +92,14 @@ def load_for_analysis(path: str | os.PathLike[str], device: str | torch.device =
     from .checkpoints import find_checkpoint, load_checkpoint
     from .models import build_model
 
+    from .checkpoint_checks import checked_config, load_weights
+
     payload = load_checkpoint(path, map_location=device)
-    config = from_dict(RunConfig, payload["config"])
+    config = checked_config(payload, find_checkpoint(path), lambda data: from_dict(RunConfig, data))
     torch.manual_seed(config.seed)
     data = load_run_data(config)
     model = build_model(config.model.name, data, **config.model.options)
-    model.load_state_dict(payload["model"])
+    load_weights(model, payload, find_checkpoint(path))
     model.to(device).eval()
     result: dict[str, Any] = {}
     result_file = find_checkpoint(path).parent / "result.json"

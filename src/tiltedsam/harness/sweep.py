@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 
 from .. import _json
 from .._atomic import atomic_write
+from .runlock import RunDirectoryBusy, RunDirectoryLock, read_owner
 from .config import (MAX_SEED, ConfigError, RunConfig, apply_overrides, check_name, from_dict, read_mapping,
                      run_key, to_dict)
 
@@ -114,6 +115,7 @@ class SweepConfig:
         check_name("name", self.name)
         if self.workers < 1:
             raise ConfigError(f"workers = {self.workers!r} is invalid; allowed: an integer >= 1")
+        _check_sweep_limits(self)
         if self.threads_per_worker < 0:
             raise ConfigError(f"threads_per_worker = {self.threads_per_worker!r} is invalid; allowed: 0 (cores / "
                               "workers) or a positive count")
@@ -142,6 +144,27 @@ class SweepConfig:
         for label in self.per_optimizer:
             if label not in self.optimizers:
                 raise ConfigError(f"per_optimizer.{label}: {label!r} is not in optimizers {self.optimizers}")
+
+
+def _check_sweep_limits(sweep: "SweepConfig") -> None:
+    """Workers, threads per worker, seeds and grid points under :mod:`tiltedsam._limits` (before any expansion)."""
+    from .. import _limits
+
+    try:
+        _limits.check_workers("workers", sweep.workers)
+        if sweep.threads_per_worker > 0:
+            _limits.check_threads("threads_per_worker", sweep.threads_per_worker)
+        if isinstance(sweep.seeds, list):
+            _limits.check_seed_count("seeds", len(sweep.seeds))
+        points = len(sweep.seeds) if isinstance(sweep.seeds, list) else 1
+        total = 0
+        for label in sweep.optimizers or []:
+            axes = {**(sweep.grid if isinstance(sweep.grid, dict) else {}),
+                    **((sweep.per_optimizer or {}).get(label) or {} if isinstance(sweep.per_optimizer, dict) else {})}
+            total += points * math.prod(len(v) if isinstance(v, list) else 1 for v in axes.values())
+        _limits.check_grid_points("the sweep grid (optimizers x axis values x seeds)", total)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_sweep_config(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> SweepConfig:
@@ -184,6 +207,7 @@ def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
     """
     from .train import check_run
 
+    _check_sweep_limits(sweep)  # again: the Python API may have changed the fields after construction
     out_root = Path(sweep.out_dir)
     points: list[GridPoint] = []
     seen: set[str] = set()
@@ -232,11 +256,22 @@ _RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, st
                   "result, error"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=120, isolation_level=None)  # autocommit; explicit transactions
+def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
+    """Open ``path`` (``mode``: ``rw`` an existing database, ``rwc`` create it, ``ro`` read only; a read-only
+    database in a folder this process cannot write is opened ``immutable``, since SQLite could not
+    create the WAL index there). A database that vanished (its sweep directory deleted) is an error,
+    never silently recreated as an empty stub."""
+    from .sweep_safety import sqlite_uri
+
+    try:
+        connection = sqlite3.connect(sqlite_uri(path, mode), timeout=120, isolation_level=None, uri=True)
+    except sqlite3.OperationalError as exc:  # autocommit above; explicit transactions
+        raise SweepError(f"cannot open the sweep database {str(path)!r} ({exc}); was its directory deleted "
+                         "or made unreadable?") from None
     try:
         connection.execute("PRAGMA busy_timeout=120000")
-        connection.execute("PRAGMA journal_mode=WAL")
+        if mode != "ro":
+            connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
         connection.close()
         raise SweepError(f"{str(path)!r} is not an SQLite database ({exc}); expected a tiltedsam sweep.db") from None
@@ -256,16 +291,33 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
         connection.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
 
 
-def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3.Connection:
-    """Open a sweep database; with ``create`` make it if missing. Raises :class:`SweepError` when it
-    is missing (and not created) or was written with another schema version."""
-    from .._version import __version__
+def open_database(path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> sqlite3.Connection:
+    """Open a sweep database; with ``create`` make it if missing; ``read_only`` for readers (a report:
+    works in a read-only results folder). Raises :class:`SweepError` when it is missing (and not
+    created) or was written with another schema version.
+
+    Creating (and migrating) happens under an OS lock on the sibling file ``sweep.db.lock``, so that
+    two sweeps that start together on a new database do not both try to create its tables.
+    """
+    from .sweep_safety import creation_lock
 
     file = database_path(path)
+    if read_only:
+        return _open_database(file, create=False, read_only=True)
+    if create and not file.is_file():
+        file.parent.mkdir(parents=True, exist_ok=True)
+    with creation_lock(file):
+        return _open_database(file, create, read_only=False)
+
+
+def _open_database(file: Path, create: bool, read_only: bool) -> sqlite3.Connection:
+    from .._version import __version__
+
     if not file.is_file():
         if not create:
             raise SweepError(f"no sweep database at {str(file)!r}; run `tiltedsam sweep` or `tiltedsam compare` first")
@@ -276,7 +328,7 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
         if header != b"SQLite format 3\x00" and not (create and file.stat().st_size == 0):
             raise SweepError(f"{str(file)!r} is not an SQLite database (no SQLite header); expected a tiltedsam "
                              "sweep.db")
-    connection = _connect(file)
+    connection = _connect(file, "ro" if read_only else ("rwc" if create else "rw"))
     try:
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
@@ -295,7 +347,7 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
             COMMIT;""")
         return connection
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-    if meta.get("schema_version") == "1":
+    if meta.get("schema_version") == "1" and not read_only:
         _migrate_v1(connection)
         meta["schema_version"] = "2"
     if meta.get("schema_version") not in READABLE_SCHEMAS:
@@ -377,7 +429,8 @@ def claim_run(connection: sqlite3.Connection, owner: str, candidates: list[str],
                                "attempts=attempts+1, error=NULL WHERE run_key=?", (owner, now, now, chosen))
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # a signal may arrive before BEGIN or after COMMIT: keep the signal's error
+            connection.execute("ROLLBACK")
         raise
     return chosen
 
@@ -429,6 +482,22 @@ def _error_text(exc: BaseException) -> str:
     return traceback.format_exc()
 
 
+def _hold_run(connection: sqlite3.Connection, key: str, run_dir: str, owner: str) -> RunDirectoryLock:
+    """Take the run directory's OS lock for ``owner`` (the authority over who trains a run: a lease can
+    look stale while its owner lives). When another live process holds it, the run's row is given
+    back to that holder (its heartbeats then match again) and :class:`RunDirectoryBusy` is raised."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    lock = RunDirectoryLock(run_dir, owner=owner)
+    try:
+        return lock.acquire()
+    except RunDirectoryBusy:
+        holder = read_owner(run_dir)
+        if holder.count(":") == 2:  # a sweep owner id: host:pid:nonce
+            connection.execute("UPDATE runs SET status='running', owner=?, heartbeat=? WHERE run_key=? AND owner=?",
+                               (holder, time.time(), key, owner))
+        raise
+
+
 def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None,
                 device: str | None = None) -> tuple[str, str]:
     """Train one grid point (resuming from its checkpoint if a crash left one) and mark it done or
@@ -442,6 +511,7 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
     if num_threads:
         torch.set_num_threads(num_threads)
     connection = _connect(Path(db_file))
+    lock = None
     try:
         if owner is None:
             owner = _owner_id()
@@ -455,15 +525,22 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         if device:  # run.* is not part of the run key either
             config.run.device = device
         try:
+            lock = _hold_run(connection, key, config.run.out_dir, owner)
+        except RunDirectoryBusy:
+            return key, "elsewhere"  # its live owner keeps it (a stale-looking lease, e.g. a stopped process)
+        try:
             train(config, resume=True)
         except Exception as exc:
-            connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
-                               (time.time(), _error_text(exc), key, owner))
+            connection.execute("UPDATE runs SET status='failed', finished=?, error=?, owner=? WHERE run_key=?",
+                               (time.time(), _error_text(exc), owner, key))
             return key, "failed"
-        connection.execute("UPDATE runs SET status='done', finished=? WHERE run_key=? AND owner=?",
-                           (time.time(), key, owner))
+        # train() verified the lock before writing result.json; the run directory's lock made this process the run's only writer: the row is ours
+        connection.execute("UPDATE runs SET status='done', finished=?, owner=? WHERE run_key=?",
+                           (time.time(), owner, key))
         return key, "done"
     finally:
+        if lock is not None:
+            lock.release()
         connection.close()
 
 
@@ -503,6 +580,7 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    _quiet_worker()
     connection.send("ready")  # only now may the parent claim a run for this worker
     while True:
         try:
@@ -512,6 +590,22 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
         if key is None:
             return
         connection.send(execute_run(db_file, key, num_threads, owner, device))
+
+
+def _quiet_worker() -> None:
+    """A worker's warnings as one ``warning: ...`` line each, and no ``multiprocessing`` semaphore of its
+    own: tqdm would create one for its write lock, and a worker stopped by SIGTERM (Ctrl-C of the
+    sweep) cannot unlink it, so the resource tracker reported it as leaked. A thread lock suffices
+    (a worker draws no bars of its own: progress is off with several workers)."""
+    from .. import _warning_lines
+
+    _warning_lines.install()
+    try:
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    except ImportError:  # pragma: no cover - tqdm is a harness dependency
+        pass
 
 
 @dataclass
@@ -770,7 +864,12 @@ def _run_line(db_file: str, key: str, status: str, done: int, total: int) -> str
     finally:
         connection.close()
     head = f"[{done}/{total}] {row['label']} seed {row['seed']}"
-    r = _run_result(row) if status == "done" else None
+    if status == "elsewhere":
+        return f"{head}: left to the live process that holds its run directory"
+    try:
+        r = _run_result(row) if status == "done" else None
+    except (OSError, ValueError) as exc:  # result.json changed under the sweep: one line, not a traceback
+        return f"{head}: done, but its result cannot be read ({' '.join(str(exc).split())})"
     if r is None:
         last = (row["error"] or "").strip().splitlines()[-1:] or ["?"]
         return f"{head}: FAILED ({last[0]})"

@@ -20,6 +20,7 @@ split, a reduction for metrics, main-process-only output); this module itself ru
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import _json
 from .._atomic import remove_stale_temporaries
+from .checkpoint_checks import check_resume_state
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config, to_dict
 from .dropout import StepRngReplay
@@ -45,6 +47,7 @@ from .tasks import evaluation_loss, summary_metrics, task_metrics, training_loss
 from .rundata import dataset_kwargs, load_run_data
 from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, finite_mean, read_metrics, read_result,
                      summarize, write_metrics, write_result)
+from .runlock import holding_run_directory, verify_held
 
 __all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
            "METRIC_COLUMNS", "RunInterrupted", "RunDiverged", "read_result", "summarize", "check_run", "check_device",
@@ -223,11 +226,21 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
     if stop_after_epochs is not None and (isinstance(stop_after_epochs, bool) or stop_after_epochs < 1):
         raise ConfigError(f"stop_after_epochs = {stop_after_epochs!r} is invalid; allowed: an integer >= 1")
     check_device(config.run.device)
+    _check_model_options(config)
     check_optimizer_settings(config)
     try:
         resolve_budget(config, steps_per_epoch=1)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"budget: {' '.join(str(exc).split())}") from None
+
+
+def _check_model_options(config: RunConfig) -> None:
+    from .models import check_model_options
+
+    try:
+        check_model_options(config.model.name, config.model.options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_model_size(config: RunConfig, data: Any) -> None:
@@ -389,6 +402,7 @@ class _Run:
         return getattr(self.optimizer, "hyperparameters", {}).get("num_samples")
 
 
+@holding_run_directory
 def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, world: World | None = None) -> dict[str, Any]:
     """Run ``config`` to the end of its budget and return the result dict (also ``result.json``).
@@ -504,14 +518,17 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
 def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
     """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint; the epochs so far from
     metrics.csv (written before the checkpoint, so it holds at least ``epoch`` rows)."""
-    run.model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    if run.tilt_scheduler is not None:
-        run.tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])
-    _restore_rng_states(checkpoint["rng"], run.loader_generator)
+    # structure checked against this run (a valid checksum is not enough), then restored
+    check_resume_state(checkpoint, run.run_dir / CHECKPOINT_NAME, run.budget, run.model, run.optimizer,
+                       _restore_rng_states, run.loader_generator, run.tilt_scheduler)
     run.epoch, run.step = checkpoint["epoch"], checkpoint["step"]
     run.train_seconds, run.wall_seconds = checkpoint["train_seconds"], checkpoint["wall_seconds"]
-    run.rows = read_metrics(run.run_dir)[:run.epoch]
+    try:
+        run.rows = read_metrics(run.run_dir)[:run.epoch]
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        first = " ".join(str(exc).split("\n")[0].split())[:200]
+        raise CheckpointError(f"{str(run.run_dir / 'metrics.csv')!r} cannot be read ({type(exc).__name__}: {first}); "
+                              "not resuming (move the run directory away to start the run again)") from None
     if len(run.rows) < run.epoch:  # a run directory of an older version kept its epochs in the checkpoint
         run.rows = [dict(row) for row in checkpoint.get("metrics", [])][:run.epoch]
     if len(run.rows) < run.epoch:
@@ -642,10 +659,12 @@ def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, 
     if message and run.ess_warning is None:  # once per run
         run.ess_warning = f"epoch {run.epoch}: {message}"
         if run.world.is_main:
-            warnings.warn(f"{run.config.display_label}: {run.ess_warning}", TiltDiagnosticWarning, stacklevel=3)
+            warnings.warn(f"{run.config.display_label}: {run.ess_warning}", TiltDiagnosticWarning,
+                          stacklevel=4)  # _record_epoch, train, its run-directory lock wrapper, the caller
     run.rows.append(row)
     if not run.world.is_main:
         return
+    verify_held(run.run_dir)  # still ours, still there: a deleted run directory is not recreated
     write_metrics(run.run_dir, run.rows)
     save_checkpoint(run.run_dir / CHECKPOINT_NAME, {
         "config": json.loads(json.dumps(to_dict(run.config))), "model": run.model.state_dict(),
@@ -676,5 +695,6 @@ def _finish_run(run: _Run) -> dict[str, Any]:
     }
     result.update(summary_metrics(run.rows, [r["epoch"] for r in run.rows].index(result["best_val_epoch"])))
     if run.world.is_main:
+        verify_held(run.run_dir)
         write_result(run.run_dir, result)
     return result

@@ -171,6 +171,9 @@ def _load_cifar100(request: _Request, **options: Any) -> DataSplits:
 # --------------------------------------------------------------------------------------------------
 
 
+from .hostile import load_image_checked  # noqa: E402
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -196,7 +199,7 @@ def _load_images(files: list[Path], image_size: int, description: str) -> torch.
 
     images = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)
     for row, path in enumerate(tqdm(files, desc=description, unit="img", disable=len(files) < 2000)):
-        images[row] = _load_image(path, image_size)
+        images[row] = load_image_checked(_load_image, path, image_size)  # hostile files: one line
     return images
 
 

@@ -1,0 +1,121 @@
+"""What a checkpoint must hold before a run resumes from it, and why a checkpoint write failed.
+
+The checksum of :mod:`tiltedsam.harness.checkpoints` proves a file is what ``save_checkpoint``
+wrote, not that a *run* wrote it: a payload re-saved through ``save_checkpoint`` with a weight of
+another shape, no ``rng``, ``epoch = "one"`` or ``step = 10**6`` has a valid checksum.
+:func:`check_resume_state` checks the structure against the run being resumed (the model and
+optimizer just built, the budget just resolved) and restores it, turning every failure into one
+:class:`CheckpointError` line naming the file and the entry.
+
+:func:`write_failure` turns the exception of a failed checkpoint write (``torch.save`` reports a
+full disk or a file-size limit as a bare ``RuntimeError`` of its zip writer) into one line naming
+the file and the likely cause; the previous checkpoint is untouched (atomic write).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import CheckpointError
+
+__all__ = ["check_resume_state", "write_failure", "CheckpointWriteError"]
+
+_NUMBERS = (int, float)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file-size limit, ...); the old one is kept."""
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_resume_state(checkpoint: dict[str, Any], file: Path, budget: Any, model: Any, optimizer: Any,
+                       restore_rng: Any, loader_generator: Any, tilt_scheduler: Any = None) -> None:
+    """Validate ``checkpoint`` for a run of ``budget`` and restore model, optimizer, scheduler and RNGs.
+
+    Checks: ``epoch`` and ``step`` integers with ``0 <= step <= total_steps`` and ``step`` equal to
+    ``min(epoch * steps_per_epoch, total_steps)`` (what the train loop writes); ``metrics``, where a
+    checkpoint of an older version holds it, a list of ``epoch`` rows (dicts); ``train_seconds`` and
+    ``wall_seconds`` finite numbers >= 0; ``rng`` with the four generators' states; model weights of the right names and shapes (``load_state_dict``).
+    """
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {str(file)!r} does not fit this run: {what}; not resuming from it "
+                               "(move it away to start the run again)")
+
+    epoch, step = checkpoint.get("epoch"), checkpoint.get("step")
+    if not (_int(epoch) and _int(step)) or epoch < 0 or step < 0:
+        raise bad(f"epoch = {epoch!r} and step = {step!r} must be integers >= 0")
+    if step > budget.total_steps:
+        raise bad(f"step = {step} is beyond the run's budget of {budget.total_steps} steps")
+    if step != min(epoch * budget.steps_per_epoch, budget.total_steps):
+        raise bad(f"step = {step} does not match epoch = {epoch} at {budget.steps_per_epoch} steps per epoch")
+    metrics = checkpoint.get("metrics")  # only in checkpoints of older versions; metrics.csv holds the epochs
+    if "metrics" in checkpoint and (not isinstance(metrics, list) or len(metrics) != epoch
+                                    or not all(isinstance(r, dict) for r in metrics)):
+        raise bad(f"metrics must be a list of {epoch} epoch rows")
+    for name in ("train_seconds", "wall_seconds"):
+        value = checkpoint.get(name)
+        if not isinstance(value, _NUMBERS) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise bad(f"{name} = {value!r} must be a finite number >= 0")
+    rng = checkpoint.get("rng")
+    if not isinstance(rng, dict) or not {"torch", "numpy", "python", "loader"} <= set(rng):
+        raise bad("rng must hold the torch, numpy, python and loader generator states")
+    for what, restore in (("model", lambda: model.load_state_dict(checkpoint["model"])),
+                          ("optimizer", lambda: optimizer.load_state_dict(checkpoint["optimizer"])),
+                          ("tilt_scheduler", lambda: tilt_scheduler is None
+                           or tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])),
+                          ("rng", lambda: restore_rng(rng, loader_generator))):
+        try:
+            restore()
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as exc:
+            first = " ".join(str(exc).split("\n")[0].split())[:300]
+            raise bad(f"its {what} state cannot be restored ({type(exc).__name__}: {first})") from None
+
+
+def checked_config(payload: dict[str, Any], file: Path, build: Any) -> Any:
+    """``build(payload["config"])`` (a :class:`RunConfig`), or one :class:`CheckpointError` line."""
+    try:
+        return build(payload["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        first = " ".join(str(exc).split("\n")[0].split())[:300]
+        raise CheckpointError(f"checkpoint {str(file)!r} holds no usable run config ({type(exc).__name__}: "
+                              f"{first})") from None
+
+
+def load_weights(model: Any, payload: dict[str, Any], file: Path) -> None:
+    """``model.load_state_dict(payload["model"])``, or one :class:`CheckpointError` line."""
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        first = " ".join(str(exc).split("\n")[0].split())[:300]
+        raise CheckpointError(f"checkpoint {str(file)!r}: its model weights do not fit the model of its config "
+                              f"({type(exc).__name__}: {first})") from None
+
+
+def write_failure(exc: BaseException, path: Path) -> CheckpointWriteError:
+    """One line for a failed write of ``path``: the OS's reason, else the file-size limit or a full disk."""
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
+    if cause is None:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+            limit, resource = -1, None
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        if limit >= 0 and limit != resource.RLIM_INFINITY:
+            cause = f"the file-size limit of this process (ulimit -f: {limit} bytes) was reached"
+        elif free is not None and free < 64 * 2**20:
+            cause = f"the disk is full ({free} bytes free)"
+        else:
+            cause = " ".join(str(exc).split("\n")[0].split())[:200] or type(exc).__name__
+    return CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: {cause}; the previous checkpoint "
+                                f"(if any) is kept")
