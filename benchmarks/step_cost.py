@@ -19,9 +19,9 @@ bytes in use before the step — Linux only).
     python benchmarks/step_cost.py --all --baseline-src /tmp/baseline/src --rounds 5   # before/after a change
 
 ``--baseline-src DIR`` times another copy of the library (e.g. ``git archive <commit> src | tar -x -C DIR/..``)
-against this one: ``--rounds`` pairs of subprocesses, one per tree, alternating which runs first, each a
-full round-robin run as above; it reports per optimizer the median ms/step of each tree and the median
-of the per-round ratios (this tree / baseline), so a change of machine load between rounds cancels.
+against this one: ``--rounds`` pairs of subprocesses, one per tree, the two of a pair running at the same
+time (so they share the machine's load), each a full round-robin run as above; it reports per optimizer
+the median ms/step of each tree and the median of the per-round ratios (this tree / baseline).
 
 ``tsam:parallel_samples=true`` times the EXPERIMENTAL batched step (``TSAM.step_batched``). On CUDA
 ``cudnn.benchmark`` is on, every timed step is bracketed by ``torch.cuda.synchronize()``, and the
@@ -242,7 +242,7 @@ def results_json(rows: list[dict], meta: dict) -> str:
 
 
 def compare_trees(args: argparse.Namespace, baseline: str) -> None:
-    """Alternate subprocess runs of this script on ``baseline`` and on ``src`` (see the module docstring)."""
+    """Paired, simultaneous subprocess runs of this script on ``baseline`` and on ``src`` (module docstring)."""
     here = os.path.abspath(SOURCE[0])
     trees = {"baseline": os.path.abspath(baseline), "this": here}
     passed = [a for a in sys.argv[1:]]
@@ -251,17 +251,19 @@ def compare_trees(args: argparse.Namespace, baseline: str) -> None:
             del passed[passed.index(flag):passed.index(flag) + 2]
     times: dict[str, dict[str, list[float]]] = {"baseline": {}, "this": {}}
     for round_ in range(args.rounds):
-        order = ["baseline", "this"] if round_ % 2 == 0 else ["this", "baseline"]
-        for tree in order:
-            with tempfile.TemporaryDirectory() as scratch:
-                out = os.path.join(scratch, "run.json")
-                env = {**os.environ, "PYTHONPATH": trees[tree]}
-                subprocess.run([sys.executable, __file__, *passed, "--src", trees[tree], "--json", out], check=True,
-                               env=env, stdout=subprocess.DEVNULL)
+        # both trees run at the same time, so they share whatever else loads the machine
+        with tempfile.TemporaryDirectory() as scratch:
+            outputs = {tree: os.path.join(scratch, f"{tree}.json") for tree in trees}
+            runs = [subprocess.Popen([sys.executable, __file__, *passed, "--src", trees[tree], "--json", outputs[tree]],
+                                     env={**os.environ, "PYTHONPATH": trees[tree]}, stdout=subprocess.DEVNULL)
+                    for tree in trees]
+            if any(run.wait() != 0 for run in runs):
+                raise SystemExit(f"a timing run failed in round {round_ + 1}")
+            for tree, out in outputs.items():
                 with open(out) as handle:
                     for row in json.load(handle)["rows"]:
                         times[tree].setdefault(row["optimizer"], []).append(row["ms_per_step"])
-            print(f"round {round_ + 1}/{args.rounds}: {tree} done", file=sys.stderr, flush=True)
+        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     print(f"| optimizer | baseline ms/step | this ms/step | median ratio (this / baseline) over {args.rounds} rounds "
           "| min ratio | max ratio |\n|---|---|---|---|---|---|")
     records = []

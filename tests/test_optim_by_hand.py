@@ -1049,7 +1049,7 @@ def test_shell_construction_checks_in_full() -> None:
     with pytest.raises(TypeError, match=r"^model must be a torch.nn.Module or None, got str$"):
         SAM(params, lr=0.1, model="net")  # type: ignore[arg-type]
     for seed in (1.5, True, -1):
-        with pytest.raises(ValueError, match=rf"^seed must be a non-negative int or None, got {seed!r}$"):
+        with pytest.raises(ValueError, match=rf"^seed must be an integer >= 0, got {seed!r}$"):
             SAM(params, lr=0.1, seed=seed)  # type: ignore[arg-type]
     torch.manual_seed(0)
     assert 10**6 < SAM(params, lr=0.1).seed < 2**62  # drawn from torch's RNG over [0, 2^62)

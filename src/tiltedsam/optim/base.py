@@ -300,8 +300,8 @@ class PerturbationOptimizer(Optimizer):
         check_param_group(base_kwargs)  # names the keyword exactly (torch would say "Invalid learning rate")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        if seed is not None:
+            check_hyperparameter("seed", seed, integer=True, low=0)
         self.hyperparameters = dict(hyperparameters)
         # Our own settings stay optimizer-level (weights are global across groups), not per group.
         super().__init__(params, {})

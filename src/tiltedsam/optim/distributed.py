@@ -44,6 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..functional import check_hyperparameter
+
 __all__ = ["DistributedSync", "resolve_distributed", "scalar_loss_value"]
 
 
@@ -80,10 +82,9 @@ class DistributedSync:
     local_ascent: bool = False
 
     def __post_init__(self) -> None:
-        if self.enabled not in (None, True, False):
+        if self.enabled is not None and not isinstance(self.enabled, bool):
             raise ValueError(f"enabled must be None (automatic), True or False, got {self.enabled!r}")
-        if not isinstance(self.local_ascent, bool):
-            raise ValueError(f"local_ascent must be True or False, got {self.local_ascent!r}")
+        check_hyperparameter("local_ascent", self.local_ascent, choices=(True, False))
 
     # ------------------------------------------------------------------ state of the process group
     def is_active(self) -> bool:

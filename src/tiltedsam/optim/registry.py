@@ -14,6 +14,8 @@ from typing import Any
 
 from torch.optim import Optimizer
 
+from ..functional import check_hyperparameter
+
 from .base import BASE_OPTIMIZERS, PerturbationOptimizer, resolve_base_optimizer
 from .erm import ERM
 from .esam2 import ESAM2
@@ -129,8 +131,7 @@ def equal_compute_steps(name: str, reference_steps: int, *, reference: str | Non
     (ESAM1, Sec. 5.1). For ``"esam1"`` against TSAM with ``s = 3`` (Algorithm 2, 6 evaluations per
     step) that is three times as many steps (App. C.2, Table 4). See :func:`budget_multiplier`.
     """
-    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or reference_steps < 0:
-        raise ValueError(f"reference_steps must be an integer >= 0, got {reference_steps!r}")
+    check_hyperparameter("reference_steps", reference_steps, integer=True, low=0)
     ratio = budget_multiplier(name, reference=reference, settings=settings, reference_settings=reference_settings,
                               seconds_per_step=seconds_per_step)
     return math.ceil(reference_steps * ratio - 1e-9)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..functional import check_hyperparameter
 from ..tilt import check_tilt
 
 __all__ = ["TiltScheduler", "SCHEDULE_KINDS", "scheduled_tilt"]
@@ -28,8 +29,7 @@ def scheduled_tilt(kind: str, step: int, total_steps: int, tilt: float) -> float
     with ``k = min(step, T - 1)``: after the last step the final value is held. With ``T = 1`` the
     single step gets the end value (``t`` for increase, ``0`` for decrease).
     """
-    if kind not in SCHEDULE_KINDS:
-        raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
+    check_hyperparameter("kind", kind, choices=SCHEDULE_KINDS)
     if kind == "constant":
         return tilt
     k = min(max(step, 0), total_steps - 1)
@@ -61,10 +61,8 @@ class TiltScheduler:
     def __init__(self, optimizer: Any, kind: str = "constant", total_steps: int = 1, tilt: float | None = None) -> None:
         if not hasattr(optimizer, "tilt"):
             raise ValueError(f"optimizer must have a 'tilt' (e.g. TSAM), got {type(optimizer).__name__}")
-        if kind not in SCHEDULE_KINDS:
-            raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+        check_hyperparameter("kind", kind, choices=SCHEDULE_KINDS)
+        check_hyperparameter("total_steps", total_steps, integer=True, low=1)
         self.schedules_cap = bool(getattr(optimizer, "auto_tilt", False))
         default = optimizer.max_tilt if self.schedules_cap else optimizer.tilt
         target = check_tilt(default if tilt is None else tilt, "tilt")
