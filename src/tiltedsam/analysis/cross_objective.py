@@ -44,7 +44,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..optim.functional import NOISE_KINDS, NORM_EPS, draw_noise, global_norm
+from ..functional import NOISE_KINDS, NORM_EPS, draw_noise, global_norm
 from ..tilt import check_tilt, effective_sample_size, tilted_mean, tilted_weights
 from ._common import (
     ResultMixin,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..optim.functional import draw_noise
+from ..functional import draw_noise
 from ..tilt import check_tilt, tilted_mean, tilted_stats
 from ._common import (
     ResultMixin,

@@ -43,8 +43,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from ..harness.config import ConfigError, toml_string
     from ..harness.report import write_report
     from ..harness.sweep import SweepError, load_sweep_config

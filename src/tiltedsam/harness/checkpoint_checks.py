@@ -15,19 +15,14 @@ the file and the likely cause; the previous checkpoint is untouched (atomic writ
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from .checkpoints import CheckpointError
 
-__all__ = ["check_resume_state", "write_failure", "CheckpointWriteError"]
+__all__ = ["check_resume_state"]
 
 _NUMBERS = (int, float)
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, file-size limit, ...); the old one is kept."""
 
 
 def _int(value: Any) -> bool:
@@ -95,27 +90,3 @@ def load_weights(model: Any, payload: dict[str, Any], file: Path) -> None:
         first = " ".join(str(exc).split("\n")[0].split())[:300]
         raise CheckpointError(f"checkpoint {str(file)!r}: its model weights do not fit the model of its config "
                               f"({type(exc).__name__}: {first})") from None
-
-
-def write_failure(exc: BaseException, path: Path) -> CheckpointWriteError:
-    """One line for a failed write of ``path``: the OS's reason, else the file-size limit or a full disk."""
-    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
-    if cause is None:
-        try:
-            import resource
-
-            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
-            limit, resource = -1, None
-        try:
-            free = shutil.disk_usage(path.parent).free
-        except OSError:
-            free = None
-        if limit >= 0 and limit != resource.RLIM_INFINITY:
-            cause = f"the file-size limit of this process (ulimit -f: {limit} bytes) was reached"
-        elif free is not None and free < 64 * 2**20:
-            cause = f"the disk is full ({free} bytes free)"
-        else:
-            cause = " ".join(str(exc).split("\n")[0].split())[:200] or type(exc).__name__
-    return CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: {cause}; the previous checkpoint "
-                                f"(if any) is kept")

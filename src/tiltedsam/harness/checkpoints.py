@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -128,8 +129,6 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     try:
         atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
     except (OSError, RuntimeError) as exc:  # disk full, file-size limit: one line naming the file
-        from .checkpoint_checks import write_failure
-
         raise write_failure(exc, path) from None
 
 
@@ -176,3 +175,31 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"checkpoint {str(file)!r} is corrupt: its contents do not match its checksum "
                               "(the file was changed after it was written); not using it")
     return payload
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file-size limit, ...); the old one is kept."""
+
+
+def write_failure(exc: BaseException, path: Path) -> CheckpointWriteError:
+    """One line for a failed write of ``path``: the OS's reason, else the file-size limit or a full disk."""
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
+    if cause is None:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+            limit, resource = -1, None
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        if limit >= 0 and limit != resource.RLIM_INFINITY:
+            cause = f"the file-size limit of this process (ulimit -f: {limit} bytes) was reached"
+        elif free is not None and free < 64 * 2**20:
+            cause = f"the disk is full ({free} bytes free)"
+        else:
+            cause = " ".join(str(exc).split("\n")[0].split())[:200] or type(exc).__name__
+    return CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: {cause}; the previous checkpoint "
+                                f"(if any) is kept")

@@ -155,42 +155,46 @@ def verify_held(run_dir: str | os.PathLike[str]) -> None:
         lock.verify()
 
 
-def holding_run_directory(train: Any) -> Any:
-    """Decorate ``train(config, *, world=None, ...)``: check the config, create ``config.run.out_dir``
-    and hold its :class:`RunDirectoryLock` for the whole call (main process only).
+def holding_run_directory(check: Any) -> Any:
+    """Decorator factory for ``train(config, *, world=None, ...)``: ``check(config, stop_after_epochs)``
+    validates the config, then ``config.run.out_dir`` is created and its :class:`RunDirectoryLock` held
+    for the whole call (main process only). ``check`` is passed in so this module stays below the
+    training loop it guards.
 
     A call that fails before anything was written into a run directory it created removes that
     (empty) directory again, so a failed ``train`` leaves no empty run directory behind.
     """
     import functools
 
-    @functools.wraps(train)
-    def wrapper(config: Any, *args: Any, **kwargs: Any) -> Any:
-        from .config import ConfigError
-        from .train import check_run
+    def decorate(train: Any) -> Any:
+        return functools.wraps(train)(functools.partial(_held_call, train, check))
 
-        world = kwargs.get("world")
-        if world is not None and not world.is_main:
+    return decorate
+
+
+def _held_call(train: Any, check: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
+    from .config import ConfigError
+
+    world = kwargs.get("world")
+    if world is not None and not world.is_main:
+        return train(config, *args, **kwargs)
+    check(config, kwargs.get("stop_after_epochs"))  # nothing is created for an invalid config
+    run_dir = Path(config.run.out_dir)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        with RunDirectoryLock(run_dir, owner=kwargs.pop("lock_owner", None) or _default_owner()):
+            if kwargs.get("resume"):
+                _refuse_finished_without_checkpoint(run_dir)
             return train(config, *args, **kwargs)
-        check_run(config, kwargs.get("stop_after_epochs"))  # nothing is created for an invalid config
-        run_dir = Path(config.run.out_dir)
-        created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
-                              f"{exc.strerror or exc}") from None
-        try:
-            with RunDirectoryLock(run_dir, owner=kwargs.pop("lock_owner", None) or _default_owner()):
-                if kwargs.get("resume"):
-                    _refuse_finished_without_checkpoint(run_dir)
-                return train(config, *args, **kwargs)
-        except BaseException:
-            if created:
-                _remove_if_empty(run_dir)
-            raise
-
-    return wrapper
+    except BaseException:
+        if created:
+            _remove_if_empty(run_dir)
+        raise
 
 
 def _refuse_finished_without_checkpoint(run_dir: Path) -> None:

@@ -744,7 +744,7 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     marked ``interrupted``.
     """
     points = expand_grid(sweep)  # checks the whole sweep before anything is written
-    from .engines.common import warn_if_network_filesystem
+    from .filesystems import warn_if_network_filesystem
 
     warn_if_network_filesystem(sweep.out_dir)  # SQLite's WAL needs one host: clusters use --engine ray/slurm
     plan = _plan(sweep, points, retry_failed, max_runs)

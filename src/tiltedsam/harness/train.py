@@ -402,7 +402,7 @@ class _Run:
         return getattr(self.optimizer, "hyperparameters", {}).get("num_samples")
 
 
-@holding_run_directory
+@holding_run_directory(check=check_run)
 def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, world: World | None = None) -> dict[str, Any]:
     """Run ``config`` to the end of its budget and return the result dict (also ``result.json``).

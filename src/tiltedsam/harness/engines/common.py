@@ -22,12 +22,12 @@ import os
 import socket
 import sqlite3
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ... import _json
+from ..filesystems import NETWORK_FILESYSTEMS, filesystem_type, warn_if_network_filesystem  # re-exported
 
 __all__ = ["lock_run_directory", "run_in_directory", "record_outcome", "SweepPlan", "plan_sweep", "claim_keys",
            "progress_of", "NETWORK_FILESYSTEMS", "filesystem_type", "warn_if_network_filesystem"]
@@ -182,45 +182,3 @@ def claim_keys(connection: sqlite3.Connection, owner: str, plan: SweepPlan, *, r
             break
         claimed.append(key)
     return claimed
-
-
-# ---------------------------------------------------------------------- network file systems
-#: file system types on which SQLite's WAL mode (shared memory between processes) is not safe
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "fuse.glusterfs",
-    "fuse.sshfs", "fuse.ceph", "9p", "afs", "ocfs2", "gfs2", "panfs", "fuse.s3fs", "fuse.gcsfuse", "wekafs"})
-
-
-def filesystem_type(path: str | os.PathLike[str], mounts: str = "/proc/mounts") -> str | None:
-    """The type of the file system holding ``path`` (the longest mount point above it in
-    ``/proc/mounts``), or ``None`` where that file cannot be read (not Linux)."""
-    target = Path(path).resolve()
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    best, kind = "", None
-    try:
-        with open(mounts) as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        if (str(target) == point or str(target).startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, kind = point, fields[2]
-    return kind
-
-
-def warn_if_network_filesystem(path: str | os.PathLike[str], mounts: str = "/proc/mounts") -> str | None:
-    """Warn (and return the type) when ``path`` is on a network file system: the local engine's
-    SQLite index needs every sweep process on one host and a local disk; clusters use
-    ``--engine ray`` or ``--engine slurm``."""
-    kind = filesystem_type(path, mounts)
-    if kind is not None and kind in NETWORK_FILESYSTEMS:
-        warnings.warn(f"{str(path)!r} is on a network file system ({kind}): the sweep index (SQLite, WAL) is "
-                      "only safe for sweep processes on one host; run every `tiltedsam sweep` on this output "
-                      "from this host, or use --engine ray / --engine slurm for several machines", stacklevel=2)
-        return kind
-    return None
