@@ -8,8 +8,8 @@ the 9 runs inside the compute budget: 3,200 snippets split 1,200 train / 400 val
 The split is the same for every seed (``split_seed = 0``); the seed changes the initialisation of the
 head, the batch order, dropout and the optimizers' noise.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_study.py             # results/text/
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_study.py --quick     # 2-minute smoke run
+    OMP_NUM_THREADS=1 .venv/bin/python studies/text/study.py             # results/text/
+    OMP_NUM_THREADS=1 .venv/bin/python studies/text/study.py --quick     # 2-minute smoke run
 
 Writes ``summary.md`` / ``summary.csv`` / ``summary.json`` (test accuracy at the final and the best-
 validation epoch, paired per-seed differences with 95% t intervals, seconds per epoch per optimizer),
@@ -134,7 +134,7 @@ def summarise(args: argparse.Namespace, cache_seconds: float, study_seconds: flo
 
     summary = {
         "format": "tiltedsam.text-study/1",
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_study.py " + " ".join(sys.argv[1:]),
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python studies/text/study.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()} {os.cpu_count()}-core CPU VM, shared with other jobs; torch "
                    f"{torch.__version__}, 1 thread",
         "setting": {"train_layers": args.train_layers, "epochs": args.epochs, "limit": args.limit,
