@@ -55,3 +55,23 @@ def test_tiny_run_writes_figure_and_counts(tmp_path):
     assert result.rows[1]["mean_ess"] == pytest.approx(3.0)  # t = 0: uniform weights over s = 3
     write_wells(result, tmp_path)
     assert (tmp_path / "wells.png").stat().st_size > 0 and "flip" in (tmp_path / "wells.md").read_text()
+
+
+@pytest.mark.parametrize("argv, match", [(["--dim", "1"], "dim"), (["--radius", "0"], "radius"),
+                                         (["--starts", "0"], "--starts"), (["--tilts", "1,inf"], "finite")])
+def test_cli_bad_input_is_one_error_line(argv, match, tmp_path):
+    from tiltedsam.cli import main
+
+    with pytest.raises(SystemExit, match=match) as error:
+        main(["toy", "wells", "--out", str(tmp_path), *argv])
+    assert str(error.value).startswith("error:") and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_prints_flip_and_fractions(tmp_path, capsys):
+    from tiltedsam.cli import main
+
+    assert main(["toy", "wells", "--out", str(tmp_path), "--starts", "2", "--wells-steps", "3", "--naive-samples", "2",
+                 "--tilts", "0,9"]) == 0
+    printed = capsys.readouterr().out
+    assert "flip t* = 4." in printed and "| tsam-alg2 | 9 | 2 |" in printed and "Wilson" in printed
+    assert (tmp_path / "wells.png").exists()

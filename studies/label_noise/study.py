@@ -233,10 +233,11 @@ def tuned_lrs() -> dict[str, float]:
 
 def command_main(args) -> None:
     path = RESULTS / "main.csv"
-    done = {(r["arm"], int(r["seed"])) for r in read_rows(path)} if path.exists() else set()
     tilt, lrs = calibrated_tilt(), tuned_lrs()
-    for seed in MAIN_SEEDS[: args.seeds]:
+    seeds = MAIN_SEEDS[: args.seeds]
+    for seed in (reversed(seeds) if args.reverse else seeds):  # --reverse: a second process from the other end
         for arm, t in (("t0", 0.0), ("tcal", tilt)):
+            done = {(r["arm"], int(r["seed"])) for r in read_rows(path)} if path.exists() else set()
             if (arm, seed) in done:
                 continue
             r = train(seed, t, lrs[arm], probe_tilt=tilt)
@@ -325,6 +326,7 @@ def main(argv=None) -> None:
     sub.add_parser("tune")
     main_parser = sub.add_parser("main")
     main_parser.add_argument("--seeds", type=int, default=len(MAIN_SEEDS))
+    main_parser.add_argument("--reverse", action="store_true", help="run the seeds from the last one down")
     report = sub.add_parser("report")
     report.add_argument("--write", action="store_true", help="also rewrite the generated block of docs/label-noise.md")
     args = parser.parse_args(argv)
