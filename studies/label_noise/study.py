@@ -302,9 +302,9 @@ def report_markdown() -> str:
                   "The numbers below are interim; the pre-registered analysis is at n = "
                   f"{len(MAIN_SEEDS)} (rerun `study.py main` to complete it: finished seeds are skipped)."]
     lines += ["", f"Paired difference (calibrated − t = 0): **{primary.text()} points** (95% t interval, n = {primary.n}, "
-              f"p = {primary.p_value:.3f}); sd of the differences {primary.std:.2f}; minimal detectable effect at this n "
+              f"p = {primary.p_value:.2g}); sd of the differences {primary.std:.2f}; minimal detectable effect at this n "
               f"(80% power, α = 0.05): **{mde:.2f} points**. TOST against ±{MARGIN_POINTS} points: 90% interval "
-              f"[{equivalence.low:+.2f}, {equivalence.high:+.2f}], p = {equivalence.p_value:.3f} → "
+              f"[{equivalence.low:+.2f}, {equivalence.high:+.2f}], p = {equivalence.p_value:.2g} → "
               + ("equivalent within the margin." if equivalence.equivalent else "equivalence not shown."), "",
               "**Manipulation check and secondary measures** (calibrated − t = 0, paired, Holm-adjusted p over these "
               f"{len(secondary)} rows; probe: {PROBE_DRAWS} fresh perturbations from μ at the final weights, full noisy "
