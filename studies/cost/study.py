@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tiltedsam._atomic import atomic_write  # noqa: E402
 from tiltedsam.harness.config import RunConfig, from_dict  # noqa: E402
 from tiltedsam.harness.report import markdown_table, mean_std  # noqa: E402
-from tiltedsam.harness.stats import paired_difference  # noqa: E402
+from tiltedsam.harness.stats import minimal_detectable_effect, paired_difference  # noqa: E402
 from tiltedsam.harness.train import read_result, summarize, train  # noqa: E402
 from tiltedsam.optim.registry import create_optimizer, grad_evals_per_step  # noqa: E402
 
@@ -251,7 +251,10 @@ def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]],
 
     def diff_text(entry: dict, key: str) -> str:
         diff = entry.get(key)
-        return "—" if diff is None else f"{diff.text(scale=100)} ({diff.verdict()})"
+        if diff is None:
+            return "—"
+        mde = "" if diff.std is None else f", MDE {100 * minimal_detectable_effect(diff.std, diff.n):.2f}"
+        return f"{diff.text(scale=100)} ({diff.verdict()}, uncorrected{mde})"
 
     header = ["optimizer", "evals/step", "steps", "final test acc %", "best-val test acc %",
               "Δ final vs TSAM [95% CI]", "Δ best-val vs TSAM", "Δ final vs ESAM1", "Δ best-val vs ESAM1",

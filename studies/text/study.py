@@ -35,7 +35,7 @@ import torch
 
 from tiltedsam._atomic import atomic_write, atomic_write_with
 from tiltedsam.harness.config import RunConfig, from_dict
-from tiltedsam.harness.stats import paired_difference
+from tiltedsam.harness.stats import holm, minimal_detectable_effect, paired_difference
 from tiltedsam.harness.train import read_result, train
 
 OPTIMIZERS = {  # label -> (registry name, settings)
@@ -130,7 +130,11 @@ def summarise(args: argparse.Namespace, cache_seconds: float, study_seconds: flo
             diff = paired_difference(per_seed(label, key), per_seed(reference, key))
             comparisons.append({"comparison": f"{label} - {reference}", "metric": key, "mean": diff.mean,
                                 "low": diff.low, "high": diff.high, "n": diff.n, "verdict": diff.verdict(),
-                                "text_pp": diff.text(scale=100, digits=2, unit=" pp")})
+                                "text_pp": diff.text(scale=100, digits=2, unit=" pp"), "p_value": diff.p_value,
+                                "mde": None if diff.std is None else minimal_detectable_effect(diff.std, diff.n)})
+    for entry, adjusted in zip(comparisons, holm([c["p_value"] if c["p_value"] is not None else 1.0
+                                                   for c in comparisons])):
+        entry["holm_p"] = adjusted  # Holm over the study's six comparisons
 
     summary = {
         "format": "tiltedsam.text-study/1",
