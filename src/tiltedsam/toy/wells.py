@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 __all__ = ["WellsProblem", "GroundTruth", "ground_truth", "WellsResult", "run_wells", "wilson_interval",
-           "WELLS_OPTIMIZERS"]
+           "WELLS_OPTIMIZERS", "write_wells", "starts"]
 
 #: optimizers the wells experiment runs; the ``tsam-*`` ones are run at every tilt of the grid
 WELLS_OPTIMIZERS = ("erm", "sam", "tsam-alg2", "tsam-naive", "auto")
