@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-FIGURES = ("fig1", "fig5", "fig6", "all")
+FIGURES = ("fig1", "fig5", "fig6", "all", "wells")
 
 
 def _float_list(name: str, allow_inf: bool = False):
@@ -49,7 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "trajectories (Fig. 1) and objective sweeps over rho (Fig. 5: SAM, Fig. 6: TSAM). Writes PNG figures and "
         "Markdown/CSV tables, and prints the tables.",
     )
-    p.add_argument("figure", choices=FIGURES, help="which figure to make ('all': the three)")
+    p.add_argument("figure", choices=FIGURES, help="which figure to make ('all': the three paper figures; 'wells': "
+                   "two quadratic wells in d dimensions whose preference under L^t flips at a known t, with "
+                   "ERM/SAM/TSAM runs counted by the well they end in)")
     p.add_argument("--out", default="results/toy", help="output folder (default results/toy)")
     p.add_argument("--rho", type=float, default=0.2, help="fig1: neighbourhood radius (default 0.2)")
     p.add_argument("--rhos", type=_float_list("--rhos"), default=None,
@@ -73,6 +75,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tilt", type=float, default=1000.0, help="fig1 --tilt auto: cap on t (default 1000)")
     p.add_argument("--measure", choices=("uniform", "gaussian"), default="uniform",
                    help="distribution μ of ε on [-ρ, ρ] (gaussian: std ρ/2, truncated; default uniform)")
+    wells = p.add_argument_group("wells")
+    wells.add_argument("--dim", type=int, default=4, help="wells: dimension d (default 4)")
+    wells.add_argument("--distance", type=float, default=4.0, help="wells: distance between the minima (default 4)")
+    wells.add_argument("--radius", type=float, default=0.5, help="wells: noise radius r (default 0.5)")
+    wells.add_argument("--sharp", type=float, default=10.0, help="wells: well A's sharp curvature (default 10)")
+    wells.add_argument("--num-sharp", type=int, default=2, help="wells: well A's number of sharp directions (default 2)")
+    wells.add_argument("--flat", type=float, default=0.5, help="wells: well A's other curvatures (default 0.5)")
+    wells.add_argument("--isotropic", type=float, default=7.0, help="wells: well B's curvature (default 7)")
+    wells.add_argument("--starts", type=int, default=20, help="wells: runs per optimizer and t (default 20)")
+    wells.add_argument("--naive-samples", type=int, default=16,
+                       help="wells: samples of the naive-sampler TSAM, the near-exact reference (default 16)")
+    wells.add_argument("--wells-steps", type=int, default=40, help="wells: steps per run (default 40)")
+    wells.add_argument("--wells-lr", type=float, default=0.05, help="wells: learning rate (default 0.05)")
     from .._threads import add_threads_argument
 
     add_threads_argument(p, " (default 1: the tensors are tiny)")
@@ -92,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     configure_threads(args.threads, default_cap=1)  # tiny tensors: more threads only add contention
+    if args.figure == "wells":
+        return _run_wells(args)
     figures = ("fig1", "fig5", "fig6") if args.figure == "all" else (args.figure,)
     if args.tilt == "auto" and args.figure != "fig1":
         raise SystemExit(f"--tilt auto applies to fig1 only, got figure {args.figure!r}")
@@ -133,4 +150,33 @@ def run(args: argparse.Namespace) -> int:
         for title, table in report.tables.items():
             print(f"## {title}\n\n{table}\n")
         print(f"{name}: wrote {', '.join(str(f) for f in report.files)} in {report.seconds:.1f} s\n")
+    return 0
+
+
+def _run_wells(args: argparse.Namespace) -> int:
+    from ..toy.wells import WellsProblem, ground_truth, run_wells, write_wells
+
+    for name in ("starts", "naive_samples", "wells_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.wells_lr) and args.wells_lr > 0):
+        raise SystemExit(f"error: --wells-lr must be a finite number > 0, got {args.wells_lr}")
+    try:
+        problem = WellsProblem(dim=args.dim, distance=args.distance, radius=args.radius, sharp=args.sharp,
+                               flat=args.flat, num_sharp=args.num_sharp, isotropic=args.isotropic)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    tilts = args.tilts
+    if tilts is None:  # default grid: 0 and points spanning the flip
+        flip = ground_truth(problem, [0.0], draws=20_000, seed=args.seed).flip
+        tilts = [0.0] if math.isnan(flip) else [0.0, round(flip / 3, 2), round(3 * flip, 2)]
+    if any(math.isinf(t) for t in tilts):
+        raise SystemExit("error: --tilts must be finite for wells")
+    result = run_wells(problem, tilts, count=args.starts, steps=args.wells_steps, lr=args.wells_lr,
+                       naive_samples=args.naive_samples, seed=args.seed, truth_draws=50_000,
+                       progress=lambda line: print(line, flush=True))
+    write_wells(result, args.out)
+    for title, table in result.tables.items():
+        print(f"## {title}\n\n{table}\n")
+    print(f"wells: wrote {', '.join(str(f) for f in result.files)} in {result.seconds:.1f} s")
     return 0

@@ -7,7 +7,7 @@ deviation σ_L of the s perturbed losses (``optimizer.last_step``). It writes
 ``tuning_evidence.{md,csv}`` and ``tuning_ess.png`` (ESS / s against (t − δ) σ_L with the Gaussian
 approximation ESS / s ≈ exp(−((t − δ) σ_L)²) for s → ∞, which is why σ_L decides whether a tilt bites).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tuning_evidence.py --out results/tuning
+    OMP_NUM_THREADS=1 .venv/bin/python studies/tuning/study.py --out results/tuning
 
 Runs one process with one thread (about 4 minutes on a shared 2-core VM).
 """

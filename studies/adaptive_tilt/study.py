@@ -2,7 +2,7 @@
 """Issue 12 study: the paper's Fig. 3 (test accuracy against t) on a benchmark where the tilt bites,
 with ``tilt="auto"`` at three ESS targets and the ablations that separate tilt from noise.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/adaptive_tilt_study.py
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python studies/adaptive_tilt/study.py
 
 runs (or resumes: finished runs are skipped, the SQLite sweep database remembers them) every run into
 ``results/adaptive-tilt/`` and writes there ``summary.md``, ``summary.csv``, ``paired.csv``,

@@ -8,8 +8,8 @@ the 9 runs inside the compute budget: 3,200 snippets split 1,200 train / 400 val
 The split is the same for every seed (``split_seed = 0``); the seed changes the initialisation of the
 head, the batch order, dropout and the optimizers' noise.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_study.py             # results/text/
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_study.py --quick     # 2-minute smoke run
+    OMP_NUM_THREADS=1 .venv/bin/python studies/text/study.py             # results/text/
+    OMP_NUM_THREADS=1 .venv/bin/python studies/text/study.py --quick     # 2-minute smoke run
 
 Writes ``summary.md`` / ``summary.csv`` / ``summary.json`` (test accuracy at the final and the best-
 validation epoch, paired per-seed differences with 95% t intervals, seconds per epoch per optimizer),
@@ -35,7 +35,7 @@ import torch
 
 from tiltedsam._atomic import atomic_write, atomic_write_with
 from tiltedsam.harness.config import RunConfig, from_dict
-from tiltedsam.harness.stats import paired_difference
+from tiltedsam.harness.stats import holm, minimal_detectable_effect, paired_difference
 from tiltedsam.harness.train import read_result, train
 
 OPTIMIZERS = {  # label -> (registry name, settings)
@@ -130,11 +130,15 @@ def summarise(args: argparse.Namespace, cache_seconds: float, study_seconds: flo
             diff = paired_difference(per_seed(label, key), per_seed(reference, key))
             comparisons.append({"comparison": f"{label} - {reference}", "metric": key, "mean": diff.mean,
                                 "low": diff.low, "high": diff.high, "n": diff.n, "verdict": diff.verdict(),
-                                "text_pp": diff.text(scale=100, digits=2, unit=" pp")})
+                                "text_pp": diff.text(scale=100, digits=2, unit=" pp"), "p_value": diff.p_value,
+                                "mde": None if diff.std is None else minimal_detectable_effect(diff.std, diff.n)})
+    for entry, adjusted in zip(comparisons, holm([c["p_value"] if c["p_value"] is not None else 1.0
+                                                   for c in comparisons])):
+        entry["holm_p"] = adjusted  # Holm over the study's six comparisons
 
     summary = {
         "format": "tiltedsam.text-study/1",
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_study.py " + " ".join(sys.argv[1:]),
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python studies/text/study.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()} {os.cpu_count()}-core CPU VM, shared with other jobs; torch "
                    f"{torch.__version__}, 1 thread",
         "setting": {"train_layers": args.train_layers, "epochs": args.epochs, "limit": args.limit,

@@ -15,9 +15,9 @@ Per-step times are measured side by side in this run: every optimizer steps on t
 a real mini-batch, round-robin (one step of each per round, so machine load hits all alike; the lazy
 variants one whole refresh period per round, divided by its length), median over ``--timing-steps`` rounds.
 
-    python scripts/cost_study.py                  # the study (~20-30 min at 1 thread on a loaded 2-core VM)
-    python scripts/cost_study.py --quick          # smoke test: 2 seeds, small data, 1 epoch
-    python scripts/cost_study.py --report-only    # re-tabulate finished runs
+    python studies/cost/study.py                  # the study (~20-30 min at 1 thread on a loaded 2-core VM)
+    python studies/cost/study.py --quick          # smoke test: 2 seeds, small data, 1 epoch
+    python studies/cost/study.py --report-only    # re-tabulate finished runs
 
 Writes ``results/cost/``: ``runs/<label>/seed<k>/`` (config, metrics.csv, result.json; checkpoints are
 deleted), ``summary.md``, ``summary.csv``, ``per_seed.csv``, ``timing.csv``, ``summary.json`` and
@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tiltedsam._atomic import atomic_write  # noqa: E402
 from tiltedsam.harness.config import RunConfig, from_dict  # noqa: E402
 from tiltedsam.harness.report import markdown_table, mean_std  # noqa: E402
-from tiltedsam.harness.stats import paired_difference  # noqa: E402
+from tiltedsam.harness.stats import minimal_detectable_effect, paired_difference  # noqa: E402
 from tiltedsam.harness.train import read_result, summarize, train  # noqa: E402
 from tiltedsam.optim.registry import create_optimizer, grad_evals_per_step  # noqa: E402
 
@@ -209,9 +209,8 @@ def _interval(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if math.isfinite(v)]
     if len(values) < 2:
         return (values[0] if values else float("nan")), 0.0
-    from scipy.stats import t as student_t
-
-    return float(np.mean(values)), float(student_t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+    diff = paired_difference(values, [0.0] * len(values))  # the one t-interval helper, against zero
+    return diff.mean, diff.high - diff.mean
 
 
 def _finite(value: Any) -> Any:
@@ -252,7 +251,10 @@ def tabulate(args: argparse.Namespace, runs: dict, timing: list[dict[str, Any]],
 
     def diff_text(entry: dict, key: str) -> str:
         diff = entry.get(key)
-        return "—" if diff is None else f"{diff.text(scale=100)} ({diff.verdict()})"
+        if diff is None:
+            return "—"
+        mde = "" if diff.std is None else f", MDE {100 * minimal_detectable_effect(diff.std, diff.n):.2f}"
+        return f"{diff.text(scale=100)} ({diff.verdict()}, uncorrected{mde})"
 
     header = ["optimizer", "evals/step", "steps", "final test acc %", "best-val test acc %",
               "Δ final vs TSAM [95% CI]", "Δ best-val vs TSAM", "Δ final vs ESAM1", "Δ best-val vs ESAM1",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much would TSAM's tilt bite at a trained model? (issue 12, docs/adaptive-tilt.md)
 
-    .venv/bin/python scripts/adaptive_tilt_probe.py RUN_DIR NOISE_RADII RHOS
+    .venv/bin/python studies/adaptive_tilt/probe.py RUN_DIR NOISE_RADII RHOS
 
 RUN_DIR is a finished ``tiltedsam train`` run on mnist5k with an MLP (20% label noise). For each noise
 radius and rho it takes 15 training mini-batches, draws s = 5 perturbations per batch with TSAM's
