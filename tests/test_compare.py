@@ -66,7 +66,7 @@ def test_compare_quick_end_to_end(tmp_path, capsys):
     assert "## Verdict" in printed and "TSAM" in printed
     for name in ("report.md", "accuracy.csv", "cost.csv", "runs.csv", "convergence.png", "sweep.db"):
         assert (out / name).stat().st_size > 0, name
-    assert not (out / "accuracy_vs_t.png").exists()  # tilt="auto": no t-curve
+    assert not (out / "accuracy_vs_t.png").exists()  # one fixed t: no t-curve
     assert "accuracy_vs_t.png" not in (out / "report.md").read_text()  # no link to a figure not drawn
     assert "## Paired differences against sam" in printed and "TSAM − SAM" in printed
     with open(out / "cost.csv") as handle:
@@ -106,7 +106,21 @@ def test_compare_help_is_generated_from_the_job_constants(monkeypatch, capsys):
         main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "7 seeds, 4 epochs" in text and "default 7" in text and "default 4" in text
-    assert "tilt=auto" in text and "num_samples=6" in text and "t=20" not in text
+    assert f"tilt={job.CALIBRATED_TILT}" in text and "num_samples=6" in text and "t=20" not in text
     sweep = job.compare_config()
     assert len(sweep.seeds) == 7 and sweep.base["budget"]["amount"] == 4
     assert sweep.variants["tsam"]["optimizer.settings"]["num_samples"] == 6
+
+
+def test_compare_runs_a_fixed_tilt_and_the_papers_is_one_flag_away(capsys):
+    """The job's TSAM optimises L^t at a stated fixed t (not the auto rule); --tilt picks another t or the rule."""
+    from tiltedsam.harness import compare as job
+
+    settings = lambda sweep: sweep.variants["tsam"]["optimizer.settings"]  # noqa: E731
+    assert settings(job.compare_config())["tilt"] == job.CALIBRATED_TILT > 0
+    assert settings(job.compare_config(tilt=20.0))["tilt"] == 20.0
+    assert settings(job.compare_config(tilt="auto"))["tilt"] == "auto"
+    with pytest.raises(SystemExit):
+        main(["compare", "--tilt", "twenty"])
+    err = capsys.readouterr().err
+    assert "--tilt" in err and "'twenty'" in err

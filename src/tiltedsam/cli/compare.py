@@ -22,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                              f"{job.QUICK_SEEDS} with --quick)")
     p.add_argument("--workers", type=int, help=f"worker processes (default {job.DEFAULT_WORKERS}, at most the cores)")
     p.add_argument("--lr", type=float, default=job.DEFAULT_LR, help=f"constant learning rate (default {job.DEFAULT_LR})")
+    p.add_argument("--tilt", type=_tilt_value, metavar="T",
+                   help=f"TSAM's tilt t (default {job.CALIBRATED_TILT:g}, calibrated to ESS ≈ s/2 on this job; "
+                        "20 is the paper's choice, 'auto' the target-ESS rule)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep key, e.g. base.data.label_noise=0.4 (repeatable)")
     p.add_argument("--reference", help="optimizer the paired per-seed differences are taken against "
@@ -31,6 +34,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     add_threads_argument(p, " (each worker)")
     p.set_defaults(run=run)
+
+
+def _tilt_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         sweep = compare_config(quick=args.quick, out_dir=args.out, epochs=args.epochs, seeds=args.seeds,
-                               workers=args.workers, lr=args.lr,
+                               workers=args.workers, lr=args.lr, tilt=args.tilt,
                                overrides=[*args.overrides, *([f"threads_per_worker={args.threads}"]
                                                              if args.threads else [])],
                                progress=not args.no_progress)

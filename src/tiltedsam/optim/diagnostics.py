@@ -39,8 +39,9 @@ def ess_message(ess: float | None, num_samples: int | None) -> str | None:
         return None
     if ess >= UNIFORM_FRACTION * num_samples:
         return (f"mean ESS {ess:.3f} of s={num_samples}: the tilted weights are uniform, so the tilt has no effect "
-                "(TSAM = average of s noisy SAM gradients); raise t, noise_radius or rho until ESS drops "
-                "(docs/tuning.md)")
+                "(TSAM = average of s noisy SAM gradients); raise t, noise_radius or rho until ESS drops, e.g. "
+                "calibrate t to ESS ≈ s/2 with tiltedsam.tilt.tilt_for_ess on a pilot's per-step losses "
+                "(docs/tuning.md, docs/label-noise.md)")
     if ess <= DEGENERATE_ESS:
         return (f"mean ESS {ess:.3f} of s={num_samples}: one sample takes all the weight each step (s× SAM's cost "
                 "for one noisy point); lower t (docs/tuning.md)")
