@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 
 from ..tilt import NonFiniteLossError
 from .distributed import DistributedSync, resolve_distributed, scalar_loss_value
+from . import sharded
 from .functional import global_norm
 
 __all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats", "check_hyperparameter",
@@ -465,13 +466,13 @@ class PerturbationOptimizer(Optimizer):
     # ------------------------------------------------------------------ helpers for subclasses
     def _snapshot(self) -> tuple[list[Tensor], list[Tensor]]:
         params = self._params()
-        return params, [p.detach().clone() for p in params]
+        return params, sharded.snapshot(params)  # [sharded] local shards of DTensor parameters
 
     @staticmethod
     @torch.no_grad()
     def _restore(params: list[Tensor], snapshot: list[Tensor]) -> None:
         """Copy the snapshot back: bit-exact, unlike subtracting the perturbation again."""
-        torch._foreach_copy_(params, snapshot)
+        sharded.restore(params, snapshot)  # [sharded] on local shards (no DTensor rule for _foreach_copy_)
 
     @staticmethod
     def _grads(params: list[Tensor]) -> list[Tensor | None]:

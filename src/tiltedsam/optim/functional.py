@@ -11,6 +11,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from . import sharded  # [sharded] DTensor (FSDP2) parameters: local shards, one reduction per global number
+
 __all__ = ["global_norm", "global_dot", "ascent_step", "draw_noise", "standard_normal_like", "NOISE_KINDS"]
 
 NOISE_KINDS = ("gaussian", "uniform")
@@ -25,6 +27,8 @@ def global_norm(tensors: Sequence[Tensor | None]) -> Tensor:
     present = [t for t in tensors if t is not None]
     if not present:
         return torch.zeros(())
+    if sharded.any_dtensor(present):  # [sharded]
+        return sharded.global_norm(present)
     return torch.nn.utils.get_total_norm(present, norm_type=2.0)
 
 
@@ -95,10 +99,14 @@ def draw_noise(
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
     device = generator.device
-    noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
+    if sharded.any_dtensor(params):  # [sharded] full-size draws (as unsharded), local shards kept
+        noise, full_norm = sharded.normal_shards(params, generator)
+    else:
+        noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
+        full_norm = None
     if radius == 0 or not noise:
         return [torch.zeros_like(p) for p in params]
-    norm = global_norm(noise).to(torch.float64)
+    norm = (global_norm(noise) if full_norm is None else full_norm).to(torch.float64)
     if kind == "gaussian":
         # std * min(1, radius / (std ||z|| + eps))
         # (a true division: `radius / tensor` would multiply by a rounded reciprocal)
@@ -116,6 +124,8 @@ def draw_noise(
 
 def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) -> float:
     """Inner product of two parameter-shaped lists read as flat vectors (``None`` counts as zero), in float64."""
+    if sharded.any_dtensor(first) or sharded.any_dtensor(second):  # [sharded]
+        return sharded.global_dot(first, second)
     total = 0.0
     for a, b in zip(first, second):
         if a is not None and b is not None:
@@ -127,4 +137,6 @@ def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) 
 def standard_normal_like(params: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
     """One ``N(0, I)`` tensor per parameter, drawn from ``generator`` on its device, then moved to the parameter's."""
     device = generator.device
+    if sharded.any_dtensor(params):  # [sharded]
+        return sharded.normal_shards(params, generator)[0]
     return [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]

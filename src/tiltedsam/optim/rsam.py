@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from . import sharded
 from .base import PerturbationOptimizer, StepDiagnostics
 from .functional import ascent_step, standard_normal_like
 
@@ -23,6 +24,10 @@ def filterwise_noise(params: Sequence[Tensor], scale: float, generator: torch.Ge
     each filter's noise is proportional to that filter's norm, and a zero filter gets no noise.
     """
     noise = standard_normal_like(params, generator)
+    if sharded.any_dtensor(params):  # [sharded] filter norms from local rows, one reduction for the rest
+        for z, norms in zip(noise, sharded.filter_norms(params)):
+            sharded.local(z).mul_(norms * scale)
+        return noise
     for p, z in zip(params, noise):
         if p.dim() >= 2:
             norms = torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1)
@@ -102,7 +107,7 @@ class RSAM(PerturbationOptimizer):
             if self.noise_scale > 0:
                 noise = filterwise_noise(params, self.noise_scale, self.generator)
                 with torch.no_grad():
-                    torch._foreach_add_(params, noise)
+                    sharded.add_(params, noise)  # [sharded]
             else:
                 noise = [torch.zeros_like(p) for p in params]
             noise_loss = self._loss_value((yield "noise"))

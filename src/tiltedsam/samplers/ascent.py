@@ -9,6 +9,7 @@ from typing import Any, Generator
 import torch
 from torch import Tensor
 
+from ..optim import sharded
 from ..optim.functional import NOISE_KINDS, NORM_EPS, ascent_step, draw_noise, global_norm
 from .base import DrawResult, Sampler, SamplingContext, evaluation_count
 
@@ -171,7 +172,7 @@ class AscentSampler(Sampler):
         if self.noise_radius > 0:
             noise = draw_noise(ctx.params, self.noise, self.noise_radius, ctx.generator, std=self.noise_std)
             with torch.no_grad():
-                torch._foreach_add_(ctx.params, noise)
+                sharded.add_(ctx.params, noise)  # [sharded]
             del noise
 
     def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:

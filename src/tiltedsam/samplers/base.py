@@ -56,7 +56,9 @@ class SamplingContext:
     @torch.no_grad()
     def reset(self) -> None:
         """Move the parameters back to theta exactly."""
-        torch._foreach_copy_(self.params, self.origin)
+        from ..optim import sharded  # [sharded] (imported here: optim imports this module)
+
+        sharded.restore(self.params, self.origin)  # [sharded] local shards under FSDP2
 
 
 class Sampler:

@@ -22,6 +22,7 @@ from typing import Any, Generator
 import torch
 from torch import Tensor
 
+from ..optim import sharded
 from ..optim.functional import draw_noise, global_dot, standard_normal_like
 from .base import DrawResult, Sampler, SamplingContext
 
@@ -260,8 +261,8 @@ class HMCSampler(Sampler):
     @staticmethod
     @torch.no_grad()
     def _move_to(ctx: SamplingContext, eps: list[Tensor]) -> None:
-        torch._foreach_copy_(ctx.params, ctx.origin)
-        torch._foreach_add_(ctx.params, eps)
+        sharded.restore(ctx.params, ctx.origin)  # [sharded] local shards under FSDP2
+        sharded.add_(ctx.params, eps)
 
     @staticmethod
     @torch.no_grad()

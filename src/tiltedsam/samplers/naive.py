@@ -7,6 +7,7 @@ from typing import Any, Generator
 
 import torch
 
+from ..optim import sharded
 from ..optim.functional import NOISE_KINDS, draw_noise
 from .base import DrawResult, Sampler, SamplingContext
 
@@ -64,7 +65,7 @@ class NaiveSampler(Sampler):
         if radius > 0:
             eps = draw_noise(ctx.params, self.noise, radius, ctx.generator, std=self.noise_std)
             with torch.no_grad():
-                torch._foreach_add_(ctx.params, eps)
+                sharded.add_(ctx.params, eps)  # [sharded]
             del eps
         loss = yield "naive"
         return ctx.loss_value(loss), ctx.grads()
