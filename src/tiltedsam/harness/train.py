@@ -112,6 +112,21 @@ class World:
     def wrap_model(self, model: nn.Module) -> nn.Module:
         return model
 
+    def training_state(self, run_dir: Path, model: nn.Module, optimizer: Any) -> tuple[Any, Any]:
+        """The checkpoint's ``model`` and ``optimizer`` entries (every rank calls it; rank 0 writes them)."""
+        return model.state_dict(), optimizer.state_dict()
+
+    def load_training_state(self, run_dir: Path, model: nn.Module, optimizer: Any, model_entry: Any,
+                            optimizer_entry: Any) -> None:
+        """Load the entries :meth:`training_state` wrote, also those of a sharded run (any world size)."""
+        if isinstance(model_entry, dict) and set(model_entry) == {"dcp"}:  # a sharded (FSDP2) run's checkpoint
+            from ..optim import dcp
+
+            dcp.load(run_dir / model_entry["dcp"], model, optimizer)
+            return
+        model.load_state_dict(model_entry)
+        optimizer.load_state_dict(optimizer_entry)
+
 
 @dataclass
 class Budget:
@@ -478,8 +493,7 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
     epoch = step = 0
     train_seconds = wall_seconds = 0.0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        world.load_training_state(run_dir, model, optimizer, checkpoint["model"], checkpoint["optimizer"])
         if tilt_scheduler is not None:
             tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])
         _restore_rng_states(checkpoint["rng"], loader_generator)
@@ -592,10 +606,11 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             if world.is_main:
                 warnings.warn(f"{config.display_label}: {ess_warning}", TiltDiagnosticWarning, stacklevel=2)
         rows.append(row)
+        model_state, optimizer_state = world.training_state(run_dir, model, optimizer)  # sharded: a collective
         if world.is_main:
             save_checkpoint(run_dir / CHECKPOINT_NAME, {
-                "config": json.loads(json.dumps(_config_dict(config))), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "config": json.loads(json.dumps(_config_dict(config))), "model": model_state,
+                "optimizer": optimizer_state, "epoch": epoch, "step": step,
                 "tilt_scheduler": None if tilt_scheduler is None else tilt_scheduler.state_dict(),
                 "grad_evals": budget.evals_after(step), "train_seconds": train_seconds,
                 "wall_seconds": wall_seconds, "rng": _rng_states(loader_generator), "metrics": rows,
