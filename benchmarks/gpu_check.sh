@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check of tiltedsam (issue 15): at most ~7.5 minutes on one H100.
+# GPU readiness check of tiltedsam: at most ~9 minutes on one H100.
 #
 #   bash benchmarks/gpu_check.sh                       # on a CUDA machine, from the repository root
 #   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh  # dry run of every part on the CPU, tiny sizes
@@ -12,6 +12,9 @@
 #                  the batched TSAM step (s=3, 5) and every other registered optimizer; synchronised
 #                  timing, cudnn.benchmark, max_memory_allocated
 #   4. smoke       a ~2-minute TSAM training run of the harness (ResNet18 on the bundled MNIST-5k)
+#   5. fsdp        benchmarks/fsdp_check.py: every registered optimizer on FSDP2-sharded parameters
+#                  against one unsharded process, float32 and bf16 MixedPrecisionPolicy (manual API):
+#                  two ranks (nccl) when two GPUs are visible, else a 1-GPU FSDP2 smoke step
 # then benchmarks/gpu_check_report.py writes everything to $OUT/gpu_check.json and prints the tables.
 #
 # Settings (environment): GPU_CHECK_DEVICE (cuda), GPU_CHECK_OUT (gpu_check_out), PYTHON
@@ -31,16 +34,16 @@ if [ "$DEVICE" = cpu ]; then
     MODEL=small_cnn BATCH=8 WARMUP=1 REPEATS=1 THREADS=(--threads 1)
     SMOKE=(--set data.name=digits --set model.name=small_cnn --set budget.kind=steps
            --set "budget.amount=${GPU_CHECK_SMOKE_STEPS:-3}" --set run.num_threads=1)
-    LIMIT_TESTS=300 LIMIT_COST=300 LIMIT_SMOKE=300
+    LIMIT_TESTS=300 LIMIT_COST=300 LIMIT_SMOKE=300 LIMIT_FSDP=300
 else
     MODEL=resnet18 BATCH=64 WARMUP=3 REPEATS=15 THREADS=()
     SMOKE=(--set data.name=mnist5k --set model.name=resnet18 --set budget.kind=steps
            --set "budget.amount=${GPU_CHECK_SMOKE_STEPS:-1000}")
-    LIMIT_TESTS=100 LIMIT_COST=170 LIMIT_SMOKE=150  # + ~30 s for the device part: under 8 minutes
+    LIMIT_TESTS=100 LIMIT_COST=170 LIMIT_SMOKE=150 LIMIT_FSDP=90  # + ~30 s for the device part: under 9 minutes
 fi
 
 mkdir -p "$OUT"
-rm -rf "$OUT/smoke" "$OUT/parts.tsv" "$OUT/cuda_tests.xml" "$OUT/step_cost.json" "$OUT/device.json"
+rm -rf "$OUT/smoke" "$OUT/parts.tsv" "$OUT/cuda_tests.xml" "$OUT/step_cost.json" "$OUT/device.json" "$OUT/fsdp.json"
 : > "$OUT/parts.tsv"
 
 # run_part NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record status and time
@@ -84,5 +87,7 @@ run_part step_cost "$LIMIT_COST" "$PYTHON" benchmarks/step_cost.py --device "$DE
 
 run_part smoke "$LIMIT_SMOKE" "$PYTHON" -m tiltedsam train --out "$OUT/smoke" --set optimizer.name=tsam \
     --set run.device="$DEVICE" --set run.progress=false "${SMOKE[@]}"
+
+run_part fsdp "$LIMIT_FSDP" "$PYTHON" benchmarks/fsdp_check.py --device "$DEVICE" --json "$OUT/fsdp.json"
 
 "$PYTHON" benchmarks/gpu_check_report.py "$OUT"

@@ -110,7 +110,7 @@ def test_gpu_check_dry_run_on_cpu_runs_every_part(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert [p["part"] for p in report["parts"]] == ["device", "cuda_tests", "step_cost", "smoke"]
+    assert [p["part"] for p in report["parts"]] == ["device", "cuda_tests", "step_cost", "smoke", "fsdp"]
     assert report["ok"] is True
     tests = report["cuda_tests"]
     assert tests["tests"] >= 8 and tests["skipped"] == tests["tests"]  # no CUDA here: all skip, none fail
@@ -121,3 +121,6 @@ def test_gpu_check_dry_run_on_cpu_runs_every_part(tmp_path):
     assert len(report["batched_against_loop"]) == 2
     assert report["smoke_run"]["steps"] == 3
     assert "overall: OK" in done.stdout
+    fsdp = json.loads((tmp_path / "out" / "fsdp.json").read_text())  # two gloo ranks in the dry run
+    assert fsdp["nproc"] == 2 and {row["optimizer"] for row in fsdp["rows"]} == {e["name"] for e in list_optimizers()}
+    assert all(row["ok"] for row in fsdp["rows"])
