@@ -159,23 +159,52 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[Any, Any]], Path]:
+def _one_step_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        x, y = shard(*make_data(), rank)
+        results = {}
+        for name in NAMES:
+            model = sharded_model()
+            train(make_optimizer(name, model, 100 + rank), model, x, y, 1)
+            results[name] = full_params(model)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(worker: Any, out_dir: Path) -> list[dict[Any, Any]]:
+    """Run ``worker`` on two gloo ranks; a rank that fails takes its partner down (no process outlives it)."""
     pytest.importorskip("torch.distributed.fsdp")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("needs torch.distributed with gloo")
-    out_dir = tmp_path_factory.mktemp("fsdp")
-    context = mp.start_processes(_worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD,
+    context = mp.start_processes(worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD,
                                  join=False, start_method="spawn")
     try:
         while not context.join(timeout=600):
             pass
     finally:
-        for process in context.processes:  # a failing worker must not leave its partner behind
+        for process in context.processes:
             if process.is_alive():
                 process.kill()
                 process.join()
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], out_dir
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_one_sharded_step_of_every_optimizer_equals_one_process(tmp_path: Path) -> None:
+    """The fast guard (default suite): one FSDP2 step per registered optimizer on two ranks."""
+    results = spawn(_one_step_worker, tmp_path)
+    for name in NAMES:
+        want = single_process(name, 1)
+        for rank_results in results:
+            assert_close_lists(rank_results[name], want)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[Any, Any]], Path]:
+    out_dir = tmp_path_factory.mktemp("fsdp")
+    return spawn(_worker, out_dir), out_dir
 
 
 def single_process(name: str, steps: int = STEPS) -> list[torch.Tensor]:
