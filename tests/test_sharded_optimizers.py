@@ -289,3 +289,33 @@ def test_sharded_noise_is_the_unsharded_noise_and_norms_reduce_once(ranks: Any) 
     want_norm = float(global_norm([p.grad for p in model.parameters()]))
     for rank_results in results:
         assert rank_results["grad_norm"] == pytest.approx(want_norm, rel=1e-6)
+
+
+def _steps_of(optimizer: Any, model: nn.Module, steps: int) -> None:
+    x, y = make_data()
+    train(optimizer, model, x, y, steps)
+
+
+def test_dcp_checkpoint_in_one_process_continues_bit_exactly(tmp_path: Path) -> None:
+    """No process group: DCP reads and writes alone. Auto tilt (its smoothed state), lazy ascent (its kept
+    directions), momentum and the noise generator all continue as if never interrupted."""
+    settings = dict(tilt="auto", refresh_every=3, lr=0.1, momentum=0.9, seed=5)
+    model = make_model()
+    optimizer = create_optimizer("tsam", model.parameters(), model=model, **settings)
+    _steps_of(optimizer, model, 2)
+    optim_dcp.save(tmp_path / "ckpt", model, optimizer, extra={"epoch": 1})
+    _steps_of(optimizer, model, 2)
+    uninterrupted = full_params(model)
+    assert optimizer.last_step.extra["aggregation_tilt"] > 0  # the auto rule has state to carry over
+
+    resumed = make_model()
+    resumed_optimizer = create_optimizer("tsam", resumed.parameters(), model=resumed, **{**settings, "seed": 9})
+    assert optim_dcp.load(tmp_path / "ckpt", resumed, resumed_optimizer) == {"epoch": 1}
+    assert resumed_optimizer.seed == 5 and resumed_optimizer.step_count == 2
+    _steps_of(resumed_optimizer, resumed, 2)
+    for a, b in zip(full_params(resumed), uninterrupted):
+        assert torch.equal(a, b)
+
+    other = create_optimizer("sam", resumed.parameters(), model=resumed, lr=0.1)
+    with pytest.raises(ValueError, match="holds a 'TSAM' optimizer, cannot load it into SAM"):
+        optim_dcp.load(tmp_path / "ckpt", resumed, other)

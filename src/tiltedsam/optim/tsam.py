@@ -366,7 +366,11 @@ class TSAM(PerturbationOptimizer):
         to float rounding. See :mod:`tiltedsam.samplers.batched` for the models it supports, dropout
         (``randomness``) and memory. Returns the objective estimate."""
         from ..samplers.batched import run_batched_step
+        from .sharded import any_dtensor
 
+        if any_dtensor(self._params()):  # [sharded] torch.func needs whole parameters
+            raise ValueError("step_batched (parallel_samples=True) needs whole parameters; with FSDP2-sharded "
+                             "parameters use step() or manual_step()")
         return run_batched_step(self, inputs, loss_fn, randomness)
 
     def _algorithm(self) -> Generator[str, Any, float]:
