@@ -1,5 +1,5 @@
 """Every registered optimizer on FSDP2-sharded parameters (two gloo processes) against one process and DDP,
-and sharded checkpoints (torch.distributed.checkpoint) resumed on two ranks and on one.
+and sharded checkpoints (torch.distributed.checkpoint) resumed on two ranks (FSDP2 and DDP) and on one.
 
 One spawned pair of ranks runs every scenario for every optimizer (process start-up and the
 process group dominate the cost); each rank saves its results, and the tests compare them with
@@ -134,6 +134,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results["extra", name] = optim_dcp.load(checkpoint, resumed, resumed_optimizer)
             train(resumed_optimizer, resumed, x, y, CONTINUE)
             results["resumed2", name] = full_params(resumed)
+            # the same checkpoint into DDP replicas (names without DDP's "module." prefix)
+            replicas = DistributedDataParallel(make_model())
+            replicas_optimizer = make_optimizer(name, replicas, 200 + rank)
+            optim_dcp.load(checkpoint, replicas, replicas_optimizer)
+            train(replicas_optimizer, replicas, x, y, CONTINUE)
+            results["resumed_ddp", name] = full_params(replicas.module)
             # mixed precision: bf16 compute, fp32 shards and reduction, the manual API
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             model = sharded_model(policy)
@@ -234,7 +240,7 @@ def test_sharded_steps_equal_one_process_and_ddp(ranks: Any) -> None:
 
 
 @pytest.mark.slow
-def test_sharded_checkpoint_resumes_on_two_ranks_and_on_one(ranks: Any) -> None:
+def test_sharded_checkpoint_resumes_on_two_ranks_under_ddp_and_on_one(ranks: Any) -> None:
     results, out_dir = ranks
     x, y = make_data()
     for name in NAMES:
@@ -245,6 +251,7 @@ def test_sharded_checkpoint_resumes_on_two_ranks_and_on_one(ranks: Any) -> None:
             # same layout: the continuation is the uninterrupted run, bit for bit
             for a, b in zip(rank_results["resumed2", name], uninterrupted):
                 assert torch.equal(a, b), name
+            assert_close_lists(rank_results["resumed_ddp", name], uninterrupted)
         # one process, a plain (unsharded) model, the whole batch
         model = make_model()
         optimizer = make_optimizer(name, model, 300)
