@@ -51,7 +51,7 @@ def make_model(width: int) -> nn.Module:
 
 def live_bytes(exclude: set[int] | None = None) -> int:
     """Bytes of all live tensor storages (each once; DTensor wrappers are skipped, their local tensors count)."""
-    from tiltedsam.optim.sharded import is_dtensor
+    from tiltedsam.sharded import is_dtensor
 
     seen: set[int] = set(exclude or ())
     total = 0
@@ -70,7 +70,7 @@ def live_bytes(exclude: set[int] | None = None) -> int:
 
 
 def storages_bytes(tensors: list[torch.Tensor]) -> int:
-    from tiltedsam.optim.sharded import local
+    from tiltedsam.sharded import local
 
     seen: dict[int, int] = {}
     for t in tensors:

@@ -16,6 +16,12 @@ bytes in use before the step — Linux only).
     python benchmarks/step_cost.py --optimizers sgd sam tsam:num_samples=3 esam2   # any registry names
     python benchmarks/step_cost.py --optimizers registered   # the defaults + every registered optimizer
     python benchmarks/step_cost.py --device cuda --model resnet18 --json step_cost.json   # the paper's scale
+    python benchmarks/step_cost.py --all --baseline-src /tmp/baseline/src --rounds 5   # before/after a change
+
+``--baseline-src DIR`` times another copy of the library (e.g. ``git archive <commit> src | tar -x -C DIR/..``)
+against this one: ``--rounds`` pairs of subprocesses, one per tree, alternating which runs first, each a
+full round-robin run as above; it reports per optimizer the median ms/step of each tree and the median
+of the per-round ratios (this tree / baseline), so a change of machine load between rounds cancels.
 
 ``tsam:parallel_samples=true`` times the EXPERIMENTAL batched step (``TSAM.step_batched``). On CUDA
 ``cudnn.benchmark`` is on, every timed step is bracketed by ``torch.cuda.synchronize()``, and the
@@ -28,9 +34,12 @@ import argparse
 import json
 import ctypes
 import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from types import SimpleNamespace
 
@@ -45,6 +54,8 @@ CHEAP_VARIANTS = [spec for name in ("tsam-shared", "tsam-subbatch", "tsam-lazy",
                   for spec in (name, f"{name}:num_samples=5")]
 #: suffix of a spec timed on a torch.compile'd model (--compile)
 COMPILED = " [compiled]"
+#: the library tree timed (``--src``); ``src`` of the working directory by default
+SOURCE = ["src"]
 
 
 def small_cnn(classes: int = 10) -> nn.Module:
@@ -78,7 +89,7 @@ def make_model(name: str, classes: int = 10) -> nn.Module:
     if name == "small_cnn":
         return small_cnn(classes)
     if name == "resnet18":
-        sys.path.insert(0, "src")
+        sys.path.insert(0, SOURCE[0])
         from tiltedsam.harness.models import build_model
 
         cifar = SimpleNamespace(name="cifar-shaped", input_shape=(3, 32, 32), num_classes=classes, info={})
@@ -88,7 +99,7 @@ def make_model(name: str, classes: int = 10) -> nn.Module:
 
 def expand_specs(specs: list[str]) -> list[str]:
     """``registered`` expands to every registered optimizer (default settings) not yet in the list."""
-    sys.path.insert(0, "src")
+    sys.path.insert(0, SOURCE[0])
     from tiltedsam.optim.registry import list_optimizers
 
     out: list[str] = []
@@ -106,7 +117,7 @@ def build(spec: str, device: str, seed: int = 0, model_name: str = "small_cnn", 
     """The optimizer for ``spec`` on a fresh model and a fixed random batch, and a function running one
     step (``step(watch)``: ``watch`` is called after each closure evaluation; the batched TSAM step
     makes no closure calls)."""
-    sys.path.insert(0, "src")
+    sys.path.insert(0, SOURCE[0])
     from tiltedsam import create_optimizer
 
     torch.manual_seed(seed)
@@ -184,6 +195,11 @@ def measure_memory(step, device: str) -> tuple[float | None, float | None]:
     return ((peak[0] - before) / 2**20 if watched[0] else None), None
 
 
+#: what a step's time is read from: wall time, or this process's CPU time (``--clock process``: on a CPU
+#: shared with other work it counts only this process's own work, so other load adds less noise)
+CLOCK = [time.perf_counter]
+
+
 def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, **model_options) -> list[dict]:
     runs = [build(spec, device, **model_options) for spec in specs]
     for opt, step in runs:
@@ -195,11 +211,11 @@ def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, *
             # lazy ascent costs more on its refresh steps: time whole refresh periods, per step
             period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
             sync(device)
-            start = time.perf_counter()
+            start = CLOCK[0]()
             for _ in range(period):
                 step()
             sync(device)
-            times[k].append((time.perf_counter() - start) / period)
+            times[k].append((CLOCK[0]() - start) / period)
     rows = []
     for spec, t, (opt, step) in zip(specs, times, runs):
         extra, peak = measure_memory(step, device)
@@ -225,6 +241,48 @@ def results_json(rows: list[dict], meta: dict) -> str:
     return json.dumps(payload, indent=2, allow_nan=False) + "\n"
 
 
+def compare_trees(args: argparse.Namespace, baseline: str) -> None:
+    """Alternate subprocess runs of this script on ``baseline`` and on ``src`` (see the module docstring)."""
+    here = os.path.abspath(SOURCE[0])
+    trees = {"baseline": os.path.abspath(baseline), "this": here}
+    passed = [a for a in sys.argv[1:]]
+    for flag in ("--baseline-src", "--rounds", "--json"):  # options of this comparison, not of each run
+        while flag in passed:
+            del passed[passed.index(flag):passed.index(flag) + 2]
+    times: dict[str, dict[str, list[float]]] = {"baseline": {}, "this": {}}
+    for round_ in range(args.rounds):
+        order = ["baseline", "this"] if round_ % 2 == 0 else ["this", "baseline"]
+        for tree in order:
+            with tempfile.TemporaryDirectory() as scratch:
+                out = os.path.join(scratch, "run.json")
+                env = {**os.environ, "PYTHONPATH": trees[tree]}
+                subprocess.run([sys.executable, __file__, *passed, "--src", trees[tree], "--json", out], check=True,
+                               env=env, stdout=subprocess.DEVNULL)
+                with open(out) as handle:
+                    for row in json.load(handle)["rows"]:
+                        times[tree].setdefault(row["optimizer"], []).append(row["ms_per_step"])
+            print(f"round {round_ + 1}/{args.rounds}: {tree} done", file=sys.stderr, flush=True)
+    print(f"| optimizer | baseline ms/step | this ms/step | median ratio (this / baseline) over {args.rounds} rounds "
+          "| min ratio | max ratio |\n|---|---|---|---|---|---|")
+    records = []
+    for spec, before in times["baseline"].items():
+        after = times["this"].get(spec)
+        if not after:
+            continue
+        ratios = [a / b for a, b in zip(after, before)]
+        record = {"optimizer": spec, "baseline_ms": statistics.median(before), "this_ms": statistics.median(after),
+                  "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        records.append(record)
+        print(f"| {spec} | {record['baseline_ms']:.2f} | {record['this_ms']:.2f} | {record['ratio']:.3f} | "
+              f"{record['ratio_min']:.3f} | {record['ratio_max']:.3f} |")
+    if args.json:
+        sys.path.insert(0, here)
+        from tiltedsam._atomic import atomic_write
+
+        atomic_write(args.json, json.dumps({"baseline": trees["baseline"], "rounds": args.rounds, "rows": records},
+                                           indent=2, allow_nan=False) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -241,7 +299,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="time steps by wall clock (default) or by this process's CPU time (CPU only)")
+    parser.add_argument("--src", default="src", help="the library tree to time (default: ./src)")
+    parser.add_argument("--baseline-src", default=None, metavar="DIR",
+                        help="also time the library in DIR, in alternating subprocesses, and compare (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --baseline-src: subprocess pairs to run")
     args = parser.parse_args()
+    SOURCE[0] = args.src
+    if args.clock == "process":
+        if args.device.startswith("cuda"):
+            parser.error("--clock process measures CPU time; use the wall clock on cuda")
+        CLOCK[0] = time.process_time
+    if args.baseline_src:
+        return compare_trees(args, args.baseline_src)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):

@@ -409,7 +409,7 @@ def test_report_settings_validate():
 
 @pytest.fixture
 def fake_loader(monkeypatch):
-    """Install a stand-in for tiltedsam.harness.checkpoints.load_for_analysis (the harness may be absent)."""
+    """Install a stand-in for tiltedsam.harness.rundata.load_for_analysis (the harness may be absent)."""
     models = _two_tiny_models()
     loaded = []
 
@@ -421,16 +421,16 @@ def fake_loader(monkeypatch):
                                      meta={"optimizer": label.lower()})
 
     try:
-        import tiltedsam.harness.checkpoints as checkpoints  # noqa: F401
+        import tiltedsam.harness.rundata as rundata  # noqa: F401
 
-        monkeypatch.setattr("tiltedsam.harness.checkpoints.load_for_analysis", load_for_analysis)
+        monkeypatch.setattr("tiltedsam.harness.rundata.load_for_analysis", load_for_analysis)
     except ImportError:
         harness = types.ModuleType("tiltedsam.harness")
-        checkpoints = types.ModuleType("tiltedsam.harness.checkpoints")
-        checkpoints.load_for_analysis = load_for_analysis
-        harness.checkpoints = checkpoints
+        rundata = types.ModuleType("tiltedsam.harness.rundata")
+        rundata.load_for_analysis = load_for_analysis
+        harness.rundata = rundata
         monkeypatch.setitem(sys.modules, "tiltedsam.harness", harness)
-        monkeypatch.setitem(sys.modules, "tiltedsam.harness.checkpoints", checkpoints)
+        monkeypatch.setitem(sys.modules, "tiltedsam.harness.rundata", rundata)
     return loaded
 
 
@@ -468,7 +468,7 @@ def test_cli_without_the_harness_says_what_is_missing(tmp_path, monkeypatch):
     from tiltedsam.cli import main
 
     monkeypatch.setitem(sys.modules, "tiltedsam.harness", None)  # makes the import fail
-    monkeypatch.setitem(sys.modules, "tiltedsam.harness.checkpoints", None)
+    monkeypatch.setitem(sys.modules, "tiltedsam.harness.rundata", None)
     with pytest.raises(SystemExit, match="needs tiltedsam.harness"):
         main(["analyze", "ckpt.pt", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())

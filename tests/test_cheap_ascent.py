@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tiltedsam import create_optimizer, grad_evals_per_step
-from tiltedsam.optim.base import Evaluation
+from tiltedsam.optim.base import Evaluation, Point, Request
 from tiltedsam.optim.tsam import TSAM
-from tiltedsam.samplers import AscentSampler
+from tiltedsam.optim.samplers import AscentSampler
 
 
 def _vec(*values: float) -> torch.Tensor:
@@ -36,11 +36,10 @@ class _FixedNoise(AscentSampler):
         super().__init__(noise_radius=1.0, **settings)
         self.draws = 0
 
-    def _add_noise(self, ctx):
-        step, j = divmod(self.draws, ctx.num_samples)
+    def draw_noise(self, params, generator):
+        step, j = divmod(self.draws, len(NOISE[0]))  # the tests draw s = 3 samples per step
         self.draws += 1
-        with torch.no_grad():
-            ctx.params[0].add_(NOISE[step][j])
+        return [NOISE[step][j].clone()]
 
 
 # ------------------------------------------------------------------ the hand computation
@@ -145,7 +144,7 @@ def test_lazy_directions_round_trip_in_state_dict() -> None:
     assert fresh.evaluations_next_step == 6  # nothing to reuse yet
     fresh.load_state_dict(state)
     assert fresh.evaluations_next_step == 3  # the loaded directions are reused next step
-    for saved, loaded in zip(state["extra"]["sampler"]["directions"], fresh.sampler._directions):
+    for saved, loaded in zip(state["extra"]["sampler"]["directions"], fresh.sampler.directions):
         assert torch.equal(saved[0], loaded[0])
 
 
@@ -181,12 +180,12 @@ def test_bad_settings_raise_value_error_naming_them(settings: dict, match: str) 
 
 def test_evaluation_batch_slices_the_leading_rows() -> None:
     x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
-    sub_x, sub_y = Evaluation(0, "noise", batch_fraction=0.5).batch(x, y)
+    sub_x, sub_y = Evaluation(0, Request(Point.NOISE, 0.5)).batch(x, y)
     assert torch.equal(sub_x, x[:3]) and torch.equal(sub_y, y[:3])  # ceil(2.5) = 3
-    assert Evaluation(0, "noise", batch_fraction=0.01).batch(y).shape == (1,)  # never empty
-    assert Evaluation(0, "perturbed").batch(y) is y
+    assert Evaluation(0, Request(Point.NOISE, 0.01)).batch(y).shape == (1,)  # never empty
+    assert Evaluation(0, Request(Point.PERTURBED)).batch(y) is y
     with pytest.raises(ValueError, match="different numbers"):
-        Evaluation(0, "noise", batch_fraction=0.5).batch(x, y[:4])
+        Evaluation(0, Request(Point.NOISE, 0.5)).batch(x, y[:4])
 
 
 def test_manual_step_hands_out_the_fraction() -> None:

@@ -10,7 +10,9 @@ import pytest
 
 from tiltedsam.cli import main
 from tiltedsam.harness.compare import COMPARE_LABELS, compare_config, verdict
+from tiltedsam.harness.rundir import read_result
 from tiltedsam.harness.sweep import expand_grid
+from tiltedsam.harness.train import resolve_budget
 from tiltedsam.optim.registry import REGISTRY, grad_evals_per_step
 
 
@@ -26,9 +28,12 @@ def test_compare_defaults_follow_the_brief():
     assert (base.batch_size, base.label_smoothing, base.optimizer.momentum) == (64, 0.1, 0.9)
     tsam = next(p.config for p in points if p.label == "tsam")
     esam1 = next(p.config for p in points if p.label == "esam1")
-    assert esam1.budget.match_optimizer == "tsam"
     assert grad_evals_per_step("tsam", **tsam.optimizer.settings) == 3 * grad_evals_per_step(
         esam1.optimizer.name, **esam1.optimizer.settings)
+    # ESAM1 spends TSAM's gradient evaluations: three times TSAM's steps
+    esam1_budget, tsam_budget = resolve_budget(esam1, steps_per_epoch=10), resolve_budget(tsam, steps_per_epoch=10)
+    assert esam1_budget.total_grad_evals == tsam_budget.total_grad_evals
+    assert esam1_budget.total_steps == 3 * tsam_budget.total_steps
     quick = compare_config(quick=True)
     assert quick.seeds == [0] and quick.base["data"]["limit"] and quick.out_dir == "results/compare-quick"
 
@@ -69,8 +74,14 @@ def test_compare_quick_end_to_end(tmp_path, capsys):
     assert cost["esam1"]["grad_evals"] == cost["tsam"]["grad_evals"]
     assert int(cost["esam1"]["steps"]) == 3 * int(cost["sam"]["steps"])
     db = sqlite3.connect(out / "sweep.db")
-    results = {label: json.loads(r) for label, r in db.execute("SELECT label, result FROM runs")}
+    results = {label: read_result(run_dir) for label, run_dir in db.execute("SELECT label, run_dir FROM runs")}
     assert set(results) == set(COMPARE_LABELS)
+    # one home per fact: the index holds no epochs or results; runs.csv leaves ESS empty without weights
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {"meta", "runs"}
+    with open(out / "runs.csv", newline="") as handle:
+        ess = {row["optimizer"]: row["mean_ess"] for row in csv.DictReader(handle)}
+    assert ess["sgd"] == ess["sam"] == ess["esam1"] == "" and 1.0 <= float(ess["tsam"]) <= 3.0
+    assert b"\r\n" not in (out / "runs.csv").read_bytes() + (out / "accuracy.csv").read_bytes()
     assert all({"final_test_acc", "best_val_test_acc", "wall_seconds"} <= set(r) for r in results.values())
     # a second call finds everything done and only rewrites the report
     assert main(["compare", "--quick", "--out", str(out), "--workers", "2", "--no-progress",
@@ -82,3 +93,20 @@ def test_compare_quick_end_to_end(tmp_path, capsys):
 def test_compare_quick_as_shipped(tmp_path, capsys):
     assert main(["compare", "--quick", "--out", str(tmp_path / "q"), "--no-progress"]) == 0
     assert "| tsam |" in capsys.readouterr().out
+
+
+def test_compare_help_is_generated_from_the_job_constants(monkeypatch, capsys):
+    """The help text cannot drift from the job: change a constant, and the help and the job follow."""
+    from tiltedsam.harness import compare as job
+
+    monkeypatch.setattr(job, "DEFAULT_SEEDS", 7)
+    monkeypatch.setattr(job, "DEFAULT_EPOCHS", 4)
+    monkeypatch.setattr(job, "TSAM_SETTINGS", {**job.TSAM_SETTINGS, "num_samples": 6})
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "7 seeds, 4 epochs" in text and "default 7" in text and "default 4" in text
+    assert "tilt=auto" in text and "num_samples=6" in text and "t=20" not in text
+    sweep = job.compare_config()
+    assert len(sweep.seeds) == 7 and sweep.base["budget"]["amount"] == 4
+    assert sweep.variants["tsam"]["optimizer.settings"]["num_samples"] == 6

@@ -116,3 +116,17 @@ def test_budget_kinds_and_esam1_matching():
     assert (steps.total_steps, steps.epochs) == (15, 2)
     with pytest.raises(ValueError, match="less than one step"):
         resolve_budget(load_config(None, ["optimizer.name=tsam", "budget.kind=grad_evals", "budget.amount=5"]), 10)
+
+
+def test_a_model_that_needs_a_tokenizer_gets_it_and_a_conflicting_choice_is_named():
+    from tiltedsam.harness.rundata import dataset_kwargs
+
+    minilm = load_config(None, ["model.name=minilm", "data.name=rotten_tomatoes"])
+    assert dataset_kwargs(minilm)["tokenizer"] == "minilm"  # picked for the model, no --set needed
+    explicit = load_config(None, ["model.name=minilm", "data.name=rotten_tomatoes", "data.options={tokenizer = 'minilm'}"])
+    assert dataset_kwargs(explicit)["tokenizer"] == "minilm"
+    words = load_config(None, ["model.name=text_cnn", "data.name=rotten_tomatoes"])
+    assert "tokenizer" not in dataset_kwargs(words)  # other models keep the data set's default
+    conflict = load_config(None, ["model.name=minilm", "data.name=rotten_tomatoes", "data.options={tokenizer = 'words'}"])
+    with pytest.raises(ConfigError, match="'words'.*'minilm'"):
+        dataset_kwargs(conflict)

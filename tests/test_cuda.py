@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tiltedsam import SAM, TSAM
-from tiltedsam.optim.functional import draw_noise
+from tiltedsam.functional import draw_noise, snapshot
 
 pytestmark = [
     pytest.mark.cuda,
@@ -54,7 +54,8 @@ def test_noise_generator_snapshots_and_gradients_live_on_the_device():
         seen.append({p.device.type for p in model.parameters()} | {p.grad.device.type for p in model.parameters()})
     assert opt.generator.device.type == "cuda"
     assert all(devices == {"cuda"} for devices in seen)
-    params, origin = opt._snapshot()
+    params = list(model.parameters())
+    origin = snapshot(params)  # the driver's snapshot of theta
     assert {t.device.type for t in origin} == {"cuda"}
     noise = draw_noise(params, "gaussian", 0.5, opt.generator)
     assert {z.device.type for z in noise} == {"cuda"}

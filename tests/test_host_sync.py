@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from tiltedsam import create_optimizer
-from tiltedsam.optim.functional import draw_noise, global_norm
+from tiltedsam.functional import draw_noise, global_norm
 
 _RANDOM_OPS = ("randn", "rand", "normal", "uniform", "bernoulli", "randint", "randperm", "exponential")
 

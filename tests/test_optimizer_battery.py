@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tiltedsam import create_optimizer, grad_evals_per_step, list_optimizers
+from conftest import sliced_closure_for
 
 NAMES = [entry["name"] for entry in list_optimizers()]
 DEFAULTS = {entry["name"]: entry["defaults"] for entry in list_optimizers()}
@@ -29,18 +30,7 @@ def _data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x @ teacher).argmax(dim=1)
 
 
-def _closure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, counter: list[float] | None = None):
-    """A closure that takes the Evaluation it serves (sub-batch ascent slices the batch through it);
-    ``counter`` adds up the evaluations in full-batch equivalents (rows used / rows in the batch)."""
-    def closure(evaluation) -> torch.Tensor:
-        x_used, y_used = evaluation.batch(x, y)
-        if counter is not None:
-            counter[0] += len(y_used) / len(y)
-        loss = nn.functional.cross_entropy(model(x_used), y_used)
-        loss.backward()
-        return loss
-
-    return closure
+_closure = sliced_closure_for  # takes the Evaluation it serves: sub-batch ascent slices the batch through it
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

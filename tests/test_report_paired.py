@@ -7,11 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sqlite3
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tiltedsam.harness.compare import verdict
 from tiltedsam.harness.report import build_report, write_report
+from tiltedsam.harness.rundir import RESULT_FORMAT, write_metrics, write_result
 from tiltedsam.harness.sweep import SweepConfig, expand_grid, open_database, register_points, run_sweep
 
 # per-seed test accuracies (fractions) of a made-up comparison
@@ -39,8 +43,10 @@ def fake_database(out, seeds=(0, 1, 2), labels=("sgd", "sam", "tsam"), ess=2.997
         epochs = [{"epoch": e, "grad_evals": 50 * e, "test_acc": final, "val_acc": best, "train_loss": 1.0 / e,
                    "train_loss_at_theta": 0.9 / e, "train_objective": 1.1 / e,
                    "effective_sample_size": ess if p.label == "tsam" else 1.0} for e in (1, 2)]
-        connection.execute("UPDATE runs SET status='done', result=? WHERE run_key=?", (json.dumps(result), p.key))
-        connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)", [(p.key, r["epoch"], json.dumps(r)) for r in epochs])
+        Path(p.config.run.out_dir).mkdir(parents=True)
+        write_result(p.config.run.out_dir, {"format": RESULT_FORMAT, **result})
+        write_metrics(p.config.run.out_dir, epochs)
+        connection.execute("UPDATE runs SET status='done' WHERE run_key=?", (p.key,))
     connection.close()
     return sweep
 
@@ -127,3 +133,34 @@ def test_the_t_plot_exists_only_for_several_tilts(tmp_path):
     assert [(float(r["t"]), float(r["mean"])) for r in rows] == [(1.0, pytest.approx(95.0)), (20.0, pytest.approx(96.0)),
                                                                (100.0, pytest.approx(94.0))]
     assert all(float(r["mean_ess"]) == pytest.approx(2.997) for r in rows)
+
+
+def test_a_schema_2_database_without_run_directories_is_reported_from_its_own_copies(tmp_path):
+    """Before schema 3 the database also copied each run's result and epochs; such a database still
+    reports, from those copies, when its run directories are gone."""
+    from tiltedsam.harness.config import load_config, to_dict
+    from tiltedsam.harness.sweep import _RUNS_TABLE_V2
+
+    db = sqlite3.connect(tmp_path / "sweep.db")
+    db.executescript(f"""{_RUNS_TABLE_V2};
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE epochs (run_key TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+                             PRIMARY KEY (run_key, epoch));
+        INSERT INTO meta VALUES ('schema_version', '2'), ('package_version', '0.1.0');""")
+    for label in ("sgd", "sam"):
+        config = json.dumps(to_dict(load_config(None, ["data.name=digits", f"optimizer.name={label}"])))
+        for seed in (0, 1):
+            key = f"{label}{seed}"
+            result = {"final_test_acc": FINAL[label][seed], "best_val_test_acc": BEST[label][seed],
+                      "best_val_acc": 0.5, "best_val_epoch": 1, "grad_evals": 10, "grad_evals_per_step": 1,
+                      "steps": 10, "epochs": 1, "train_seconds": 1.0, "wall_seconds": 1.0}
+            db.execute("INSERT INTO runs (run_key, label, optimizer, seed, setting, config, run_dir, status, result) "
+                       "VALUES (?, ?, ?, ?, '{}', ?, ?, 'done', ?)",
+                       (key, label, label, seed, config, str(tmp_path / "gone" / key), json.dumps(result)))
+            db.execute("INSERT INTO epochs VALUES (?, 1, ?)", (key, json.dumps({"epoch": 1, "grad_evals": 10,
+                                                                                "test_acc": FINAL[label][seed]})))
+    db.commit()
+    db.close()
+    report = build_report(tmp_path)
+    assert report.summary["sgd"]["final_test_acc"][0] == pytest.approx(np.mean(FINAL["sgd"][:2]))
+    assert report.curves["sam"]["test_acc"] == [[FINAL["sam"][0]], [FINAL["sam"][1]]]

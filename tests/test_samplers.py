@@ -12,9 +12,10 @@ from scipy import integrate, stats
 from torch import nn
 
 from tiltedsam import TSAM
-from tiltedsam.optim.functional import draw_noise
-from tiltedsam.samplers import SAMPLERS, HMCSampler, NaiveSampler, SamplingContext, make_sampler
-from tiltedsam.samplers.hmc import _drift
+from tiltedsam.functional import draw_noise, restore
+from tiltedsam.optim.samplers import SAMPLERS, HMCSampler, NaiveSampler, SamplingContext, make_sampler
+from tiltedsam.optim.samplers.hmc import _drift
+from conftest import closure_for, tiny_classifier
 
 # ---------------------------------------------------------------- a 2-D target with a known density
 DELTA = 2.0  # sample tilt
@@ -224,16 +225,8 @@ def test_hmc_reversible_drift_returns_with_flipped_momentum() -> None:
 
 
 def _mlp_problem():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
-
-    def closure() -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return model, closure
+    model, x, y = tiny_classifier(0, inputs=4, hidden=8, classes=2)
+    return model, closure_for(model, x, y)
 
 
 @pytest.mark.parametrize("num_steps, num_transitions", [(1, 1), (3, 2)])
@@ -357,5 +350,5 @@ def test_naive_samples_lie_in_the_ball() -> None:
         next(program)
         norms.append(float(weights.detach().norm()))
         program.close()
-        ctx.reset()
+        restore(ctx.params, ctx.origin)
     assert max(norms) <= 0.7 + 1e-6 and min(norms) > 0

@@ -12,6 +12,9 @@ from tiltedsam.cli import main
 from tiltedsam.harness import train as train_module
 from tiltedsam.harness.config import ConfigError
 from tiltedsam.harness.report import build_report, mean_std, write_report
+from tiltedsam.harness.rundir import read_metrics, read_result
+from tiltedsam.harness.train import resolve_budget
+from tiltedsam.optim.registry import grad_evals_per_step
 from tiltedsam.harness.sweep import SweepConfig, SweepError, expand_grid, open_database, run_sweep
 
 
@@ -35,7 +38,8 @@ def test_grid_expansion_applies_per_optimizer_axes_only_to_their_optimizer(tmp_p
     assert {p.config.optimizer.settings["tilt"] for p in tsam} == {0.0, 5.0}
     assert len({p.key for p in points}) == len(points)
     esam1 = expand_grid(tiny_sweep(tmp_path, optimizers=["esam1"], per_optimizer={}))[0]
-    assert esam1.config.budget.match_optimizer == "tsam"
+    # ESAM1 gets TSAM's budget from the registry: 2 epochs of TSAM's evaluations in SAM steps of 2
+    assert resolve_budget(esam1.config, steps_per_epoch=10).total_steps == 2 * 10 * grad_evals_per_step("tsam") // 2
     with pytest.raises(ConfigError, match="neither a registered optimizer"):
         expand_grid(tiny_sweep(tmp_path, optimizers=["nope"], per_optimizer={}))
     with pytest.raises(ConfigError, match="per_optimizer.tsam"):
@@ -73,8 +77,8 @@ def test_sweep_killed_midway_then_restarted_runs_each_point_once(tmp_path, monke
     for key, finished in finished_before.items():  # done runs were not run again
         assert rows[key][1] == 1 and rows[key][2] == finished
     assert sorted(r[1] for r in rows.values()) == [1, 1, 1, 2]  # only the killed run started twice
-    epochs = Counter(k for (k,) in db.execute("SELECT run_key FROM epochs"))
-    assert epochs == {k: 2 for k in keys}
+    epochs = {k: len(read_metrics(d)) for k, d in db.execute("SELECT run_key, run_dir FROM runs")}
+    assert epochs == {k: 2 for k in keys}  # the killed run's first epoch is not repeated
     db.close()
     assert run_sweep(sweep) == {"done": 0, "failed": 0, "skipped": 4, "elsewhere": 0}
 
@@ -82,8 +86,8 @@ def test_sweep_killed_midway_then_restarted_runs_each_point_once(tmp_path, monke
     assert set(report.summary) == {"sgd", "tsam"}
     for name in ("report.md", "accuracy.csv", "cost.csv", "runs.csv", "convergence.png"):
         assert (tmp_path / "s" / name).stat().st_size > 0, name
-    results = [json.loads(r) for (r,) in sqlite3.connect(tmp_path / "s" / "sweep.db").execute(
-        "SELECT result FROM runs WHERE label='tsam'")]
+    results = [read_result(d) for (d,) in sqlite3.connect(tmp_path / "s" / "sweep.db").execute(
+        "SELECT run_dir FROM runs WHERE label='tsam'")]
     mean, std = mean_std([r["best_val_test_acc"] for r in results])
     assert report.summary["tsam"]["best_val_test_acc"] == pytest.approx((mean, std))
     assert f"{100 * mean:.2f} ± {100 * std:.2f}" in report.markdown
@@ -94,7 +98,7 @@ def test_report_selects_the_setting_with_best_validation_accuracy(tmp_path):
                        seeds=[0])
     run_sweep(sweep)
     db = sqlite3.connect(tmp_path / "g" / "sweep.db")
-    by_setting = {r[0]: json.loads(r[1])["best_val_acc"] for r in db.execute("SELECT setting, result FROM runs")}
+    by_setting = {r[0]: read_result(r[1])["best_val_acc"] for r in db.execute("SELECT setting, run_dir FROM runs")}
     assert len(by_setting) == 2 and len(set(by_setting.values())) == 2
     best_setting = max(by_setting, key=by_setting.get)
     report = build_report(tmp_path / "g")
@@ -109,7 +113,7 @@ def test_missing_or_foreign_databases_give_clear_errors(tmp_path, capsys):
     connection = open_database(tmp_path / "old", create=True)
     connection.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
     connection.close()
-    with pytest.raises(SweepError, match="schema version '0'.*schema version 2"):
+    with pytest.raises(SweepError, match="schema version '0'.*schema version 3"):
         open_database(tmp_path / "old")
     other = sqlite3.connect(tmp_path / "other.db")
     other.execute("CREATE TABLE x (y)")

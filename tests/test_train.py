@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tiltedsam.cli import main
-from tiltedsam.harness.checkpoints import CheckpointError, load_checkpoint, load_for_analysis, save_checkpoint
+from tiltedsam.harness.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from tiltedsam.harness.rundata import load_for_analysis
 from tiltedsam.harness.config import load_config
 from tiltedsam.harness.train import METRIC_COLUMNS, RunInterrupted, train
 
@@ -130,3 +131,12 @@ def test_tilt_schedule_is_applied_and_resumed(tmp_path):
     assert tilts == sorted(tilts) and tilts[0] < 5.0  # rises towards t = 5
     assert without_time(rows) == without_time(read_metrics(tmp_path / "b"))
     assert straight["steps"] == int(rows[-1]["step"])
+
+
+def test_cli_train_accepts_the_documented_erm_alias(tmp_path, B, capsys):
+    """``erm`` is the registry's alias of SGD: budgets and settings resolve through the registry."""
+    from tiltedsam.cli import main
+
+    assert main(["train", *B, "--set", "optimizer.name=erm", "--out", str(tmp_path / "erm")]) == 0
+    result = json.loads((tmp_path / "erm" / "result.json").read_text())
+    assert result["epochs"] == 1 and result["grad_evals_per_step"] == 1

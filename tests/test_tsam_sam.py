@@ -8,30 +8,12 @@ import torch
 from torch import nn
 
 from tiltedsam import ERM, SAM, TSAM, NonFiniteLossError, frozen_batchnorm_stats
-from tiltedsam.optim.functional import draw_noise, global_norm
+from tiltedsam.functional import draw_noise, global_norm
+from conftest import closure_for, tiny_classifier
 
 
 def make_problem(seed=0, batchnorm=False):
-    torch.manual_seed(seed)
-    layers = [nn.Linear(6, 16)]
-    if batchnorm:
-        layers.append(nn.BatchNorm1d(16))
-    layers += [nn.Tanh(), nn.Linear(16, 3)]
-    model = nn.Sequential(*layers)
-    x = torch.randn(32, 6)
-    y = torch.randint(0, 3, (32,))
-    return model, x, y
-
-
-def closure_for(model, x, y, counter=None):
-    def closure():
-        if counter is not None:
-            counter.append(1)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+    return tiny_classifier(seed, batchnorm=batchnorm)
 
 
 def params_of(model):

@@ -33,6 +33,10 @@ __all__ = [
     "tilt_for_ess",
     "largest_tilt_at_least",
     "TiltedGradientAccumulator",
+    "AutoTilt",
+    "DEFAULT_TARGET_ESS",
+    "DEFAULT_MAX_TILT",
+    "DEFAULT_TILT_SMOOTHING",
 ]
 
 NonFinitePolicy = Literal["raise", "ignore"]
@@ -460,3 +464,63 @@ class TiltedGradientAccumulator:
     def weights(self) -> Tensor:
         """Normalised weights of the samples added so far (zero for skipped, non-finite ones)."""
         return tilted_weights(torch.tensor(self.losses, dtype=torch.float64), self.tilt, nonfinite="ignore")
+
+
+#: default ``target_ess``: the weights keep half of the ``s`` samples' worth of information, the usual
+#: set point of adaptive tempering in sequential Monte Carlo (Jasra et al. 2011; Beskos et al. 2016)
+DEFAULT_TARGET_ESS = 0.5
+#: default cap on the tilt chosen by ``tilt="auto"`` (tied losses would otherwise ask for ``inf``)
+DEFAULT_MAX_TILT = 1000.0
+#: default EMA factor of ``log`` (chosen tilt) across steps: a memory of about 10 steps
+DEFAULT_TILT_SMOOTHING = 0.9
+#: log of a chosen tilt is taken of at least this (a bisection result of exactly 0 needs alpha = 1)
+_SMALLEST_TILT = 1e-12
+
+
+class AutoTilt:
+    r"""The ``tilt="auto"`` rule: the largest tilt keeping a target ESS, smoothed in log space across steps.
+
+    Adaptive tempering (sequential Monte Carlo) applied to the weights of Eq. 4, *predictive* because a
+    streaming accumulator needs its weights' tilt before the first gradient arrives:
+
+    1. after step ``k``, :meth:`observe` bisects its losses for ``tau*_k = sup{tau in [0, cap] :
+       ESS(softmax(tau L_k.)) >= alpha n}`` (:func:`tilt_for_ess`; tied losses give the cap); :meth:`fold`
+       takes a ``tau*_k`` found otherwise (the toy's quadrature);
+    2. ``m_k = beta m_{k-1} + (1 - beta) log tau*_k`` (``m_0 = log tau*_0``): the state ``log_ema``;
+    3. step ``k + 1`` uses :meth:`next_tilt` ``= min(exp(m_k), cap)``, ``0`` (uniform) before any step.
+
+    ``alpha = target_ess`` in ``(0, 1]``, ``beta = smoothing`` in ``[0, 1)``; ``cap`` is given per call, so a
+    schedule may move it between steps.
+    """
+
+    def __init__(self, target_ess: float = DEFAULT_TARGET_ESS, smoothing: float = DEFAULT_TILT_SMOOTHING, *,
+                 log_ema: float | None = None) -> None:
+        for name, value, ok, allowed in (("target_ess", target_ess, lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]"),
+                                         ("tilt_smoothing", smoothing, lambda v: 0.0 <= v < 1.0, "in [0, 1)")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        self.target_ess, self.smoothing, self.log_ema = float(target_ess), float(smoothing), log_ema
+
+    @staticmethod
+    def check_cap(max_tilt: float) -> float:
+        """``max_tilt``, checked: ``>= 0`` and finite (nearly tied losses would ask for an infinite tilt)."""
+        max_tilt = check_tilt(max_tilt, "max_tilt")
+        if math.isinf(max_tilt):
+            raise ValueError("max_tilt must be finite (nearly tied losses would ask tilt='auto' for an infinite tilt)")
+        return max_tilt
+
+    def next_tilt(self, cap: float) -> float:
+        return 0.0 if self.log_ema is None else min(math.exp(self.log_ema), cap)
+
+    def fold(self, chosen: float) -> None:
+        log_chosen, beta = math.log(max(chosen, _SMALLEST_TILT)), self.smoothing
+        self.log_ema = log_chosen if self.log_ema is None else beta * self.log_ema + (1.0 - beta) * log_chosen
+
+    def observe(self, losses: Sequence[float], cap: float) -> float:
+        """Bisect, fold and return ``tau*_k``; with no finite loss or ``cap = 0`` nothing is learnt: ``cap``."""
+        finite = [x for x in losses if math.isfinite(x)]
+        if not finite or cap == 0.0:
+            return cap
+        chosen = tilt_for_ess(finite, self.target_ess, max_tilt=cap)
+        self.fold(chosen)
+        return chosen

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from .._atomic import atomic_write as _atomic_write
+from .._tables import markdown_table
 from .._version import __version__
 from ._common import _batch_size, check_mode, check_positive_int, take_batches
 from .cross_objective import CrossObjectiveTable, ObjectiveLosses, cross_objective, _check_noise, _check_sampler
@@ -257,38 +258,38 @@ def render_markdown(report: Mapping[str, Any], figure: str | None = "fig2.png") 
         ]
         if figure:
             out += [f"![mean and variance of the neighbourhood loss against sigma]({figure})", ""]
-        header = "| model | σ | mean | variance |" + "".join(f" t={t:g}: weighted var | t={t:g}: L^t |" for t in tilts)
-        out += [header, "|---|---:|---:|---:|" + "---:|---:|" * len(tilts)]
+        header = ["model", "σ", "mean", "variance", *(f"t={t:g}: {name}" for t in tilts
+                                                       for name in ("weighted var", "L^t"))]
+        rows = []
         for label, result in with_neighborhood.items():
             for stats in result["statistics"]:
                 cells = [label, f"{stats['sigma']:g}", _pm(stats["mean"], stats["mean_se"]),
                          _pm(stats["variance"], stats["variance_se"])]
                 for tilted in stats["tilted"]:
                     cells += [_pm(tilted["variance"], tilted["variance_se"]), _pm(tilted["objective"], tilted["objective_se"])]
-                out.append("| " + " | ".join(cells) + " |")
-        out += ["", "Values are estimate ± standard error (bootstrap for the tilted columns).", ""]
+                rows.append(cells)
+        out += [markdown_table(header, rows, align=["left"] + ["right"] * (len(header) - 1)), "", "Values are estimate ± standard error (bootstrap for the tilted columns).", ""]
     with_hessian = {k: v["hessian"] for k, v in models.items() if "hessian" in v}
     if with_hessian:
         k = settings["k"]
-        out += [f"## Top-{k} Hessian eigenvalues (Lanczos, {settings['hessian_split']} data)", "",
-                "| model | " + " | ".join(f"λ{i + 1}" for i in range(k)) + " | max relative residual | iterations | converged |",
-                "|---|" + "---:|" * (k + 3)]
+        header = ["model", *(f"λ{i + 1}" for i in range(k)), "max relative residual", "iterations", "converged"]
+        rows = []
         for label, eig in with_hessian.items():
-            values = [f"{v:.4g}" for v in eig["eigenvalues"]]
             worst = max(eig["relative_residuals"]) if eig["relative_residuals"] else float("nan")
-            out.append(f"| {label} | " + " | ".join(values) + f" | {worst:.1e} | {eig['iterations']} | {eig['converged']} |")
+            rows.append([label, *(f"{v:.4g}" for v in eig["eigenvalues"]), f"{worst:.1e}", eig["iterations"],
+                         eig["converged"]])
+        out += [f"## Top-{k} Hessian eigenvalues (Lanczos, {settings['hessian_split']} data)", "",
+                markdown_table(header, rows, align=["left"] + ["right"] * (k + 3))]
         if settings["smallest"]:
-            out += ["", "| model | smallest eigenvalues (ascending) | residuals |", "|---|---|---|"]
-            for label, eig in with_hessian.items():
-                out.append(f"| {label} | {', '.join(f'{v:.4g}' for v in eig['smallest_eigenvalues'])} | "
-                           f"{', '.join(f'{r:.1e}' for r in eig['smallest_residuals'])} |")
+            out += ["", markdown_table(["model", "smallest eigenvalues (ascending)", "residuals"], [
+                [label, ", ".join(f"{v:.4g}" for v in eig["smallest_eigenvalues"]),
+                 ", ".join(f"{r:.1e}" for r in eig["smallest_residuals"])] for label, eig in with_hessian.items()])]
         out += ["", "Residual = ‖Hx − λx‖ / max|λ|; each returned λ is within ‖Hx − λx‖ of a true eigenvalue.", ""]
     with_trace = {k: v["trace"] for k, v in models.items() if "trace" in v}
     if with_trace:
         out += [f"## Hessian trace ({settings['trace_method']}, {settings['trace_samples']} products)", "",
-                "| model | trace |", "|---|---:|"]
-        out += [f"| {label} | {_pm(t['estimate'], t['standard_error'])} |" for label, t in with_trace.items()]
-        out.append("")
+                markdown_table(["model", "trace"], [[label, _pm(t["estimate"], t["standard_error"])]
+                                                    for label, t in with_trace.items()], align=["left", "right"]), ""]
     table = _cross_table(report)
     if table is not None:
         radius = settings["tsam_radius"] if settings["tsam_radius"] is not None else settings["sam_rho"]
@@ -300,13 +301,13 @@ def render_markdown(report: Mapping[str, Any], figure: str | None = "fig2.png") 
                     if settings["tsam_sampler"] == "ball" else
                     f"ε = δ + ρ∇L(θ+δ)/‖∇L(θ+δ)‖ (Algorithm 2), δ {settings['tsam_noise']} of norm ≤ {radius:g}."),
                 "", table.to_markdown()]
-    out += ["## Time per analysis (seconds: wall clock / CPU time of this process)", "",
-            "| model | " + " | ".join(settings["analyses"]) + " | total |", "|---|" + "---:|" * (len(settings["analyses"]) + 1)]
+    timed = [*settings["analyses"], "total"]
+    rows = []
     for label, entry in models.items():
         wall, cpu = entry["timings_s"], entry.get("cpu_timings_s", {})
-        cells = [f"{wall.get(a, float('nan')):.1f} / {cpu.get(a, float('nan')):.1f}" for a in [*settings["analyses"], "total"]]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out += ["", "CPU time above wall time means several threads; wall time well above CPU time means the machine "
+        rows.append([label, *(f"{wall.get(a, float('nan')):.1f} / {cpu.get(a, float('nan')):.1f}" for a in timed)])
+    out += ["## Time per analysis (seconds: wall clock / CPU time of this process)", "",
+            markdown_table(["model", *timed], rows, align=["left"] + ["right"] * len(timed)), "", "CPU time above wall time means several threads; wall time well above CPU time means the machine "
             "was busy with other work.", ""]
     return "\n".join(out)
 

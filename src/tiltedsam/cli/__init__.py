@@ -31,14 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tiltedsam {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
+        try:  # a command whose module or whose help's source cannot be imported is listed as unavailable
+            importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith(f"{__name__}.{name}"):
                 continue  # command not part of this build
             subparsers.add_parser(name, help=f"(unavailable: missing dependency {exc.name!r})")
-            continue
-        module.add_parser(subparsers)
     return parser
 
 

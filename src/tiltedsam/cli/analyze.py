@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"tiltedsam analyze: {exc}") from exc
     try:
-        from ..harness.checkpoints import load_for_analysis
+        from ..harness.rundata import load_for_analysis
     except ImportError as exc:
         raise SystemExit(f"tiltedsam analyze needs tiltedsam.harness to read checkpoints ({exc})") from exc
     models: dict[str, tuple[Any, Any, Any, Any]] = {}

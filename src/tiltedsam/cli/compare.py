@@ -6,17 +6,22 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..harness import compare as job
+
     p = subparsers.add_parser(
         "compare", help="the main job: ERM vs SAM vs ESAM1 vs TSAM on noisy MNIST-5k (about 10 min on 2 cores)",
-        description="ERM, SAM, ESAM1 (SAM with TSAM's gradient-evaluation budget) and TSAM (t=20, s=3) on "
-                    "MNIST-5k with 20% symmetric label noise and the small CNN, 5 seeds, 12 epochs. Prints the test-accuracy "
-                    "table and writes report.md, CSVs, PNGs and the SQLite database to --out. Re-running resumes.")
-    p.add_argument("--quick", action="store_true", help="a one-minute version (1 seed, 3 epochs, 2,500 examples)")
+        description=job.describe_job() + " Prints the test-accuracy table and writes report.md, CSVs, PNGs and "
+                    "the SQLite database to --out. Re-running resumes.")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a one-minute version ({job.QUICK_SEEDS} seed(s), {job.QUICK_EPOCHS} epochs, "
+                        f"{job.QUICK_LIMIT:,} examples)")
     p.add_argument("--out", help="output directory (default results/compare, or results/compare-quick)")
-    p.add_argument("--epochs", type=int, help="epochs for ERM/SAM/TSAM (ESAM1 gets TSAM's evaluations)")
-    p.add_argument("--seeds", type=int, help="number of seeds (default 3; 1 with --quick)")
-    p.add_argument("--workers", type=int, help="worker processes (default 2)")
-    p.add_argument("--lr", type=float, default=0.01, help="constant learning rate (default 0.01)")
+    p.add_argument("--epochs", type=int, help=f"epochs for ERM/SAM/TSAM (default {job.DEFAULT_EPOCHS}; "
+                                              f"ESAM1 gets TSAM's evaluations)")
+    p.add_argument("--seeds", type=int, help=f"number of seeds (default {job.DEFAULT_SEEDS}; "
+                                             f"{job.QUICK_SEEDS} with --quick)")
+    p.add_argument("--workers", type=int, help=f"worker processes (default {job.DEFAULT_WORKERS}, at most the cores)")
+    p.add_argument("--lr", type=float, default=job.DEFAULT_LR, help=f"constant learning rate (default {job.DEFAULT_LR})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep key, e.g. base.data.label_noise=0.4 (repeatable)")
     p.add_argument("--reference", help="optimizer the paired per-seed differences are taken against "

@@ -13,8 +13,11 @@ booleans and ``None``, nothing else::
     epoch, step, grad_evals, train_seconds, wall_seconds
     rng               {"torch", "numpy", "python", "loader"}: global RNG states and the shuffling generator
                       (numpy's state as {"kind", "keys" (int64 tensor), "pos", "has_gauss", "cached_gaussian"})
-    metrics           the per-epoch metric rows so far (metrics.csv is rewritten from them on resume)
+    ess_warning       the run's tilt diagnostic so far (a string) or None
     finished          True once the budget is spent
+
+The per-epoch metrics are not in the checkpoint: they live in the run directory's ``metrics.csv``
+alone (docs/harness.md, "Storage"); a resumed run keeps its first ``epoch`` rows.
 
 Checkpoints are data, never code: :func:`save_checkpoint` refuses anything else (naming where it
 sits in the payload) and :func:`load_checkpoint` reads with ``torch.load(weights_only=True)``, whose
@@ -34,17 +37,16 @@ import hashlib
 import os
 import struct
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._atomic import atomic_write_with, remove_stale_temporaries
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
-           "payload_checksum", "AnalysisTarget", "load_for_analysis", "stack_dataset"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "find_checkpoint", "payload_checksum"]
 
 CHECKPOINT_FORMAT = "tiltedsam.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -169,61 +171,3 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"checkpoint {str(file)!r} is corrupt: its contents do not match its checksum "
                               "(the file was changed after it was written); not using it")
     return payload
-
-
-def stack_dataset(dataset: Any, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """All (input, label) pairs of a map-style dataset as two tensors."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    inputs, targets = [], []
-    for x, y in loader:
-        inputs.append(x)
-        targets.append(torch.as_tensor(y))
-    if not inputs:
-        raise CheckpointError("the data split is empty")
-    return torch.cat(inputs), torch.cat(targets)
-
-
-@dataclass
-class AnalysisTarget:
-    """A trained model of a harness run with its data, ready for flatness analysis.
-
-    ``loss_fn(outputs, targets)`` is the mean cross-entropy *without* label smoothing (the plain
-    empirical loss the paper's sharpness/flatness measures are defined on; the run's training loss
-    used smoothing ``meta["config"]["label_smoothing"]``). ``train`` holds the training split with
-    the labels the model was trained on (noisy, if the run used label noise); ``test`` the test split.
-    """
-
-    label: str
-    model: nn.Module
-    loss_fn: Callable[[Tensor, Tensor], Tensor]
-    train: tuple[Tensor, Tensor]
-    test: tuple[Tensor, Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def load_for_analysis(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> AnalysisTarget:
-    """Rebuild the model of a run (directory or checkpoint file) with its weights and data splits."""
-    import json
-
-    from .config import RunConfig, from_dict
-    from .data import load_dataset
-    from .models import build_model
-    from .train import dataset_kwargs
-
-    payload = load_checkpoint(path, map_location=device)
-    config = from_dict(RunConfig, payload["config"])
-    torch.manual_seed(config.seed)
-    data = load_dataset(config.data.name, **dataset_kwargs(config))
-    model = build_model(config.model.name, data, **config.model.options)
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
-    result: dict[str, Any] = {}
-    result_file = find_checkpoint(path).parent / "result.json"
-    if result_file.is_file():
-        result = json.loads(result_file.read_text())
-    train = tuple(t.to(device) for t in stack_dataset(data.train))
-    test = tuple(t.to(device) for t in stack_dataset(data.test))
-    label = f"{config.display_label} (seed {config.seed})"
-    return AnalysisTarget(label=label, model=model, loss_fn=nn.CrossEntropyLoss(), train=train, test=test,  # type: ignore[arg-type]
-                          meta={"config": payload["config"], "result": result, "epoch": payload.get("epoch"),
-                                "step": payload.get("step"), "package_version": payload.get("package_version")})

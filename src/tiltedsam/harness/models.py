@@ -15,7 +15,8 @@
 * ``text_bow``   mean of word embeddings (padding excluded) -> MLP.
 * ``minilm``     pretrained all-MiniLM-L6-v2 (text extra): the top ``train_layers`` encoder layers + a
                  mean-pooled linear head are trained, the frozen lower part's outputs are cached
-                 (:mod:`tiltedsam.harness.minilm`). Needs data loaded with ``tokenizer="minilm"``.
+                 (:mod:`tiltedsam.harness.minilm`). Needs data loaded with ``tokenizer="minilm"``,
+                 which a run config gets by default (``ModelSpec.data_options``).
 
 Image models accept any ``(C, H, W)`` input (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR, larger
 ImageFolder images): the stem takes ``C`` channels and a global average pool removes the spatial size.
@@ -24,8 +25,8 @@ ImageFolder images): the stem takes ``C`` channels and a global average pool rem
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -373,6 +374,8 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     description: str
     input_kind: str  # "image" or "text"
+    #: data options this model needs (filled in by tiltedsam.harness.rundata.dataset_kwargs when unset)
+    data_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -388,7 +391,8 @@ MODELS: dict[str, ModelSpec] = {
     "wrn16_8": ModelSpec(_build_wrn16_8, "WideResNet-16-8, pre-activation, ~11.0M params for 100 classes", "image"),
     "text_cnn": ModelSpec(_build_text_cnn, "word-embedding CNN with widths 3/4/5 and max-over-time pooling", "text"),
     "text_bow": ModelSpec(_build_text_bow, "mean word embedding + MLP", "text"),
-    "minilm": ModelSpec(_build_minilm, "pretrained all-MiniLM-L6-v2, top layers + head trained (text extra)", "text"),
+    "minilm": ModelSpec(_build_minilm, "pretrained all-MiniLM-L6-v2, top layers + head trained (text extra)", "text",
+                        {"tokenizer": "minilm"}),
 }
 
 

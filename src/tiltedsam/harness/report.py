@@ -1,34 +1,17 @@
-"""Tables and plots from a sweep database (or one run directory), in the paper's formats.
+"""Tables and plots from a sweep (or one run directory), in the paper's formats (docs/harness.md).
 
-Selection follows the paper: for each optimizer label, the hyper-parameter setting (all sweep axes
-except the seed) with the highest validation accuracy, averaged over seeds, is chosen; its *test*
-accuracy is reported as mean ± std over seeds. Validation accuracy here is the best over epochs
-(the epoch a practitioner would keep), and both test numbers are shown for the chosen setting:
-
-* ``final``: test accuracy after the last epoch of the budget;
-* ``best-val``: test accuracy at the epoch with the best validation accuracy.
-
-Under label noise the two differ (longer training memorises the noisy labels), so an equal-compute
-baseline (ESAM1) is only fair with the ``best-val`` column next to the ``final`` one.
-
-Comparisons are *paired*: runs with the same seed share data order, label noise, initialisation and
-noise stream, so each optimizer's per-seed difference to a reference optimizer (default SAM, else the
-first label) is reported with a 95% t interval (:func:`tiltedsam.harness.stats.paired_by_seed`), and
-the verdict speaks from those intervals. Accuracies are in percent everywhere (tables, CSVs, plots).
-
-Outputs (:func:`write_report`): ``report.md``; ``accuracy.csv`` (Table 1/6 style, long format:
-one row per optimizer and measure with numeric ``n, mean, std`` and the paired ``diff_mean,
-diff_low, diff_high`` against the reference), ``cost.csv`` (Table 7 style: time and gradient
-evaluations), ``accuracy_by_t.csv`` (Fig. 3 style), ``accuracy_by_s.csv`` (Table 2 style),
-``runs.csv`` (every run); ``convergence.png`` (Fig. 7 style: test accuracy, training loss at θ and
-TSAM's perturbed objective against gradient evaluations) and, when several tilts were run,
-``accuracy_vs_t.png``.
+Per optimizer label the setting (all axes but the seed) with the best mean validation accuracy is
+chosen, as in the paper; its test accuracy is shown after the **final** epoch and at the
+**best-validation** epoch (they differ under label noise, so an equal-compute baseline like ESAM1 is
+only fair with both). Comparisons are paired by seed against a reference (default SAM): 95% t
+intervals from :func:`tiltedsam.harness.stats.paired_by_seed`. Runs are found through the sweep
+index and read from their run directories. Files (:func:`write_report`): ``report.md``,
+``accuracy.csv``, ``cost.csv``, ``accuracy_by_t.csv``, ``accuracy_by_s.csv``, ``runs.csv`` (percent,
+``\n`` line endings), ``summary.json`` (fractions), ``convergence.png``, ``accuracy_vs_t.png``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections import defaultdict
@@ -40,9 +23,11 @@ import numpy as np
 
 from .. import _json
 from .._atomic import atomic_write_with
+from .._tables import csv_text, markdown_table
 from ..optim.diagnostics import ess_message as _ess_message
 from .config import atomic_write_text
 from .stats import paired_by_seed
+from .rundir import ACCURACY_UNIT, finite_mean, read_metrics, read_result
 from .sweep import database_path, failed_runs, iter_results, open_database
 
 __all__ = ["Report", "build_report", "write_report", "run_report", "select_best", "mean_std",
@@ -101,27 +86,6 @@ def default_reference(labels: Sequence[str]) -> str:
     return "sam" if "sam" in labels else labels[0]
 
 
-def _run_ess(rows: list[dict[str, Any]]) -> float:
-    """Mean effective sample size over a run's epochs (NaN when the optimizer records none)."""
-    values = [r.get("effective_sample_size") for r in rows]
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _setting_text(setting: dict[str, Any]) -> str:
     if not setting:
         return "-"
@@ -150,15 +114,6 @@ class Report:
     curves: dict[str, dict[str, list[list[float]]]]  # label -> metric -> per-seed series
     by_t: dict[str, list[tuple[float, list[float]]]]  # label -> [(t, test accs of the selected setting)]
     summary: dict[str, Any]
-
-
-def _load(connection) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    runs = list(iter_results(connection))
-    epochs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in connection.execute("SELECT run_key, metrics FROM epochs ORDER BY run_key, epoch"):
-        row = json.loads(r["metrics"])  # non-finite numbers are stored as null
-        epochs[r["run_key"]].append({k: float("nan") if v is None else v for k, v in row.items()})
-    return runs, epochs
 
 
 def _by_axis(runs: list[dict[str, Any]], axis: str) -> dict[str, list[tuple[Any, list[dict[str, Any]]]]]:
@@ -193,23 +148,34 @@ def _axis_value(run: dict[str, Any], axis: str) -> Any:
     return None
 
 
-def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
-                 epilogue: Callable[[dict[str, Any]], str] | None = None, reference: str | None = None) -> Report:
-    """Read a sweep database and assemble every table (raises SweepError if missing/other version).
+@dataclass
+class _SweepRuns:
+    """What a report reads: the finished runs (from the index and their run directories), each
+    run's epoch rows (its metrics.csv), and the index's status counts, failures and meta."""
 
-    ``only_keys`` restricts the report to those run keys (the current grid of a sweep whose database
-    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report;
-    ``reference`` is the label the paired differences are taken against (default:
-    :func:`default_reference`).
-    """
+    runs: list[dict[str, Any]]
+    epochs: dict[str, list[dict[str, Any]]]
+    meta: dict[str, str]
+    counts: dict[str, int]
+    failures: list[dict[str, Any]]
+
+
+def _load(db: str | Path, only_keys: set[str] | None) -> _SweepRuns:
+    """Runs through the sweep index; epochs from each run directory's metrics.csv (a schema-2
+    database's own copy only for a run directory that lacks it)."""
     connection = open_database(db)
     try:
-        runs, epochs = _load(connection)
-        if only_keys is not None:
-            runs = [r for r in runs if r["run_key"] in only_keys]
+        runs = [r for r in iter_results(connection) if only_keys is None or r["run_key"] in only_keys]
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         counts = dict(connection.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
         failures = failed_runs(connection, only_keys)
+        epochs = {r["run_key"]: read_metrics(r["run_dir"]) for r in runs}
+        missing = {key for key, rows in epochs.items() if not rows}
+        if missing and meta.get("schema_version") == "2":
+            for r in connection.execute("SELECT run_key, metrics FROM epochs ORDER BY run_key, epoch"):
+                if r["run_key"] in missing:  # non-finite numbers were stored as null
+                    epochs[r["run_key"]].append({k: float("nan") if v is None else v
+                                                 for k, v in json.loads(r["metrics"]).items()})
     finally:
         connection.close()
     if not runs:
@@ -218,18 +184,47 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
             detail = f"; {len(failures)} failed or interrupted, e.g. {failures[0]['label']} seed " \
                      f"{failures[0]['seed']}: {failures[0]['error']}"
         raise ValueError(f"the sweep database {str(database_path(db))!r} has no finished runs yet{detail}")
+    return _SweepRuns(runs, epochs, meta, counts, failures)
+
+
+def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
+                 epilogue: Callable[[dict[str, Any]], str] | None = None, reference: str | None = None) -> Report:
+    """Read a sweep (raises SweepError if its database is missing/of another version) and assemble
+    every table.
+
+    ``only_keys`` restricts the report to those run keys (the current grid of a sweep whose database
+    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report;
+    ``reference`` is the label the paired differences are taken against (default:
+    :func:`default_reference`).
+    """
+    loaded = _load(db, only_keys)
+    runs = loaded.runs
     order = list(dict.fromkeys(r["label"] for r in runs))
     chosen = select_best(runs)
-    first = runs[0]["config"]
-    noise = first["data"]["label_noise"]
-    val_kind = "clean" if first["data"]["clean_validation"] else (f"noisy ({noise:.0%} label noise, like training)"
-                                                                  if noise else "clean (no label noise)")
-
     reference = reference or default_reference(order)
     if reference not in chosen:
         raise ValueError(f"reference optimizer {reference!r} has no finished runs; choose one of {order}")
-    ess_of = {r["run_key"]: _run_ess(epochs.get(r["run_key"], [])) for r in runs}
+    ess_of = {r["run_key"]: finite_mean([e.get("effective_sample_size") for e in loaded.epochs[r["run_key"]]])
+              for r in runs}
+    tables, markdown_tables, summary = _accuracy_tables(order, chosen, reference, ess_of)
+    by_t_plot = _axis_tables(runs, ess_of, tables, markdown_tables)
+    curves = {label: _curves(chosen[label], loaded.epochs) for label in order}
+    tables["runs"] = (["optimizer", "seed", "setting", "final_test_acc_percent", "best_val_test_acc_percent",
+                       "best_val_epoch", "grad_evals", "train_seconds", "mean_ess", "threads", "run_dir"],
+                      [[r["label"], r["seed"], _setting_text(r["setting"]), _number(100 * r["result"]["final_test_acc"]),
+                        _number(100 * r["result"]["best_val_test_acc"]), r["result"]["best_val_epoch"],
+                        r["result"]["grad_evals"], round(r["result"]["train_seconds"], 2),
+                        # an optimizer without tilted weights has no ESS: an empty cell, as "–" in the report
+                        _number(ess_of[r["run_key"]]) if _axis_value(r, "optimizer.settings.num_samples") else "",
+                        r["result"].get("threads", ""), r["run_dir"]] for r in runs])
+    markdown = _markdown(loaded, title, order, reference, markdown_tables, summary, bool(by_t_plot), epilogue)
+    return Report(tables, markdown, curves, by_t_plot, summary)
 
+
+def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], reference: str,
+                     ess_of: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Test accuracy (Table 1), paired differences against ``reference`` and cost (Table 7), as
+    CSV tables, Markdown tables and the summary (accuracies as fractions)."""
     acc_header = ["optimizer", "selected setting", "seeds", *MEASURES.values(), "val acc % (best epoch)",
                   "best-val epoch", "mean ESS / s"]
     acc_rows, cost_rows, cost_csv, csv_rows, paired_rows = [], [], [], [], []
@@ -247,17 +242,9 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
         acc_rows.append([label, _setting_text(rs[0]["setting"]), len(rs),
                          *(_pm([x[m] for x in res]) for m in MEASURES), _pm([x["best_val_acc"] for x in res]),
                          "/".join(str(x["best_val_epoch"]) for x in res), ess_text])
-        train_s = mean_std([x["train_seconds"] for x in res])
-        wall_s = mean_std([x["wall_seconds"] for x in res])
-        evals = int(np.mean([x["grad_evals"] for x in res]))
-        threads = sorted({str(x.get("threads", "?")) for x in res})
-        cost_rows.append([label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals,
-                          res[0]["epochs"], _pm([x["train_seconds"] for x in res], scale=1.0),
-                          f"{wall_s[0]:.1f}", f"{1000 * train_s[0] / max(evals, 1):.2f}", "/".join(threads)])
-        cost_csv.append([label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals,
-                         res[0]["epochs"], len(res), _number(train_s[0], 2),
-                         _number(train_s[1], 2) if len(res) > 1 else "", _number(wall_s[0], 2),
-                         _number(1000 * train_s[0] / max(evals, 1), 3), "/".join(threads)])
+        markdown_row, csv_row = _cost_rows(label, res)
+        cost_rows.append(markdown_row)
+        cost_csv.append(csv_row)
         paired: dict[str, Any] = {}
         for measure in (*MEASURES, "best_val_acc"):
             values = [x[measure] for x in res]
@@ -284,71 +271,103 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
             paired_rows.append([f"{label} − {reference}", min(len(per_seed[label]["final_test_acc"]),
                                                               len(per_seed[reference]["final_test_acc"])), *cells])
         summary[label] = {
-            "setting": rs[0]["setting"], "seeds": [r["seed"] for r in rs],
+            "setting": rs[0]["setting"], "seeds": [r["seed"] for r in rs], "accuracy_unit": ACCURACY_UNIT,
             "final_test_acc": mean_std([x["final_test_acc"] for x in res]),
             "best_val_test_acc": mean_std([x["best_val_test_acc"] for x in res]),
-            "train_seconds": train_s[0], "grad_evals": evals,
+            "train_seconds": mean_std([x["train_seconds"] for x in res])[0], "grad_evals": csv_row[3],
             "mean_ess": ess if math.isfinite(ess) else None, "num_samples": samples,
             "reference": reference, "paired": paired}
-
     tables = {"accuracy": (["optimizer", "setting", "measure", "unit", "n", "mean", "std", "reference",
                             "diff_mean", "diff_low", "diff_high", "diff_n"], csv_rows),
               "cost": (["optimizer", "grad_evals_per_step", "steps", "grad_evals", "epochs", "n",
                         "train_seconds_mean", "train_seconds_std", "wall_seconds_mean", "seconds_per_1k_grad_evals",
                         "threads"], cost_csv)}
-    markdown_tables = {"accuracy": (acc_header, acc_rows)}
-    by_t_rows, by_t_plot = [], {}
-    for label, rows in _by_axis(runs, "optimizer.settings.tilt").items():
-        if len(rows) < 2:  # one tilt is a point, not a curve: the accuracy table already has it
-            continue
-        numeric = [(float(v), [r["result"]["best_val_test_acc"] for r in rs]) for v, rs in rows
-                   if not isinstance(v, str)]  # tilt="auto" has no place on a t axis: table only
-        if len(numeric) >= 2:
-            by_t_plot[label] = numeric
-        for value, rs in rows:
-            for measure in MEASURES:
-                values = [r["result"][measure] for r in rs]
-                mean, std = mean_std(values)
-                ess = float(np.mean([ess_of[r["run_key"]] for r in rs]))
-                by_t_rows.append([label, value, measure, "percent", len(values), _number(100 * mean),
-                                  _number(100 * std) if len(values) > 1 else "", _number(ess)])
-    if by_t_rows:
-        tables["accuracy_by_t"] = (["optimizer", "t", "measure", "unit", "n", "mean", "std", "mean_ess"], by_t_rows)
-        md_rows = [[r[0], r[1], r[4], f"{r[5]:.2f}" + (f" ± {r[6]:.2f}" if r[6] != "" else " (n=1)"),
-                    f"{r[7]:.3f}" if r[7] != "" else "–"] for r in by_t_rows if r[2] == "best_val_test_acc"]
-        markdown_tables["accuracy_by_t"] = (["optimizer", "t", "seeds", "test acc % (best-val epoch)", "mean ESS"],
-                                            md_rows)
-    by_s_rows, by_s_md = [], []
-    for label, rows in _by_axis(runs, "optimizer.settings.num_samples").items():
-        if len(rows) < 2:
-            continue
-        for value, rs in rows:
-            seconds = float(np.mean([r["result"]["train_seconds"] for r in rs]))
-            by_s_md.append([label, value, len(rs), _pm([r["result"]["final_test_acc"] for r in rs]),
-                            _pm([r["result"]["best_val_test_acc"] for r in rs]), f"{seconds:.1f}"])
-            for measure in MEASURES:
-                values = [r["result"][measure] for r in rs]
-                mean, std = mean_std(values)
-                by_s_rows.append([label, value, measure, "percent", len(values), _number(100 * mean),
-                                  _number(100 * std) if len(values) > 1 else "", _number(seconds, 2)])
-    if by_s_rows:
-        tables["accuracy_by_s"] = (["optimizer", "s", "measure", "unit", "n", "mean", "std", "train_seconds"],
-                                   by_s_rows)
-        markdown_tables["accuracy_by_s"] = (["optimizer", "s", "seeds", "test acc % (final)", "test acc % (best-val)",
-                                             "train time (s)"], by_s_md)
+    markdown_tables = {"accuracy": (acc_header, acc_rows), "cost": (cost_header, cost_rows),
+                       "paired": (["difference", "seeds", "Δ test acc (final epoch) [95% CI]", "verdict",
+                                   "Δ test acc (best-val epoch) [95% CI]", "verdict"], paired_rows)}
+    return tables, markdown_tables, summary
 
-    curves: dict[str, dict[str, list[list[float]]]] = {}
-    for label in order:
-        series: dict[str, list[list[float]]] = defaultdict(list)
-        for r in chosen[label]:
-            rows = epochs.get(r["run_key"], [])
-            for metric in ("grad_evals", "epoch", "test_acc", "val_acc", "train_loss", "train_loss_at_theta",
-                           "train_objective"):
-                series[metric].append([_finite_or_nan(row.get(metric)) for row in rows])
-        curves[label] = dict(series)
 
+def _cost_rows(label: str, res: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """Table 7's row for one optimizer's results: for report.md, and numeric for cost.csv."""
+    train_s = mean_std([x["train_seconds"] for x in res])
+    wall_s = mean_std([x["wall_seconds"] for x in res])
+    evals = int(np.mean([x["grad_evals"] for x in res]))
+    head = [label, res[0]["grad_evals_per_step"], int(np.mean([x["steps"] for x in res])), evals, res[0]["epochs"]]
+    threads = "/".join(sorted({str(x.get("threads", "?")) for x in res}))
+    return ([*head, _pm([x["train_seconds"] for x in res], scale=1.0), f"{wall_s[0]:.1f}",
+             f"{1000 * train_s[0] / max(evals, 1):.2f}", threads],
+            [*head, len(res), _number(train_s[0], 2), _number(train_s[1], 2) if len(res) > 1 else "",
+             _number(wall_s[0], 2), _number(1000 * train_s[0] / max(evals, 1), 3), threads])
+
+
+def _axis_tables(runs: list[dict[str, Any]], ess_of: dict[str, float], tables: dict[str, Any],
+                 markdown_tables: dict[str, Any]) -> dict[str, list[tuple[float, list[float]]]]:
+    """Accuracy per tilt t (Fig. 3) and per number of samples s (Table 2), added to ``tables`` and
+    ``markdown_tables`` for labels run at several values; returns the numeric tilt curves to plot
+    (tilt="auto" has no place on a t axis: table only)."""
+    def accs(rs: list[dict[str, Any]], measure: str) -> list[float]:
+        return [r["result"][measure] for r in rs]
+
+    def ess(rs: list[dict[str, Any]]) -> float:
+        return float(np.mean([ess_of[r["run_key"]] for r in rs]))
+
+    def seconds(rs: list[dict[str, Any]]) -> float:
+        return float(np.mean([r["result"]["train_seconds"] for r in rs]))
+
+    # one value is a point, not a curve: the accuracy table already has it
+    by_t = {label: rows for label, rows in _by_axis(runs, "optimizer.settings.tilt").items() if len(rows) >= 2}
+    by_s = {label: rows for label, rows in _by_axis(runs, "optimizer.settings.num_samples").items() if len(rows) >= 2}
+    for name, axis, points, extra, column, digits in (("accuracy_by_t", "t", by_t, ess, "mean_ess", 4),
+                                                      ("accuracy_by_s", "s", by_s, seconds, "train_seconds", 2)):
+        rows = []
+        for label, values in points.items():
+            for value, rs in values:
+                for measure in MEASURES:
+                    mean, std = mean_std(accs(rs, measure))
+                    rows.append([label, value, measure, "percent", len(rs), _number(100 * mean),
+                                 _number(100 * std) if len(rs) > 1 else "", _number(extra(rs), digits)])
+        if rows:
+            tables[name] = (["optimizer", axis, "measure", "unit", "n", "mean", "std", column], rows)
+    if by_t:
+        markdown_tables["accuracy_by_t"] = (
+            ["optimizer", "t", "seeds", "test acc % (best-val epoch)", "mean ESS"],
+            [[label, value, len(rs), _pm(accs(rs, "best_val_test_acc")),
+              f"{ess(rs):.3f}" if math.isfinite(ess(rs)) else "–"] for label, values in by_t.items()
+             for value, rs in values])
+    if by_s:
+        markdown_tables["accuracy_by_s"] = (
+            ["optimizer", "s", "seeds", "test acc % (final)", "test acc % (best-val)", "train time (s)"],
+            [[label, value, len(rs), _pm(accs(rs, "final_test_acc")), _pm(accs(rs, "best_val_test_acc")),
+              f"{seconds(rs):.1f}"] for label, values in by_s.items() for value, rs in values])
+    numeric = {label: [(float(v), accs(rs, "best_val_test_acc")) for v, rs in rows if not isinstance(v, str)]
+               for label, rows in by_t.items()}
+    return {label: points for label, points in numeric.items() if len(points) >= 2}
+
+
+def _curves(runs: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[float]]]:
+    """Per metric, one series per seed of the selected setting (Fig. 7)."""
+    series: dict[str, list[list[float]]] = defaultdict(list)
+    for r in runs:
+        rows = epochs.get(r["run_key"], [])
+        for metric in ("grad_evals", "epoch", "test_acc", "val_acc", "train_loss", "train_loss_at_theta",
+                       "train_objective"):
+            series[metric].append([_finite_or_nan(row.get(metric)) for row in rows])
+    return dict(series)
+
+
+def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference: str,
+              markdown_tables: dict[str, Any], summary: dict[str, Any], plot_by_t: bool,
+              epilogue: Callable[[dict[str, Any]], str] | None) -> str:
+    """report.md: the settings line, the tables, the figures, the failed runs and the epilogue."""
+    first = loaded.runs[0]["config"]
+    noise = first["data"]["label_noise"]
+    val_kind = "clean" if first["data"]["clean_validation"] else (f"noisy ({noise:.0%} label noise, like training)"
+                                                                  if noise else "clean (no label noise)")
+    counts, meta = loaded.counts, loaded.meta
     data_line = (f"data `{first['data']['name']}`, label noise {noise:.0%}, model `{first['model']['name']}`, "
                  f"batch {first['batch_size']}, label smoothing {first['label_smoothing']}")
+    paired = markdown_tables["paired"]
     parts = [f"# {title or 'Sweep report'}", "",
              f"{data_line}. Runs done: {counts.get('done', 0)}, failed: {counts.get('failed', 0)}, "
              f"interrupted: {counts.get('interrupted', 0)}, "
@@ -358,40 +377,32 @@ def build_report(db: str | Path, title: str | None = None, only_keys: set[str] |
              f"split is {val_kind}. Accuracies in %, mean ± std over seeds (n=1: one seed, no spread). "
              f"Mean ESS: the tilted weights' effective sample size averaged over steps, out of s samples "
              f"(ESS ≈ s means uniform weights: the tilt has no effect; see docs/tuning.md).", "",
-             "## Test accuracy (Table 1 style)", "", markdown_table(acc_header, acc_rows), "",
+             "## Test accuracy (Table 1 style)", "", markdown_table(*markdown_tables["accuracy"]), "",
              f"## Paired differences against {reference} (same seeds, percentage points, 95% t interval)", "",
              "Each seed shares data order, label noise, initialisation and noise stream across optimizers, so the "
              "per-seed differences cancel the spread both share. 'inside noise': the interval contains 0.", "",
-             markdown_table(["difference", "seeds", "Δ test acc (final epoch) [95% CI]", "verdict",
-                             "Δ test acc (best-val epoch) [95% CI]", "verdict"], paired_rows)
-             if paired_rows else f"(only {reference} was run: nothing to pair)", "",
-             "## Cost (Table 7 style)", "", markdown_table(cost_header, cost_rows), ""]
+             markdown_table(*paired) if paired[1] else f"(only {reference} was run: nothing to pair)", "",
+             "## Cost (Table 7 style)", "", markdown_table(*markdown_tables["cost"]), ""]
     warnings_md = [f"- {label}: {message}" for label in order
                    if (message := _ess_message(summary[label]["mean_ess"], summary[label]["num_samples"]))]
     if warnings_md:
         parts += ["**Tilt diagnostics.**", "", *warnings_md, ""]
     if "accuracy_by_t" in markdown_tables:
         parts += ["## Accuracy per tilt t (Fig. 3 style)", "", markdown_table(*markdown_tables["accuracy_by_t"]), ""]
-        if by_t_plot:  # only numeric tilts are plotted (tilt="auto" is in the table only)
+        if plot_by_t:  # only numeric tilts are plotted (tilt="auto" is in the table only)
             parts += ["![accuracy against t](accuracy_vs_t.png)", ""]
     if "accuracy_by_s" in markdown_tables:
         parts += ["## Accuracy per number of samples s (Table 2 style)", "",
                   markdown_table(*markdown_tables["accuracy_by_s"]), ""]
     parts += ["## Convergence (Fig. 7 style)", "", "![convergence](convergence.png)", ""]
-    if failures:  # diverged or broken runs are named, not averaged away
+    if loaded.failures:  # diverged or broken runs are named, not averaged away
         parts += ["## Failed runs", "", "These runs are not in the tables above (a diverged run fails: see its error).",
                   "", markdown_table(["optimizer", "seed", "setting", "status", "error"],
                                      [[f["label"], f["seed"], _setting_text(f["setting"]), f["status"],
-                                       f["error"].replace("|", "\\|")] for f in failures]), ""]
+                                       f["error"].replace("|", "\\|")] for f in loaded.failures]), ""]
     if epilogue is not None:
         parts += [epilogue(summary)]
-    run_rows = [[r["label"], r["seed"], _setting_text(r["setting"]), _number(100 * r["result"]["final_test_acc"]),
-                 _number(100 * r["result"]["best_val_test_acc"]), r["result"]["best_val_epoch"],
-                 r["result"]["grad_evals"], round(r["result"]["train_seconds"], 2), _number(ess_of[r["run_key"]]),
-                 r["result"].get("threads", ""), r["run_dir"]] for r in runs]
-    tables["runs"] = (["optimizer", "seed", "setting", "final_test_acc_percent", "best_val_test_acc_percent",
-                       "best_val_epoch", "grad_evals", "train_seconds", "mean_ess", "threads", "run_dir"], run_rows)
-    return Report(tables, "\n".join(parts), curves, by_t_plot, summary)
+    return "\n".join(parts)
 
 
 def _styles(labels: list[str]) -> dict[str, dict[str, Any]]:
@@ -519,7 +530,7 @@ def write_report(db: str | Path, out_dir: str | Path | None = None, title: str |
     out = Path(out_dir) if out_dir is not None else database_path(db).parent
     out.mkdir(parents=True, exist_ok=True)
     for name, (header, rows) in report.tables.items():
-        atomic_write_text(out / f"{name}.csv", _csv_text(header, rows))
+        atomic_write_text(out / f"{name}.csv", csv_text(header, rows))
     _plot_convergence(report, out / "convergence.png")
     if report.by_t:  # only labels run at several tilts are in by_t
         _plot_by_t(report, out / "accuracy_vs_t.png")
@@ -532,18 +543,14 @@ def write_report(db: str | Path, out_dir: str | Path | None = None, title: str |
 
 def run_report(run_dir: str | Path) -> str:
     """Markdown summary of one run directory: its result and per-epoch metrics."""
-    from .train import read_result
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory at {str(run_dir)!r}")
     result = read_result(run_dir)
-    with open(run_dir / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
     header = ["epoch", "grad_evals", "train_loss", "train acc %", "val acc %", "test acc %", "train_seconds"]
-    table = markdown_table(header, [[r["epoch"], r["grad_evals"], f"{float(r['train_loss']):.4f}",
-                                     f"{100 * float(r['train_acc']):.2f}", f"{100 * float(r['val_acc']):.2f}",
-                                     f"{100 * float(r['test_acc']):.2f}", r["train_seconds"]] for r in rows])
+    table = markdown_table(header, [[r["epoch"], r["grad_evals"], f"{r['train_loss']:.4f}",
+                                     f"{100 * r['train_acc']:.2f}", f"{100 * r['val_acc']:.2f}",
+                                     f"{100 * r['test_acc']:.2f}", r["train_seconds"]] for r in read_metrics(run_dir)])
     return (f"# Run {result['label']} (seed {result['seed']}, key {result['run_key']})\n\n"
             f"Final test accuracy {100 * result['final_test_acc']:.2f}%; best-val epoch {result['best_val_epoch']} "
             f"with test accuracy {100 * result['best_val_test_acc']:.2f}%; {result['grad_evals']} gradient "

@@ -1,51 +1,20 @@
-"""Grid sweeps over optimizers x hyper-parameters x seeds, recorded in an SQLite database.
+"""Grid sweeps over optimizers x hyper-parameters x seeds, indexed in an SQLite database.
 
-A sweep config (TOML/YAML/JSON, :class:`SweepConfig`)::
+A sweep config (:class:`SweepConfig`; TOML/YAML/JSON, example and keys in docs/harness.md) names
+optimizer labels (registry names, or ``[variants]`` of fixed overrides), seeds, a ``base`` run
+config and axes (``grid`` for every label, ``per_optimizer`` for one; short names in
+:data:`AXIS_ALIASES`). :func:`expand_grid` resolves and checks every point before anything is written.
 
-    name = "digits-grid"
-    out_dir = "results/digits-grid"      # holds sweep.db and runs/<label>-<run key>/
-    optimizers = ["sgd", "sam", "esam1", "tsam"]   # labels: registry names or [variants]
-    seeds = [0, 1, 2]
-    workers = 2                          # processes on this machine
+The database (WAL) is an index: ``meta`` (schema version) and ``runs`` (one row per grid point: run
+key, run directory, status pending/running/done/failed/interrupted, lease owner and heartbeat,
+error). A run's epochs and result live in its run directory only (:mod:`.rundir`). Schema-2
+databases, which also copied results and epochs, are read and run as they are.
 
-    [base]                               # a run config (see tiltedsam.harness.config.RunConfig)
-    data = {name = "digits", label_noise = 0.2}
-    model = {name = "mlp"}
-    budget = {kind = "epochs", amount = 20}
-
-    [grid]                               # axes for every optimizer: key -> list of values
-    lr = [0.01, 0.03]
-
-    [per_optimizer.tsam]                 # axes for one optimizer only
-    t = [0, 1, 5, 20]
-    s = [3, 5]
-
-    [variants.esam1]                     # fixed overrides that define a label
-    "optimizer.name" = "sam"
-    "budget.match_optimizer" = "tsam"
-
-Axis keys are dotted config keys or the short names ``t``, ``s``, ``rho``, ``lr``, ``sampler``,
-``noise_radius``. The label ``esam1`` is built in (SAM on TSAM's gradient-evaluation budget, using
-the registry's ``esam1`` entry when there is one).
-
-The database (WAL mode, safe for several worker processes) has a ``meta`` table (schema version,
-package version), a ``runs`` table (one row per grid point: ``run_key`` = hash of the resolved
-config, ``status`` pending/running/done/failed/interrupted, the lease ``owner`` and its
-``heartbeat``, the result JSON) and an ``epochs`` table (one row per run and epoch). Restarting a
-sweep skips ``done`` runs and re-runs the rest, resuming each from its run directory's checkpoint
-when there is one, so a crash costs at most one epoch per run.
-
-Several sweep processes may work on one database at once (two terminals, two machines on a shared
-disk): a run is *claimed* in one ``BEGIN IMMEDIATE`` transaction (status ``running``, ``owner`` =
-host:pid:nonce, ``heartbeat`` = now), so each run is trained by one process. The claiming process
-refreshes the heartbeat of its runs every ``lease_seconds / 4``; a lease whose heartbeat is older
-than ``lease_seconds``, or whose owner is a process of this host that no longer exists, is stale
-and the run may be claimed again (it resumes from its checkpoint).
-
-SIGINT/SIGTERM stop a sweep within seconds: its worker processes are terminated, the runs in flight
-are marked ``interrupted`` and :class:`SweepInterrupted` (exit code 130/143 in the CLI) is raised.
-Workers die with their parent (``PR_SET_PDEATHSIG`` on Linux, and a parent-pid poll everywhere), so
-a ``kill -9`` of the sweep leaves no process behind; rerunning the same command resumes.
+Runs are claimed in one ``BEGIN IMMEDIATE`` transaction (owner = host:pid:nonce), so each is trained
+by one process even with several sweeps on one database; heartbeats refresh every
+``lease_seconds / 4`` and a stale lease (or a dead owner on this host) may be claimed again, resuming
+from the checkpoint. SIGINT/SIGTERM terminate the workers, mark the runs in flight ``interrupted``
+and raise :class:`SweepInterrupted` (exit 130/143); workers die with their parent, even on ``kill -9``.
 """
 
 from __future__ import annotations
@@ -66,7 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .. import _json
 from .._atomic import atomic_write
@@ -77,7 +46,9 @@ __all__ = ["SCHEMA_VERSION", "SweepConfig", "SweepError", "SweepInterrupted", "G
            "open_database", "run_sweep", "load_sweep_config", "AXIS_ALIASES", "database_path", "claim_run",
            "STATUSES", "failed_runs"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: older schemas this version reads and runs without migrating (2: results and epochs also in the database)
+READABLE_SCHEMAS = ("2", "3")
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
 DATABASE_NAME = "sweep.db"
 
@@ -174,8 +145,6 @@ def builtin_variant(label: str) -> dict[str, Any]:
     """Overrides that define ``label`` when the sweep config gives none."""
     from ..optim.registry import REGISTRY
 
-    if label == "esam1":
-        return {"optimizer.name": "esam1" if "esam1" in REGISTRY else "sam", "budget.match_optimizer": "tsam"}
     if label in REGISTRY:
         return {"optimizer.name": label}
     raise ConfigError(f"optimizer label {label!r} is neither a registered optimizer ({sorted(REGISTRY)}) nor "
@@ -247,8 +216,10 @@ _RUNS_TABLE = """
         setting TEXT NOT NULL, config TEXT NOT NULL, run_dir TEXT NOT NULL,
         status TEXT NOT NULL DEFAULT 'pending'
             CHECK (status IN ('pending','running','done','failed','interrupted')),
-        attempts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, result TEXT, error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0, started REAL, finished REAL, error TEXT,
         owner TEXT, heartbeat REAL)"""
+#: schema 2's runs table also held each run's result JSON
+_RUNS_TABLE_V2 = _RUNS_TABLE.replace("error TEXT,", "result TEXT, error TEXT,")
 _RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, status, attempts, started, finished, " \
                   "result, error"
 
@@ -270,11 +241,11 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
     SQLite cannot change a CHECK constraint in place: new table, copy, drop, rename, in one transaction."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.execute(_RUNS_TABLE.replace("CREATE TABLE runs", "CREATE TABLE runs_v2"))
+        connection.execute(_RUNS_TABLE_V2.replace("CREATE TABLE runs", "CREATE TABLE runs_v2"))
         connection.execute(f"INSERT INTO runs_v2 ({_RUN_COLUMNS_V1}) SELECT {_RUN_COLUMNS_V1} FROM runs")
         connection.execute("DROP TABLE runs")
         connection.execute("ALTER TABLE runs_v2 RENAME TO runs")
-        connection.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        connection.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
@@ -311,9 +282,6 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
             BEGIN;
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             {_RUNS_TABLE};
-            CREATE TABLE epochs (
-                run_key TEXT NOT NULL REFERENCES runs(run_key), epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
-                PRIMARY KEY (run_key, epoch));
             INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('package_version', '{__version__}'),
                                     ('created', '{time.strftime("%Y-%m-%dT%H:%M:%S")}');
             COMMIT;""")
@@ -321,8 +289,8 @@ def open_database(path: str | os.PathLike[str], create: bool = False) -> sqlite3
     meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("schema_version") == "1":
         _migrate_v1(connection)
-        meta["schema_version"] = str(SCHEMA_VERSION)
-    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        meta["schema_version"] = "2"
+    if meta.get("schema_version") not in READABLE_SCHEMAS:
         connection.close()
         raise SweepError(f"{str(file)!r} has sweep schema version {meta.get('schema_version')!r} (written by "
                          f"tiltedsam {meta.get('package_version', '?')}); this is tiltedsam {__version__} with "
@@ -454,9 +422,9 @@ def _error_text(exc: BaseException) -> str:
 
 
 def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None) -> tuple[str, str]:
-    """Train one grid point (resuming from its checkpoint if a crash left one), store its epochs
-    and result, mark it done or failed. ``owner`` is the lease holder that claimed the run; without
-    one the run is claimed here first (whatever its status)."""
+    """Train one grid point (resuming from its checkpoint if a crash left one) and mark it done or
+    failed; its epochs and result are in its run directory. ``owner`` is the lease holder that
+    claimed the run; without one the run is claimed here first (whatever its status)."""
     import torch
 
     from .train import train
@@ -474,28 +442,14 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         config = from_dict(RunConfig, json.loads(row["config"]))
         if num_threads and not config.run.num_threads:  # run.* is not part of the run key
             config.run.num_threads = num_threads
-        connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
-
-        def store_epoch(metrics: dict[str, Any]) -> None:
-            connection.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)",
-                               (key, metrics["epoch"], _json.dumps(metrics)))
-
         try:
-            result = train(config, resume=True, on_epoch=store_epoch)
+            train(config, resume=True)
         except Exception as exc:
             connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
                                (time.time(), _error_text(exc), key, owner))
             return key, "failed"
-        from .checkpoints import load_checkpoint
-
-        rows = load_checkpoint(config.run.out_dir)["metrics"]
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute("DELETE FROM epochs WHERE run_key=?", (key,))
-        connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)",
-                               [(key, r["epoch"], _json.dumps(r)) for r in rows])
-        connection.execute("UPDATE runs SET status='done', finished=?, result=? WHERE run_key=? AND owner=?",
-                           (time.time(), _json.dumps(result), key, owner))
-        connection.execute("COMMIT")
+        connection.execute("UPDATE runs SET status='done', finished=? WHERE run_key=? AND owner=?",
+                           (time.time(), key, owner))
         return key, "done"
     finally:
         connection.close()
@@ -592,22 +546,25 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 # ---------------------------------------------------------------------- the sweep
-def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | None = None) -> dict[str, int]:
-    """Run every grid point of ``sweep`` that is not done yet; returns counts by final status.
+@dataclass
+class _Plan:
+    """What this sweep process will run: the claimable keys (longest first), their expected cost in
+    gradient evaluations, how many runs it may start, and the torch threads per run."""
 
-    Counts: ``done`` and ``failed`` (runs this call trained), ``skipped`` (already done before),
-    ``elsewhere`` (left to another sweep process working on the same database). The whole sweep is
-    checked (:func:`expand_grid`) before anything is written. ``max_runs`` stops after that many
-    runs were started (for tests and partial runs). With ``workers > 1`` the runs go to that many
-    spawned worker processes, each using ``threads_per_worker`` torch threads (default:
-    :func:`tiltedsam._threads.choose_threads` for that many processes). SIGINT/SIGTERM (in the main thread) raise :class:`SweepInterrupted` after the
-    workers are stopped and the runs in flight are marked ``interrupted``.
-    """
-    from tqdm.auto import tqdm
+    db_file: str
+    todo: list[str]
+    cost: dict[str, float]
+    budget: int
+    threads: int
+    skipped: int
+    since: float
 
+
+def _plan(sweep: SweepConfig, points: list[GridPoint], retry_failed: bool, max_runs: int | None) -> _Plan:
+    """Write sweep.json, register the grid points in the database and choose the runs to do."""
+    from .._threads import choose_threads
     from .train import resolve_budget
 
-    points = expand_grid(sweep)  # validates everything before the first file is written
     out = Path(sweep.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -630,112 +587,85 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     # workers finish together instead of one of them running a long run alone at the end.
     cost = {p.key: resolve_budget(p.config, steps_per_epoch=1000).total_grad_evals for p in points}
     todo.sort(key=lambda key: -cost[key])
-    db_file = str(database_path(out).resolve())
-    from .._threads import choose_threads
-
-    owner = _owner_id()
-    counts = {"done": 0, "failed": 0, "skipped": len(points) - len(todo), "elsewhere": 0}
     budget = len(todo) if max_runs is None else min(max_runs, len(todo))
     threads = choose_threads(sweep.threads_per_worker or None, processes=max(1, min(sweep.workers, budget))).threads
-    # One bar over the whole sweep, advanced by each finished run's expected gradient evaluations, so
-    # the ETA does not take the first (longest) runs as typical; one printed line per finished run.
-    # disable=None: no bar at all when stderr is not a terminal (logs get the per-run lines only).
-    # Its total is this process's share at most: with another sweep on the same database it may end early.
-    bar = tqdm(total=sum(sorted((cost[key] for key in todo), reverse=True)[:budget]), desc=f"sweep {sweep.name}",
-               unit="eval", unit_scale=True, disable=None if sweep.progress else True, mininterval=1.0,
-               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
-    bar.set_postfix_str(f"0/{budget} runs")
+    return _Plan(str(database_path(out).resolve()), todo, cost, budget, threads, len(points) - len(todo), since)
 
-    def finished(key: str, status: str) -> None:
-        counts[status] += 1
-        bar.update(cost[key])
-        done = counts["done"] + counts["failed"]
-        bar.set_postfix_str(f"{done}/{budget} runs")
-        if sweep.progress:
-            line = _run_line(db_file, key, status, done, budget)
-            (bar.write(line) if not bar.disable else print(line, flush=True))
 
-    heartbeat = _Heartbeat(db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
+class _Progress:
+    """One bar over the whole sweep, advanced by each finished run's expected gradient evaluations
+    (so the ETA does not take the first, longest runs as typical), and one printed line per
+    finished run. The bar is absent when stderr is not a terminal (logs get the lines only); its
+    total is this process's share at most: with another sweep on the same database it may end early."""
+
+    def __init__(self, sweep: SweepConfig, plan: _Plan) -> None:
+        from tqdm.auto import tqdm
+
+        self.sweep, self.plan = sweep, plan
+        self.counts = {"done": 0, "failed": 0, "skipped": plan.skipped, "elsewhere": 0}
+        self.bar = tqdm(total=sum(sorted((plan.cost[key] for key in plan.todo), reverse=True)[:plan.budget]),
+                        desc=f"sweep {sweep.name}", unit="eval", unit_scale=True,
+                        disable=None if sweep.progress else True, mininterval=1.0,
+                        bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+        self.bar.set_postfix_str(f"0/{plan.budget} runs")
+
+    def finished(self, key: str, status: str) -> None:
+        self.counts[status] += 1
+        self.bar.update(self.plan.cost[key])
+        done = self.counts["done"] + self.counts["failed"]
+        self.bar.set_postfix_str(f"{done}/{self.plan.budget} runs")
+        if self.sweep.progress:
+            line = _run_line(self.plan.db_file, key, status, done, self.plan.budget)
+            (self.bar.write(line) if not self.bar.disable else print(line, flush=True))
+
+
+def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | None = None) -> dict[str, int]:
+    """Run every grid point of ``sweep`` that is not done yet; returns counts by final status.
+
+    Counts: ``done`` and ``failed`` (runs this call trained), ``skipped`` (already done before),
+    ``elsewhere`` (left to another sweep process working on the same database). The whole sweep is
+    checked (:func:`expand_grid`) before anything is written. ``max_runs`` stops after that many
+    runs were started (for tests and partial runs). With ``workers > 1`` the runs go to that many
+    spawned worker processes, each using ``threads_per_worker`` torch threads (default:
+    :func:`tiltedsam._threads.choose_threads` for that many processes). SIGINT/SIGTERM (in the main
+    thread) raise :class:`SweepInterrupted` after the workers are stopped and the runs in flight are
+    marked ``interrupted``.
+    """
+    plan = _plan(sweep, expand_grid(sweep), retry_failed, max_runs)  # expand_grid checks before any write
+    progress = _Progress(sweep, plan)
+    owner = _owner_id()
+    heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
     heartbeat.start()
     handlers: dict[int, Any] = {}
     if _in_main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             handlers[signum] = signal.signal(signum, _raise_interrupt)
     workers: list[_Worker] = []
-    claims = connection = None
+    connection = None
     try:
-        connection = _connect(Path(db_file))
+        connection = _connect(Path(plan.db_file))
         claims = 0
 
         def claim() -> str | None:
             nonlocal claims
-            if claims >= budget:
+            if claims >= plan.budget:
                 return None
-            key = claim_run(connection, owner, todo, since=since, retry_failed=retry_failed,
+            key = claim_run(connection, owner, plan.todo, since=plan.since, retry_failed=retry_failed,
                             lease_seconds=sweep.lease_seconds)
             claims += key is not None
             return key
 
-        if sweep.workers == 1 or budget <= 1:
+        if sweep.workers == 1 or plan.budget <= 1:
             while (key := claim()) is not None:
-                finished(*execute_run(db_file, key, threads, owner))
+                progress.finished(*execute_run(plan.db_file, key, plan.threads, owner))
         else:
-            context = get_context("spawn")
-            workers = [_start_worker(context, db_file, threads, owner) for _ in range(min(sweep.workers, budget))]
-            idle: list[_Worker] = []
-            exhausted = False  # nothing was left to claim when a worker was free
-            while True:
-                while idle and not exhausted:
-                    key = claim()
-                    if key is None:
-                        exhausted = True
-                        break
-                    worker = idle.pop()
-                    worker.key = key
-                    worker.connection.send(key)
-                busy = [w for w in workers if w.key is not None]
-                starting = [w for w in workers if not w.ready]
-                if not busy and (exhausted or not starting):
-                    break
-                watched = busy + starting
-                ready = set(wait_for([w.connection for w in watched] + [w.process.sentinel for w in watched],
-                                     timeout=5))
-                for worker in watched:
-                    if worker.connection not in ready and worker.process.sentinel not in ready:
-                        continue
-                    try:
-                        message = worker.connection.recv()
-                    except (EOFError, OSError):  # the worker died (killed, out of memory)
-                        worker.process.join(timeout=5)
-                        workers.remove(worker)
-                        worker.connection.close()
-                        if worker.key is None:
-                            raise SweepError(f"a sweep worker process failed to start (exit code "
-                                             f"{worker.process.exitcode}); see its output above") from None
-                        connection.execute(
-                            "UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
-                            (time.time(), f"the worker process died (exit code {worker.process.exitcode})",
-                             worker.key, owner))
-                        finished(worker.key, "failed")
-                        if not exhausted:
-                            workers.append(_start_worker(context, db_file, threads, owner))
-                        continue
-                    if message == "ready":
-                        worker.ready = True
-                    else:
-                        finished(*message)
-                    worker.key = None
-                    idle.append(worker)
-            for worker in workers:
-                worker.connection.send(None)
-            for worker in workers:
-                worker.process.join(timeout=10)
+            _run_on_workers(sweep, plan, owner, claim, progress, workers, connection)
     except KeyboardInterrupt as exc:  # SweepInterrupted (SIGINT/SIGTERM) or a plain Ctrl-C
         for signum in handlers:  # a second signal must not interrupt the clean-up
             signal.signal(signum, signal.SIG_IGN)
         _stop_workers(workers)
         heartbeat.stop()
-        interrupted = _mark_interrupted(db_file, owner)
+        interrupted = _mark_interrupted(plan.db_file, owner)
         signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
         raise SweepInterrupted(signum, interrupted) from None
     finally:
@@ -745,23 +675,80 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
             connection.close()
         for signum, previous in handlers.items():
             signal.signal(signum, previous)
-        bar.close()
-    counts["elsewhere"] = max(0, len(todo) - counts["done"] - counts["failed"]) if max_runs is None else 0
+        progress.bar.close()
+    counts = progress.counts
+    counts["elsewhere"] = max(0, len(plan.todo) - counts["done"] - counts["failed"]) if max_runs is None else 0
     return counts
+
+
+def _run_on_workers(sweep: SweepConfig, plan: _Plan, owner: str, claim: Callable[[], str | None],
+                    progress: _Progress, workers: list[_Worker], connection: sqlite3.Connection) -> None:
+    """Hand claimed runs to ``sweep.workers`` spawned processes (appended to ``workers``) until
+    nothing is left to claim and every worker is idle; a worker that dies fails its run and is
+    replaced while runs remain."""
+    context = get_context("spawn")
+    workers += [_start_worker(context, plan.db_file, plan.threads, owner)
+                for _ in range(min(sweep.workers, plan.budget))]
+    idle: list[_Worker] = []
+    exhausted = False  # nothing was left to claim when a worker was free
+    while True:
+        while idle and not exhausted:
+            key = claim()
+            if key is None:
+                exhausted = True
+                break
+            worker = idle.pop()
+            worker.key = key
+            worker.connection.send(key)
+        busy = [w for w in workers if w.key is not None]
+        starting = [w for w in workers if not w.ready]
+        if not busy and (exhausted or not starting):
+            break
+        watched = busy + starting
+        ready = set(wait_for([w.connection for w in watched] + [w.process.sentinel for w in watched], timeout=5))
+        for worker in watched:
+            if worker.connection not in ready and worker.process.sentinel not in ready:
+                continue
+            try:
+                message = worker.connection.recv()
+            except (EOFError, OSError):  # the worker died (killed, out of memory)
+                worker.process.join(timeout=5)
+                workers.remove(worker)
+                worker.connection.close()
+                if worker.key is None:
+                    raise SweepError(f"a sweep worker process failed to start (exit code "
+                                     f"{worker.process.exitcode}); see its output above") from None
+                connection.execute("UPDATE runs SET status='failed', finished=?, error=? WHERE run_key=? AND owner=?",
+                                   (time.time(), f"the worker process died (exit code {worker.process.exitcode})",
+                                    worker.key, owner))
+                progress.finished(worker.key, "failed")
+                if not exhausted:
+                    workers.append(_start_worker(context, plan.db_file, plan.threads, owner))
+                continue
+            if message == "ready":
+                worker.ready = True
+            else:
+                progress.finished(*message)
+            worker.key = None
+            idle.append(worker)
+    for worker in workers:
+        worker.connection.send(None)
+    for worker in workers:
+        worker.process.join(timeout=10)
 
 
 def _run_line(db_file: str, key: str, status: str, done: int, total: int) -> str:
     """``[3/8] tsam seed 1: final test acc 92.10%, best-val epoch 9 94.00%, 3960 grad evals, 130.2 s``."""
     connection = _connect(Path(db_file))
     try:
-        row = connection.execute("SELECT label, seed, result, error FROM runs WHERE run_key=?", (key,)).fetchone()
+        row = connection.execute("SELECT label, seed, run_dir, error FROM runs WHERE run_key=?", (key,)).fetchone()
     finally:
         connection.close()
     head = f"[{done}/{total}] {row['label']} seed {row['seed']}"
-    if status != "done" or not row["result"]:
+    r = _run_result(row) if status == "done" else None
+    if r is None:
         last = (row["error"] or "").strip().splitlines()[-1:] or ["?"]
         return f"{head}: FAILED ({last[0]})"
-    r = json.loads(row["result"])
     return (f"{head}: final test acc {100 * r['final_test_acc']:.2f}%, best-val epoch {r['best_val_epoch']} "
             f"{100 * r['best_val_test_acc']:.2f}%, {r['grad_evals']} grad evals, {r['train_seconds']:.1f} s, "
             f"{r.get('threads', '?')} thread(s)")
@@ -788,9 +775,24 @@ def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = Non
     return out
 
 
+def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:
+    """The run's ``result.json``; for a schema-2 database whose run directory lacks it, the copy the
+    database kept; None when neither exists."""
+    from .rundir import read_result
+
+    if (Path(row["run_dir"]) / "result.json").is_file():
+        return read_result(row["run_dir"])
+    legacy = row["result"] if "result" in row.keys() else None
+    return json.loads(legacy) if legacy else None
+
+
 def iter_results(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
-    """Finished runs: label, optimizer, seed, setting, config and result as Python objects."""
+    """Finished runs: label, optimizer, seed, setting, config, run_dir and result (read from the run
+    directory) as Python objects."""
     for r in connection.execute("SELECT * FROM runs WHERE status='done' ORDER BY rowid"):
+        result = _run_result(r)
+        if result is None:  # its run directory was removed: nothing left to report
+            continue
         yield {"run_key": r["run_key"], "label": r["label"], "optimizer": r["optimizer"], "seed": r["seed"],
                "setting": _decode(r["setting"]), "config": _decode(r["config"]),
-               "result": json.loads(r["result"]), "run_dir": r["run_dir"]}
+               "result": result, "run_dir": r["run_dir"]}

@@ -1,15 +1,18 @@
-"""One training run, readable top to bottom: :func:`train`.
+"""One training run: :func:`train`, built from steps that each do one thing.
 
-    config -> data splits -> model -> optimizer (by registry name) -> budget in steps
-    for each epoch:   shuffle (own generator) -> optimizer.step(closure) per batch -> evaluate
-                      val and test -> append a metrics row -> write the checkpoint atomically
-    -> result.json (final-epoch and best-validation-epoch test accuracy, time, gradient evaluations)
+    setup          config -> run directory (fresh, or resumed from its checkpoint) -> data splits ->
+                   model -> optimizer (by registry name) -> budget in steps     (:func:`_start_run`)
+    one epoch      shuffle (own generator) -> optimizer.step(closure) per batch  (:func:`_train_epoch`)
+    evaluate       loss at θ on a fixed training subset, val and test -> a metrics row
+                                                                               (:func:`_evaluate_epoch`)
+    record         metrics.csv, then the checkpoint, atomically                 (:func:`_record_epoch`)
+    write result   result.json: final-epoch and best-validation-epoch test accuracy, time, gradient
+                   evaluations                                                  (:func:`_finish_run`)
 
-The run directory (``config.run.out_dir``) holds ``config.toml``/``config.json`` (resolved),
-``run.json`` (seed, run key, package version, git commit), ``metrics.csv`` (one row per epoch),
-``checkpoint.pt`` and, at the end, ``result.json``. ``resume=True`` continues from the checkpoint
-and reproduces an uninterrupted run exactly: model, optimizer (with its noise generator), the
-global RNGs and the shuffling generator are all restored.
+The run directory's files and their formats live in :mod:`.rundir`; a run's data comes from
+:func:`.rundata.load_run_data`. ``resume=True`` continues from the checkpoint and reproduces an
+uninterrupted run exactly: model, optimizer (with its noise generator), the global RNGs and the
+shuffling generator are all restored, and the epochs so far are read back from ``metrics.csv``.
 
 Distributed training slots in through :class:`World` (rank, world size, a sampler for the training
 split, a reduction for metrics, main-process-only output); this module itself runs one process.
@@ -17,8 +20,6 @@ split, a reduction for metrics, main-process-only output); this module itself ru
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import random
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,21 +39,15 @@ from torch.utils.data import DataLoader, Dataset
 from .. import _json
 from .._atomic import remove_stale_temporaries
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config
+from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config, to_dict
 from .dropout import StepRngReplay
+from .rundata import dataset_kwargs, load_run_data
+from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, finite_mean, read_metrics, read_result,
+                     summarize, write_metrics, write_result)
 
 __all__ = ["World", "Budget", "train", "resolve_budget", "evaluate", "dataset_kwargs", "git_commit",
-           "METRIC_COLUMNS", "RunInterrupted", "RunDiverged", "read_result", "check_run", "check_device",
+           "METRIC_COLUMNS", "RunInterrupted", "RunDiverged", "read_result", "summarize", "check_run", "check_device",
            "check_optimizer_settings", "MAX_MODEL_BYTES_FRACTION"]
-
-RESULT_FORMAT = "tiltedsam.result/1"
-
-#: columns of metrics.csv, in order
-METRIC_COLUMNS = [
-    "epoch", "step", "grad_evals", "train_seconds", "wall_seconds", "lr",
-    "train_loss", "train_acc", "train_objective", "train_loss_at_theta", "val_loss", "val_acc", "test_loss",
-    "test_acc", "tilt", "effective_sample_size",
-]
 
 #: size of the fixed training subset on which every optimizer's training loss at θ is measured
 #: after each epoch (the same points for every optimizer, so the curves compare like with like)
@@ -192,16 +187,23 @@ def check_device(requested: str) -> torch.device:
     return device
 
 
+def _registry_name(name: str) -> str:
+    """The registry's name for ``name`` (``"erm"`` -> ``"sgd"``): aliases resolve through the registry."""
+    from ..optim.registry import ALIASES
+
+    return ALIASES.get(name.lower(), name.lower())
+
+
 def check_optimizer_settings(config: RunConfig) -> None:
     """Unknown keys of ``optimizer.settings`` are named (not left to a ``TypeError`` of the base
     optimizer's ``__init__``), and bad values give :class:`ConfigError`: the optimizer is built
     once on a one-element dummy parameter."""
     import inspect
 
-    from ..optim.registry import ALIASES, REGISTRY, create_optimizer, resolve_base_optimizer
+    from ..optim.registry import REGISTRY, create_optimizer, resolve_base_optimizer
 
     name = config.optimizer.name
-    key = ALIASES.get(name.lower(), name.lower())
+    key = _registry_name(name)
     if key not in REGISTRY:
         raise ConfigError(f"optimizer.name = {name!r} is not a registered optimizer; allowed: "
                           f"{', '.join(sorted(REGISTRY))} (`tiltedsam optimizers` lists them)")
@@ -268,33 +270,35 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     """Turn ``config.budget`` into a number of steps.
 
     ``epochs``: ``amount * steps_per_epoch``; ``steps``: ``amount``; ``grad_evals``: the largest
-    number of steps whose gradient evaluations fit in ``amount``. With ``match_optimizer``, the
-    amount is first converted to the gradient evaluations *that* optimizer would spend, so SAM
-    matched to TSAM (``s`` samples, 2 evaluations each) runs ``2 s / 2 = s`` times as many steps.
+    number of steps whose gradient evaluations fit in ``amount``. When the budget is another
+    optimizer's (``budget.match_optimizer``, or the registry entry's own ``budget_reference``:
+    ESAM1 gets TSAM's), the amount counts that optimizer's steps, converted by
+    :func:`tiltedsam.optim.registry.equal_compute_steps`: SAM matched to TSAM (``s`` samples, 2
+    evaluations each) runs ``2 s / 2 = s`` times as many steps.
     """
-    from ..optim.registry import REGISTRY, grad_evals_per_step
+    from ..optim.registry import REGISTRY, equal_compute_steps, grad_evals_per_step
 
-    budget = config.budget
-    own_evals = grad_evals_per_step(config.optimizer.name, **optimizer_settings(config))
-    match = budget.match_optimizer or getattr(REGISTRY[config.optimizer.name], "budget_reference", None)
-    if match:
-        reference_evals = grad_evals_per_step(match, **budget.match_settings)
-        steps_of = {"epochs": budget.amount * steps_per_epoch, "steps": budget.amount,
-                    "grad_evals": math.floor(budget.amount / reference_evals + 1e-9)}[budget.kind]
-        evals = steps_of * reference_evals
-        description = (f"{budget.amount} {budget.kind} of {match} "
-                       f"({reference_evals} evals/step) = {evals} gradient evaluations")
+    budget, name, settings = config.budget, config.optimizer.name, optimizer_settings(config)
+    own_evals = grad_evals_per_step(name, **settings)
+    reference = budget.match_optimizer or REGISTRY[_registry_name(name)].budget_reference
+    if reference is not None:
+        reference_evals = grad_evals_per_step(reference, **budget.match_settings)
+        reference_steps = {"epochs": budget.amount * steps_per_epoch, "steps": budget.amount,
+                           "grad_evals": math.floor(budget.amount / reference_evals + 1e-9)}[budget.kind]
+        total_steps = equal_compute_steps(name, reference_steps, reference=reference, settings=settings,
+                                          reference_settings=budget.match_settings)
+        description = (f"{budget.amount} {budget.kind} of {reference} ({reference_evals} evals/step) = "
+                       f"{Budget(reference_steps, 1, reference_evals, '').total_grad_evals} gradient evaluations")
     elif budget.kind == "epochs":
-        return Budget(budget.amount * steps_per_epoch, steps_per_epoch, own_evals, f"{budget.amount} epochs")
+        total_steps, description = budget.amount * steps_per_epoch, f"{budget.amount} epochs"
     elif budget.kind == "steps":
-        return Budget(budget.amount, steps_per_epoch, own_evals, f"{budget.amount} steps")
-    else:
-        evals = budget.amount
-        description = f"{evals} gradient evaluations"
-    total_steps = math.floor(evals / own_evals + 1e-9)  # own_evals may be fractional (cheap TSAM variants)
+        total_steps, description = budget.amount, f"{budget.amount} steps"
+    else:  # own_evals may be fractional (cheap TSAM variants)
+        total_steps = math.floor(budget.amount / own_evals + 1e-9)
+        description = f"{budget.amount} gradient evaluations"
     if total_steps < 1:
         raise ValueError(f"budget.amount={budget.amount} ({description}) is less than one step of "
-                         f"{config.optimizer.name} ({own_evals} gradient evaluations per step)")
+                         f"{name} ({own_evals} gradient evaluations per step)")
     return Budget(total_steps, steps_per_epoch, own_evals, description)
 
 
@@ -306,19 +310,9 @@ def make_tilt_scheduler(config: RunConfig, optimizer: Any, total_steps: int) -> 
     if not hasattr(optimizer, "tilt"):
         raise ValueError(f"optimizer.tilt_schedule={kind!r} needs an optimizer with a tilt (TSAM), "
                          f"got {config.optimizer.name!r}")
-    try:
-        from ..optim.schedules import TiltScheduler
-    except ModuleNotFoundError as exc:  # pragma: no cover - older installations
-        raise ValueError("optimizer.tilt_schedule needs tiltedsam.optim.schedules, missing here") from exc
+    from ..optim.schedules import TiltScheduler
+
     return TiltScheduler(optimizer, kind=kind, total_steps=total_steps)
-
-
-def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
-    d = config.data
-    return {"seed": config.seed, "label_noise": d.label_noise, "val_fraction": d.val_fraction,
-            "test_fraction": d.test_fraction, "clean_validation": d.clean_validation, "data_dir": d.data_dir,
-            "augment": d.augment, "limit": d.limit, "split_seed": d.split_seed, "noise_seed": d.noise_seed,
-            **d.options}
 
 
 def git_commit() -> str:
@@ -371,44 +365,42 @@ def _restore_rng_states(states: dict[str, Any], loader_generator: torch.Generato
     loader_generator.set_state(states["loader"])
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+@dataclass
+class _Run:
+    """One run while it trains: what :func:`_start_run` built and the counters the epochs advance."""
 
+    config: RunConfig
+    world: World
+    run_dir: Path
+    device: torch.device
+    threads: Any
+    data: Any
+    model: nn.Module
+    net: nn.Module  # the model as the closure calls it (DDP-wrapped under torch.distributed)
+    optimizer: Any
+    train_loader: DataLoader
+    loader_generator: torch.Generator
+    replay: StepRngReplay
+    budget: Budget
+    tilt_scheduler: Any
+    loss_fn: nn.Module
+    eval_loss_fn: nn.Module  # validation/test loss: the plain empirical loss (no label smoothing)
+    loss_subset: Dataset  # the same fixed training examples for every optimizer: loss at θ
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    ess_warning: str | None = None
+    progress: Any = None
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    @property
+    def done(self) -> bool:
+        return self.step >= self.budget.total_steps
 
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final-epoch and best-validation-epoch numbers of a list of metric rows."""
-    final = rows[-1]
-    best = max(rows, key=lambda r: (r["val_acc"] if math.isfinite(r["val_acc"]) else -1.0, -r["epoch"]))
-    return {
-        "final_epoch": final["epoch"], "final_val_acc": final["val_acc"], "final_test_acc": final["test_acc"],
-        "final_test_loss": final["test_loss"], "final_train_loss": final["train_loss"],
-        "best_val_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_val_test_acc": best["test_acc"],
-    }
-
-
-def read_result(run_dir: str | Path) -> dict[str, Any]:
-    """The ``result.json`` of a finished run, checked for format."""
-    file = Path(run_dir) / "result.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a finished tiltedsam run directory (no result.json)")
-    try:
-        result = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"{str(file)!r} is not a readable result file: {exc.__class__.__name__}") from None
-    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
-        found = result.get("format") if isinstance(result, dict) else type(result).__name__
-        raise ValueError(f"{str(file)!r} has format {found!r}, expected {RESULT_FORMAT!r} "
-                         "(written by another tiltedsam version)")
-    return result
+    @property
+    def num_samples(self) -> int | None:
+        return getattr(self.optimizer, "hyperparameters", {}).get("num_samples")
 
 
 def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | None = None,
@@ -419,39 +411,50 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         resume: continue from ``out_dir/checkpoint.pt`` if it exists (its config must match).
         stop_after_epochs: stop (raise :class:`RunInterrupted`) once this many epochs are done in
             total, after writing the checkpoint; simulates an interruption.
-        on_epoch: called with each new metrics row (the sweep stores them in its database).
+        on_epoch: called with each new metrics row once it is on disk (main process only).
 
     Raises :class:`ConfigError` for a config that cannot run here (device, optimizer settings,
     model size), :class:`CheckpointError` for a checkpoint that is corrupt, not plain data or of
     another config, and :class:`RunDiverged` when the training loss stops being finite (whether or
     not the optimizer itself raises :class:`tiltedsam.tilt.NonFiniteLossError`).
     """
-    from .._version import __version__
-    from ..optim.registry import create_optimizer
-    from .data import load_dataset
-    from .models import build_model
-
-    from ..tilt import NonFiniteLossError
-    from .._threads import configure_threads
-    from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
+    from tqdm.auto import tqdm
 
     world = world or World()
-    run_dir = Path(config.run.out_dir)
     check_run(config, stop_after_epochs)
+    run = _start_run(config, world, resume)
+    # disable=None: no bar when stderr is not a terminal (a redirected log gets no carriage-return flood)
+    run.progress = tqdm(total=run.budget.total_steps, initial=run.step, desc=config.display_label, unit="step",
+                        disable=None if (config.run.progress and world.is_main) else True, leave=False,
+                        dynamic_ncols=True)
+    try:
+        run.model.train()
+        while not run.done:  # the last epoch may be partial when the budget is in steps or evaluations
+            epoch_start = time.perf_counter()
+            sums = _train_epoch(run)
+            _record_epoch(run, _evaluate_epoch(run, sums, epoch_start), on_epoch)
+            world.barrier()
+            if stop_after_epochs is not None and run.epoch >= stop_after_epochs and not run.done:
+                raise RunInterrupted(f"stopped after epoch {run.epoch} (step {run.step} of "
+                                     f"{run.budget.total_steps}); resume with --resume")
+    finally:
+        run.progress.close()
+    return _finish_run(run)
+
+
+# ---------------------------------------------------------------------- setup
+def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume: bool) -> dict[str, Any] | None:
+    """Create the run directory; return its checkpoint when resuming (checked to be of ``config``),
+    else None. A fresh run refuses a directory that already holds one."""
+    run_dir = Path(config.run.out_dir)
     if world.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
                               f"{exc.strerror or exc}") from None
-    device = world.device(config.run.device)
-    # run.num_threads = 0: the shared policy (cores / processes, minus what other work keeps busy)
-    threads = configure_threads(config.run.num_threads or None, processes=world.world_size)
-
-    # ---- resume or start fresh
-    checkpoint = None
-    if resume and world.is_main:  # leftovers of a write that a killed process never finished
-        remove_stale_temporaries(run_dir)
+        if resume:  # leftovers of a write that a killed process never finished
+            remove_stale_temporaries(run_dir)
     if resume and (run_dir / CHECKPOINT_NAME).is_file():
         checkpoint = load_checkpoint(run_dir, map_location=device)
         saved = from_dict(RunConfig, checkpoint["config"])
@@ -459,23 +462,35 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
             raise CheckpointError(f"the checkpoint in {str(run_dir)!r} belongs to another configuration "
                                   f"(run key {run_key(saved)}, this config {run_key(config)}); "
                                   "use another --out directory")
-    elif not resume and (run_dir / CHECKPOINT_NAME).exists():
+        return checkpoint
+    if not resume and (run_dir / CHECKPOINT_NAME).exists():
         state = "a finished" if (run_dir / "result.json").exists() else "an unfinished"
         raise FileExistsError(f"{str(run_dir)!r} already holds {state} run; use another --out, or --resume")
+    return None
 
-    # ---- data, model, optimizer: seeded so that the same config builds the same run
+
+def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
+    """Build data, model, optimizer, loader and budget (seeded, so the same config builds the same
+    run), restore them from the checkpoint when resuming, and write the run's start files."""
+    from .._threads import configure_threads
+    from ..optim.registry import create_optimizer
+    from .models import build_model
+
+    device = world.device(config.run.device)
+    # run.num_threads = 0: the shared policy (cores / processes, minus what other work keeps busy)
+    threads = configure_threads(config.run.num_threads or None, processes=world.world_size)
+    checkpoint = _open_run_dir(config, world, device, resume)
+
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    data = load_dataset(config.data.name, **dataset_kwargs(config))
+    data = load_run_data(config)
     _check_model_size(config, data)
     model = build_model(config.model.name, data, **config.model.options).to(device)
     net = world.wrap_model(model)  # DDP under torch.distributed; `model` itself is saved and evaluated
     optimizer = create_optimizer(
         config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
         seed=config.seed, **base_optimizer_kwargs(config), **optimizer_settings(config))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    eval_loss_fn = nn.CrossEntropyLoss()  # validation/test loss: the plain empirical loss
     loader_generator = torch.Generator().manual_seed(config.seed)
     train_sampler = world.train_sampler(data.train, loader_generator)
     if getattr(model, "length_bucketing", False) and world.world_size == 1:
@@ -485,164 +500,195 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
         lengths = (data.train.inputs != int(data.info.get("pad_index", 0))).sum(1)
         train_sampler = LengthGroupedSampler(lengths, config.batch_size, loader_generator)
     train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size), sampler=train_sampler)
-    replay = StepRngReplay(config.optimizer.same_dropout_masks)
     budget = resolve_budget(config, len(train_loader))
-    tilt_scheduler = make_tilt_scheduler(config, optimizer, budget.total_steps)
-
-    rows: list[dict[str, Any]] = []
-    epoch = step = 0
-    train_seconds = wall_seconds = 0.0
+    run = _Run(config=config, world=world, run_dir=Path(config.run.out_dir), device=device, threads=threads,
+               data=data, model=model, net=net, optimizer=optimizer, train_loader=train_loader,
+               loader_generator=loader_generator, replay=StepRngReplay(config.optimizer.same_dropout_masks),
+               budget=budget, tilt_scheduler=make_tilt_scheduler(config, optimizer, budget.total_steps),
+               loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+               eval_loss_fn=nn.CrossEntropyLoss(),
+               loss_subset=torch.utils.data.Subset(data.train, range(min(TRAIN_LOSS_SUBSET, len(data.train)))))
     if checkpoint is not None:
-        world.load_training_state(run_dir, model, optimizer, checkpoint["model"], checkpoint["optimizer"])
-        if tilt_scheduler is not None:
-            tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])
-        _restore_rng_states(checkpoint["rng"], loader_generator)
-        rows = list(checkpoint["metrics"])
-        epoch, step = checkpoint["epoch"], checkpoint["step"]
-        train_seconds, wall_seconds = checkpoint["train_seconds"], checkpoint["wall_seconds"]
+        _restore(run, checkpoint)
     if world.is_main:
-        save_config(config, run_dir)
-        atomic_write_text(run_dir / "run.json", _json.dumps({
-            "run_key": run_key(config), "seed": config.seed, "label": config.display_label,
-            "package_version": __version__, "git_commit": git_commit(), "budget": budget.description,
-            "total_steps": budget.total_steps, "steps_per_epoch": budget.steps_per_epoch,
-            "grad_evals_per_step": budget.grad_evals_per_step, "data": data.info, "world_size": world.world_size,
-            "torch_version": torch.__version__, "threads": threads.as_dict()}, indent=2) + "\n")
-        _write_metrics(run_dir / "metrics.csv", rows)
+        _write_start_files(run)
+    return run
 
-    from tqdm.auto import tqdm
 
-    # disable=None: no bar when stderr is not a terminal (a redirected log gets no carriage-return flood)
-    progress = tqdm(total=budget.total_steps, initial=step, desc=config.display_label, unit="step",
-                    disable=None if (config.run.progress and world.is_main) else True, leave=False,
-                    dynamic_ncols=True)
-    # the same fixed training examples for every optimizer and epoch: loss at θ, compared like with like
-    loss_subset = torch.utils.data.Subset(data.train, range(min(TRAIN_LOSS_SUBSET, len(data.train))))
-    num_samples = getattr(optimizer, "hyperparameters", {}).get("num_samples")
-    ess_warning = next((r.get("ess_warning") for r in rows if r.get("ess_warning")), None)
-    model.train()
-    while step < budget.total_steps:
-        # ---- one epoch (the last one may be partial when the budget is in steps or evaluations)
-        epoch_start = time.perf_counter()
-        sums = {"loss": 0.0, "correct": 0.0, "count": 0, "objective": 0.0, "ess": [], "tilts": [], "steps": 0}
-        if hasattr(train_loader.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
-            train_loader.sampler.set_epoch(epoch)
-        for inputs, targets in train_loader:
-            if step >= budget.total_steps:
-                break
-            inputs, targets = inputs.to(device), torch.as_tensor(targets).to(device)
-            first_evaluation: dict[str, Any] = {}
+def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
+    """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint; the epochs so far from
+    metrics.csv (written before the checkpoint, so it holds at least ``epoch`` rows)."""
+    run.world.load_training_state(run.run_dir, run.model, run.optimizer, checkpoint["model"],
+                                  checkpoint["optimizer"])
+    if run.tilt_scheduler is not None:
+        run.tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])
+    _restore_rng_states(checkpoint["rng"], run.loader_generator)
+    run.epoch, run.step = checkpoint["epoch"], checkpoint["step"]
+    run.train_seconds, run.wall_seconds = checkpoint["train_seconds"], checkpoint["wall_seconds"]
+    run.rows = read_metrics(run.run_dir)[:run.epoch]
+    if len(run.rows) < run.epoch:  # a run directory of an older version kept its epochs in the checkpoint
+        run.rows = [dict(row) for row in checkpoint.get("metrics", [])][:run.epoch]
+    if len(run.rows) < run.epoch:
+        raise CheckpointError(f"{str(run.run_dir / 'metrics.csv')!r} holds {len(run.rows)} epoch(s), but the "
+                              f"checkpoint is of epoch {run.epoch}; the run directory is incomplete")
+    run.ess_warning = checkpoint.get("ess_warning") or next(
+        (r["ess_warning"] for r in checkpoint.get("metrics", []) if r.get("ess_warning")), None)
 
-            def closure(evaluation) -> Tensor:
-                # sub-batch ascent: the direction-only evaluations use a fraction of the batch
-                used_inputs, used_targets = evaluation.batch(inputs, targets)
-                outputs = net(used_inputs)
-                loss = loss_fn(outputs, used_targets)
-                loss.backward()
-                if not first_evaluation:  # the mini-batch loss/accuracy at the step's first point
-                    first_evaluation["loss"] = loss.detach()
-                    first_evaluation["correct"] = (outputs.detach().argmax(1) == used_targets).sum()
-                    first_evaluation["count"] = len(used_targets)
-                return loss
 
-            try:
-                replay.save()  # every evaluation of this step sees the same dropout masks (harness/dropout.py)
-                optimizer.step(replay.wrap(closure))
-            except NonFiniteLossError as exc:
-                progress.close()
-                raise RunDiverged(f"run diverged at step {step + 1} (epoch {epoch + 1}): the optimizer met a "
-                                  f"non-finite loss ({' '.join(str(exc).split())}); lower optimizer.lr or "
-                                  "check the data") from None
-            if not math.isfinite(float(first_evaluation["loss"])):
-                progress.close()
-                raise RunDiverged(f"run diverged at step {step + 1} (epoch {epoch + 1}): the training loss is "
-                                  f"{float(first_evaluation['loss'])}; lower optimizer.lr (now "
-                                  f"{config.optimizer.lr:g}) or check the data; "
-                                  + (f"the last checkpoint is of epoch {epoch}" if epoch else "no checkpoint was written"))
-            step += 1
-            if tilt_scheduler is not None:
-                tilt_scheduler.step()
-            sums["loss"] += float(first_evaluation["loss"]) * first_evaluation["count"]
-            sums["correct"] += float(first_evaluation["correct"])
-            sums["count"] += first_evaluation["count"]
-            sums["objective"] += optimizer.last_step.objective
-            sums["ess"].append(optimizer.last_step.effective_sample_size)
-            if getattr(optimizer, "auto_tilt", False):  # tilt="auto" chooses t per step: log the epoch's mean
-                sums["tilts"].append(optimizer.last_step.extra["tilt"])
-            sums["steps"] += 1
-            progress.update(1)
-            if step % 10 == 0 or step == budget.total_steps:
-                progress.set_postfix(epoch=epoch + 1, loss=f"{sums['loss'] / sums['count']:.3f}",
+def _write_start_files(run: _Run) -> None:
+    from .._version import __version__
+
+    config, budget = run.config, run.budget
+    save_config(config, run.run_dir)
+    atomic_write_text(run.run_dir / "run.json", _json.dumps({
+        "run_key": run_key(config), "seed": config.seed, "label": config.display_label,
+        "package_version": __version__, "git_commit": git_commit(), "budget": budget.description,
+        "total_steps": budget.total_steps, "steps_per_epoch": budget.steps_per_epoch,
+        "grad_evals_per_step": budget.grad_evals_per_step, "data": run.data.info,
+        "world_size": run.world.world_size, "torch_version": torch.__version__,
+        "threads": run.threads.as_dict()}, indent=2) + "\n")
+    write_metrics(run.run_dir, run.rows)
+
+
+# ---------------------------------------------------------------------- one epoch
+def _train_epoch(run: _Run) -> dict[str, Any]:
+    """Optimizer steps until the epoch or the budget ends; the epoch's training sums, reduced over ranks."""
+    sums = {"loss": 0.0, "correct": 0.0, "count": 0, "objective": 0.0, "ess": [], "tilts": [], "steps": 0}
+    if hasattr(run.train_loader.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
+        run.train_loader.sampler.set_epoch(run.epoch)
+    for inputs, targets in run.train_loader:
+        if run.done:
+            break
+        first = _train_step(run, inputs.to(run.device), torch.as_tensor(targets).to(run.device))
+        run.step += 1
+        if run.tilt_scheduler is not None:
+            run.tilt_scheduler.step()
+        last = run.optimizer.last_step
+        sums["loss"] += float(first["loss"]) * first["count"]
+        sums["correct"] += float(first["correct"])
+        sums["count"] += first["count"]
+        sums["objective"] += last.objective
+        sums["ess"].append(last.effective_sample_size)
+        if getattr(run.optimizer, "auto_tilt", False):  # tilt="auto" chooses t per step: log the epoch's mean
+            sums["tilts"].append(last.extra["tilt"])
+        sums["steps"] += 1
+        run.progress.update(1)
+        if run.step % 10 == 0 or run.done:
+            run.progress.set_postfix(epoch=run.epoch + 1, loss=f"{sums['loss'] / sums['count']:.3f}",
                                      acc=f"{sums['correct'] / sums['count']:.3f}")
-        train_seconds += time.perf_counter() - epoch_start
-        epoch += 1
-        # this rank's training sums -> the whole global batch's (identity in one process)
-        totals = world.reduce_mean(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
-        sums["loss"], sums["correct"], sums["count"] = float(totals[0]), float(totals[1]), float(totals[2])
+    # this rank's training sums -> the whole global batch's (identity in one process)
+    totals = run.world.reduce_mean(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
+    sums["loss"], sums["correct"], sums["count"] = float(totals[0]), float(totals[1]), float(totals[2])
+    return sums
 
-        # ---- evaluate, record, checkpoint
-        loss_at_theta, _ = evaluate(model, loss_subset, loss_fn, config.run.eval_batch_size, device, world)
-        val_loss, val_acc = evaluate(model, data.val, eval_loss_fn, config.run.eval_batch_size, device, world)
-        test_loss, test_acc = evaluate(model, data.test, eval_loss_fn, config.run.eval_batch_size, device, world)
-        wall_seconds += time.perf_counter() - epoch_start
-        row = {
-            "epoch": epoch, "step": step, "grad_evals": budget.evals_after(step),
-            "train_seconds": round(train_seconds, 4), "wall_seconds": round(wall_seconds, 4),
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": sums["loss"] / max(sums["count"], 1), "train_acc": sums["correct"] / max(sums["count"], 1),
-            "train_objective": sums["objective"] / max(sums["steps"], 1), "train_loss_at_theta": loss_at_theta,
-            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "tilt": _mean(sums["tilts"]) if sums["tilts"] else float(getattr(optimizer, "tilt", float("nan"))),
-            "effective_sample_size": _mean(sums["ess"]),
-        }
-        if not math.isfinite(row["train_loss"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            progress.close()  # the last step of the epoch left non-finite weights: nothing of it is saved
-            raise RunDiverged(f"run diverged in epoch {epoch}: the model's parameters are no longer finite "
-                              f"(training loss {row['train_loss']}); lower optimizer.lr (now "
-                              f"{config.optimizer.lr:g}); the last checkpoint is of epoch {epoch - 1}")
-        message = ess_message(row["effective_sample_size"], num_samples)
-        if message and ess_warning is None:  # once per run
-            ess_warning = row["ess_warning"] = f"epoch {epoch}: {message}"
-            if world.is_main:
-                warnings.warn(f"{config.display_label}: {ess_warning}", TiltDiagnosticWarning, stacklevel=2)
-        rows.append(row)
-        model_state, optimizer_state = world.training_state(run_dir, model, optimizer)  # sharded: a collective
-        if world.is_main:
-            save_checkpoint(run_dir / CHECKPOINT_NAME, {
-                "config": json.loads(json.dumps(_config_dict(config))), "model": model_state,
-                "optimizer": optimizer_state, "epoch": epoch, "step": step,
-                "tilt_scheduler": None if tilt_scheduler is None else tilt_scheduler.state_dict(),
-                "grad_evals": budget.evals_after(step), "train_seconds": train_seconds,
-                "wall_seconds": wall_seconds, "rng": _rng_states(loader_generator), "metrics": rows,
-                "finished": step >= budget.total_steps})
-            _write_metrics(run_dir / "metrics.csv", rows)
-            if on_epoch is not None:
-                on_epoch(row)
-        world.barrier()
-        if stop_after_epochs is not None and epoch >= stop_after_epochs and step < budget.total_steps:
-            progress.close()
-            raise RunInterrupted(f"stopped after epoch {epoch} (step {step} of {budget.total_steps}); "
-                                 f"resume with --resume")
-    progress.close()
 
+def _train_step(run: _Run, inputs: Tensor, targets: Tensor) -> dict[str, Any]:
+    """One ``optimizer.step(closure)``; returns the mini-batch loss/accuracy at the step's first point.
+    Raises :class:`RunDiverged` on a non-finite loss."""
+    from ..tilt import NonFiniteLossError
+
+    first: dict[str, Any] = {}
+
+    def closure(evaluation) -> Tensor:
+        # sub-batch ascent: the direction-only evaluations use a fraction of the batch
+        used_inputs, used_targets = evaluation.batch(inputs, targets)
+        outputs = run.net(used_inputs)
+        loss = run.loss_fn(outputs, used_targets)
+        loss.backward()
+        if not first:
+            first["loss"] = loss.detach()
+            first["correct"] = (outputs.detach().argmax(1) == used_targets).sum()
+            first["count"] = len(used_targets)
+        return loss
+
+    where = f"run diverged at step {run.step + 1} (epoch {run.epoch + 1})"
+    try:
+        run.replay.save()  # every evaluation of this step sees the same dropout masks (harness/dropout.py)
+        run.optimizer.step(run.replay.wrap(closure))
+    except NonFiniteLossError as exc:
+        raise RunDiverged(f"{where}: the optimizer met a non-finite loss ({' '.join(str(exc).split())}); "
+                          "lower optimizer.lr or check the data") from None
+    if not math.isfinite(float(first["loss"])):
+        raise RunDiverged(f"{where}: the training loss is {float(first['loss'])}; lower optimizer.lr (now "
+                          f"{run.config.optimizer.lr:g}) or check the data; "
+                          + (f"the last checkpoint is of epoch {run.epoch}" if run.epoch else "no checkpoint was written"))
+    return first
+
+
+# ---------------------------------------------------------------------- evaluate and record
+def _evaluate_epoch(run: _Run, sums: dict[str, Any], epoch_start: float) -> dict[str, Any]:
+    """The epoch's metrics row: training sums, loss at θ on the fixed subset, validation and test.
+    Raises :class:`RunDiverged` when the model's parameters are no longer finite."""
+    run.train_seconds += time.perf_counter() - epoch_start
+    run.epoch += 1
+    config, model = run.config, run.model
+    batch, device, world = config.run.eval_batch_size, run.device, run.world
+    loss_at_theta, _ = evaluate(model, run.loss_subset, run.loss_fn, batch, device, world)
+    val_loss, val_acc = evaluate(model, run.data.val, run.eval_loss_fn, batch, device, world)
+    test_loss, test_acc = evaluate(model, run.data.test, run.eval_loss_fn, batch, device, world)
+    run.wall_seconds += time.perf_counter() - epoch_start
+    count = max(sums["count"], 1)
+    row = {
+        "epoch": run.epoch, "step": run.step, "grad_evals": run.budget.evals_after(run.step),
+        "train_seconds": round(run.train_seconds, 4), "wall_seconds": round(run.wall_seconds, 4),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": sums["loss"] / count, "train_acc": sums["correct"] / count,
+        "train_objective": sums["objective"] / max(sums["steps"], 1), "train_loss_at_theta": loss_at_theta,
+        "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+        "tilt": finite_mean(sums["tilts"]) if sums["tilts"] else float(getattr(run.optimizer, "tilt", float("nan"))),
+        "effective_sample_size": finite_mean(sums["ess"]),
+    }
+    if not math.isfinite(row["train_loss"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        # the last step of the epoch left non-finite weights: nothing of it is saved
+        raise RunDiverged(f"run diverged in epoch {run.epoch}: the model's parameters are no longer finite "
+                          f"(training loss {row['train_loss']}); lower optimizer.lr (now "
+                          f"{config.optimizer.lr:g}); the last checkpoint is of epoch {run.epoch - 1}")
+    return row
+
+
+def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    """Warn once about a degenerate tilt, append the row to metrics.csv, then write the checkpoint
+    (in this order: a crash between the two leaves an extra row that resume drops)."""
+    from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
+
+    message = ess_message(row["effective_sample_size"], run.num_samples)
+    if message and run.ess_warning is None:  # once per run
+        run.ess_warning = f"epoch {run.epoch}: {message}"
+        if run.world.is_main:
+            warnings.warn(f"{run.config.display_label}: {run.ess_warning}", TiltDiagnosticWarning, stacklevel=3)
+    run.rows.append(row)
+    # every rank: a sharded world writes its shards here (a collective), rank 0 the rest
+    model_state, optimizer_state = run.world.training_state(run.run_dir, run.model, run.optimizer)
+    if not run.world.is_main:
+        return
+    write_metrics(run.run_dir, run.rows)
+    save_checkpoint(run.run_dir / CHECKPOINT_NAME, {
+        "config": json.loads(json.dumps(to_dict(run.config))), "model": model_state,
+        "optimizer": optimizer_state, "epoch": run.epoch, "step": run.step,
+        "tilt_scheduler": None if run.tilt_scheduler is None else run.tilt_scheduler.state_dict(),
+        "grad_evals": run.budget.evals_after(run.step), "train_seconds": run.train_seconds,
+        "wall_seconds": run.wall_seconds, "rng": _rng_states(run.loader_generator),
+        "ess_warning": run.ess_warning, "finished": run.done})
+    if on_epoch is not None:
+        on_epoch(row)
+
+
+def _finish_run(run: _Run) -> dict[str, Any]:
+    """The result dict, written to result.json by the main process."""
+    from .._version import __version__
+
+    config, budget = run.config, run.budget
+    ess = finite_mean([r["effective_sample_size"] for r in run.rows]) if run.num_samples else None
     result = {
         "format": RESULT_FORMAT, "package_version": __version__, "run_key": run_key(config),
         "label": config.display_label, "optimizer": config.optimizer.name, "seed": config.seed,
-        "epochs": epoch, "steps": step, "grad_evals": budget.evals_after(step),
+        "epochs": run.epoch, "steps": run.step, "grad_evals": budget.evals_after(run.step),
         "grad_evals_per_step": budget.grad_evals_per_step, "budget": budget.description,
-        "train_seconds": train_seconds, "wall_seconds": wall_seconds, "threads": threads.threads,
-        "mean_effective_sample_size": _mean([r["effective_sample_size"] for r in rows]) if num_samples else None,
-        "ess_warning": ess_warning,
-        **summarize(rows),
+        "train_seconds": run.train_seconds, "wall_seconds": run.wall_seconds, "threads": run.threads.threads,
+        "mean_effective_sample_size": ess if ess is not None and math.isfinite(ess) else None,  # JSON holds no NaN
+        "ess_warning": run.ess_warning, "accuracy_unit": ACCURACY_UNIT,
+        **summarize(run.rows),
     }
-    if result["mean_effective_sample_size"] is not None and not math.isfinite(result["mean_effective_sample_size"]):
-        result["mean_effective_sample_size"] = None  # JSON holds no NaN
-    if world.is_main:
-        atomic_write_text(run_dir / "result.json", _json.dumps(result, indent=2) + "\n")
+    if run.world.is_main:
+        write_result(run.run_dir, result)
     return result
-
-
-def _config_dict(config: RunConfig) -> dict[str, Any]:
-    from .config import to_dict
-
-    return to_dict(config)

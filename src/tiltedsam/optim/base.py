@@ -1,24 +1,28 @@
-"""The shell every perturbation-based optimizer (SAM, TSAM, the baselines) is built on.
+"""The driver every perturbation-based optimizer (ERM, SAM, TSAM, the baselines) is built on.
 
 A perturbation optimizer wraps a *base* optimizer (SGD, Adam, ...) and shares its ``param_groups``,
-so LR schedulers and ``zero_grad`` behave as usual. One step is a small program that moves the
-parameters to a few points, asks for the loss and gradient at each, combines the gradients, restores
-the parameters bit-exactly from a snapshot and lets the base optimizer step.
+so LR schedulers and ``zero_grad`` behave as usual. One step, for every optimizer, is run here by
+:meth:`PerturbationOptimizer.manual_step`:
 
-That program is written once per optimizer as a generator, :meth:`PerturbationOptimizer._algorithm`,
-which ``yield``s a label whenever it needs an evaluation at the current parameters and receives the
-loss back. Two drivers run it:
+1. snapshot the trainable parameters ``theta`` (one copy; skipped by optimizers that never move them);
+2. run the optimizer's step program, :meth:`~PerturbationOptimizer._program`: a generator that moves the
+   parameters and ``yield``s a :class:`Request` (where it is and how much of the batch to use) whenever
+   it needs the loss and gradient there; the driver clears ``.grad``, hands an :class:`Evaluation` to the
+   caller (``step``'s closure or the user's own loop), and sends the loss back;
+3. restore ``theta`` bit-exactly from the snapshot (``try/finally``: also when a loss is non-finite or the
+   caller leaves the loop early), write the combined gradient the program returned to ``.grad``, record
+   the step's :class:`StepDiagnostics` in :attr:`~PerturbationOptimizer.last_step` and let the base
+   optimizer step.
 
-* :meth:`step` (``closure``): calls the closure at each point — the usual PyTorch API;
-* :meth:`manual_step`: hands each evaluation to the caller's own loop (mixed precision with a
-  ``GradScaler``, gradient accumulation, Lightning manual optimisation).
-
-Both drive the same generator, so they give the same update by construction.
+:meth:`~PerturbationOptimizer.step` (``closure``) and :meth:`~PerturbationOptimizer.manual_step` (mixed
+precision with a ``GradScaler``, gradient accumulation, Lightning manual optimisation) are the same
+driver, so they give the same update by construction.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import inspect
 import math
@@ -31,13 +35,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..tilt import NonFiniteLossError
+from ..functional import _is_number, check_hyperparameter, restore, snapshot
 from .distributed import DistributedSync, resolve_distributed, scalar_loss_value
-from . import sharded
-from .functional import global_norm
 
-__all__ = ["PerturbationOptimizer", "Evaluation", "StepDiagnostics", "frozen_batchnorm_stats", "check_hyperparameter",
-           "check_param_group", "NONFINITE_POLICIES", "BASE_OPTIMIZERS",
-           "resolve_base_optimizer", "closure_takes_evaluation"]
+__all__ = ["PerturbationOptimizer", "Evaluation", "Request", "Point", "StepDiagnostics", "frozen_batchnorm_stats",
+           "check_param_group", "NONFINITE_POLICIES", "BASE_OPTIMIZERS", "resolve_base_optimizer",
+           "closure_takes_evaluation"]
 
 #: What an optimizer does when a loss it needs is NaN or infinite (see ``PerturbationOptimizer``).
 NONFINITE_POLICIES = ("raise", "ignore")
@@ -52,16 +55,56 @@ BASE_OPTIMIZERS: dict[str, type[Optimizer]] = {
 
 
 def resolve_base_optimizer(base: Any) -> type[Optimizer] | Callable[..., Optimizer]:
-    """A base optimizer given by name (case-insensitive key of :data:`BASE_OPTIMIZERS`) -> its class;
-    a class (or factory) is returned unchanged and checked by the optimizer's constructor."""
+    """The one resolution of a base optimizer: a name (case-insensitive key of :data:`BASE_OPTIMIZERS`) -> its
+    class; an Optimizer class, or a factory ``f(param_groups, **kwargs)``, is returned unchanged; anything else
+    (an optimizer *instance*, a class that is not an optimizer, a number) raises ``TypeError``."""
     if isinstance(base, str):
         if base.lower() not in BASE_OPTIMIZERS:
             raise ValueError(f"unknown base optimizer {base!r}; known names: {sorted(BASE_OPTIMIZERS)} "
                              "(or pass a torch.optim.Optimizer class)")
         return BASE_OPTIMIZERS[base.lower()]
+    if isinstance(base, Optimizer):  # checked first: an instance is not callable either
+        raise TypeError("base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword "
+                        f"arguments, not an instance: got {type(base).__name__} instance")
+    if not callable(base) or (isinstance(base, type) and not issubclass(base, Optimizer)):
+        raise TypeError(f"base optimizer must be a name {sorted(BASE_OPTIMIZERS)} or a torch.optim.Optimizer class "
+                        f"(or a factory of one), got {base!r}")
     return base
 
 _STATE_FORMAT = "tiltedsam.optimizer/1"
+
+
+class Point(enum.Enum):
+    """Where an evaluation is."""
+
+    CLEAN = "clean"  # at theta itself
+    NOISE = "noise"  # at a random point theta + delta (its gradient chooses an ascent direction)
+    PERTURBED = "perturbed"  # at a perturbed point whose loss and gradient the update uses
+
+
+@dataclass(frozen=True)
+class Request:
+    """One loss/gradient evaluation a step program asks for.
+
+    ``batch_fraction``: the fraction of the mini-batch to use (``< 1`` for sub-batch ascent);
+    ``ascent_only``: its gradient only chooses the perturbation, never enters the update, so under
+    ``DistributedSync(local_ascent=True)`` it runs in ``model.no_sync()`` (m-sharpness);
+    ``name``: a more specific label than the point's (``"step_size_1"``, ``"hmc_start"``).
+    """
+
+    point: Point
+    batch_fraction: float = 1.0
+    ascent_only: bool = False
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A name for logs and error messages: ``name``, else the point's (``"clean"``, ``"noise"``, ``"perturbed"``)."""
+        return self.name or self.point.value
+
+
+CLEAN = Request(Point.CLEAN)
+PERTURBED = Request(Point.PERTURBED)
 
 
 @dataclass
@@ -72,15 +115,17 @@ class Evaluation:
     are cleared. Compute the loss, call ``backward()`` (scaled, accumulated over micro-batches, as
     you like), then :meth:`record` the (unscaled) loss value.
 
-    ``batch_fraction`` is the fraction of the mini-batch this evaluation should use (``< 1`` for the
-    direction-only evaluations of sub-batch ascent, ``ascent_fraction``); :meth:`batch` slices it.
-    A ``step(closure)`` closure that takes one argument receives this object.
+    ``request`` says what is evaluated (:class:`Request`); ``label`` and ``batch_fraction`` are its
+    (``batch_fraction < 1`` for the direction-only evaluations of sub-batch ascent, ``ascent_fraction``);
+    :meth:`batch` slices the batch. A ``step(closure)`` closure that takes one argument receives this object.
     """
 
     index: int
-    label: str
+    request: Request
     loss: Tensor | float | None = None
-    batch_fraction: float = 1.0
+
+    label = property(lambda self: self.request.label)
+    batch_fraction = property(lambda self: self.request.batch_fraction)
 
     def record(self, loss: Tensor | float) -> None:
         """Hand the loss at this point back to the optimizer (its value is used for tilting/logging)."""
@@ -96,7 +141,8 @@ class Evaluation:
         if len(sizes) != 1:
             raise ValueError(f"Evaluation.batch: the tensors hold different numbers of examples {sorted(sizes)}")
         size = sizes.pop()
-        keep = size if self.batch_fraction >= 1 else max(1, math.ceil(self.batch_fraction * size - 1e-9))
+        fraction = self.batch_fraction
+        keep = size if fraction >= 1 else max(1, math.ceil(fraction * size - 1e-9))
         sliced = tuple(t if keep == size else t[:keep] for t in tensors)
         return sliced[0] if len(sliced) == 1 else sliced
 
@@ -110,6 +156,7 @@ class StepDiagnostics:
     weights: list[float] = field(default_factory=list)  # their weights in the combined gradient
     effective_sample_size: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)  # optimizer-specific (noise losses, acceptance, ...)
+    tilt: float | None = None  # TSAM: the t this step used (with tilt="auto": the one the rule chose)
 
     @classmethod
     def single_point(cls, loss: float, **extra: Any) -> "StepDiagnostics":
@@ -155,46 +202,6 @@ def closure_takes_evaluation(closure: Callable[..., Any]) -> bool:
     return first is not None and (first.default is inspect.Parameter.empty or first.name == "evaluation")
 
 
-def _is_number(value: Any) -> bool:
-    if isinstance(value, Tensor):
-        return value.numel() == 1 and value.dtype != torch.bool
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_hyperparameter(
-    name: str,
-    value: Any,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_inclusive: bool = True,
-    high_inclusive: bool = True,
-    allow_inf: bool = False,
-) -> float:
-    """The one check of a numeric hyper-parameter (optimizers, samplers' callers, base optimizers).
-
-    Returns ``value`` as a float after checking that it is a real number (``bool`` is not; a one-element
-    tensor is, as torch accepts tensor learning rates), not NaN, finite unless ``allow_inf``, and in the
-    range ``[low, high]`` (open ends with ``low_inclusive`` / ``high_inclusive`` set to False). A bad
-    type raises ``TypeError``, a bad value ``ValueError``; both messages name the parameter and value.
-    """
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    number = float(value)
-    above = number >= low if low_inclusive else number > low
-    below = number <= high if high_inclusive else number < high
-    if math.isnan(number) or (math.isinf(number) and not allow_inf) or not (above and below):
-        bounds = []
-        if low > -math.inf:
-            bounds.append(f"{'>=' if low_inclusive else '>'} {low:g}")
-        if high < math.inf:
-            bounds.append(f"{'<=' if high_inclusive else '<'} {high:g}")
-        kind = "a number (inf allowed)" if allow_inf else "a finite number"
-        allowed = kind + (" " + " and ".join(bounds) if bounds else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return number
-
-
 #: Ranges of the base optimizers' numeric settings (torch.optim's own, plus finiteness, which torch
 #: does not check: ``SGD(lr=nan)`` and ``momentum=nan`` are accepted there and give NaN parameters).
 #: A numeric setting not listed here must still be finite; tuples (``betas``) are checked per entry.
@@ -220,34 +227,23 @@ def check_param_group(group: dict[str, Any], where: str = "", ranges: dict[str, 
     """
     ranges = BASE_SETTING_RANGES if ranges is None else ranges
     for key, value in group.items():
-        if key == "params" or value is None or isinstance(value, (bool, str)):
+        known = key in ranges  # a setting that must be numeric: a string or flag there is named, not passed on
+        if key == "params" or value is None or (not known and isinstance(value, (bool, str))):
             continue
         limits = ranges.get(key, {})
         if isinstance(value, (tuple, list)):
-            if value and all(_is_number(v) for v in value):
+            if value and (known or all(_is_number(v) for v in value)):
                 for i, entry in enumerate(value):
                     check_hyperparameter(f"{key}[{i}]{where}", entry, **limits)
-        elif _is_number(value):
+        elif known or _is_number(value):
             check_hyperparameter(f"{key}{where}", value, **limits)
-
-
-def _check_base_optimizer(base_optimizer: Any) -> None:
-    if isinstance(base_optimizer, Optimizer):  # checked first: an instance is not callable either
-        raise TypeError(
-            "base_optimizer must be an optimizer *class* (e.g. torch.optim.SGD) plus its keyword arguments, "
-            f"not an instance: got {type(base_optimizer).__name__} instance"
-        )
-    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)) and not callable(base_optimizer):
-        raise TypeError(
-            f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}"
-        )
 
 
 class PerturbationOptimizer(Optimizer):
     """Base class: a wrapped base optimizer plus a per-step perturbation program.
 
     Subclasses set ``hyperparameters`` (a dict of their own settings, saved in ``state_dict``),
-    implement :meth:`_algorithm` and :attr:`grad_evals_per_step`.
+    implement :meth:`_program` (the step) and :meth:`evaluations_for` (its cost).
 
     Args:
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
@@ -292,7 +288,7 @@ class PerturbationOptimizer(Optimizer):
         **base_kwargs: Any,
     ) -> None:
         base_optimizer = resolve_base_optimizer(base_optimizer)
-        _check_base_optimizer(base_optimizer)
+        self._check_base_keywords(base_optimizer, base_kwargs)
         if nonfinite not in self.nonfinite_policies:
             reason = ("" if nonfinite not in NONFINITE_POLICIES else
                       f": {type(self).__name__} updates from points it cannot drop, so there is nothing to ignore")
@@ -321,16 +317,49 @@ class PerturbationOptimizer(Optimizer):
         self._pending_generator_state: dict[str, Any] | None = None
         # DDP: subclasses forward **base_kwargs to this __init__, so `distributed=` reaches here for all.
         self.distributed = resolve_distributed(distributed)
-        if self.distributed.local_ascent and (model is None or not self.ascent_labels):
+        if self.distributed.local_ascent and (model is None or not self.has_ascent_only_evaluations):
             raise ValueError(
-                "DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module) and an "
-                f"optimizer with ascent evaluations; got model={type(model).__name__}, "
-                f"ascent_labels={sorted(self.ascent_labels)} for {type(self).__name__}"
+                "DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module) and an optimizer "
+                f"with ascent evaluations (Request.ascent_only); got model={type(model).__name__} for "
+                f"{type(self).__name__}{'' if self.has_ascent_only_evaluations else ', which has none'}"
             )
         self.last_step = StepDiagnostics()
         self.step_count = 0
-        self._evaluation_label: str | None = None  # the evaluation in progress, for error messages
+        self._evaluation: Evaluation | None = None  # the evaluation in progress, for error messages
 
+    def _check_base_keywords(self, base_optimizer: Any, base_kwargs: dict[str, Any]) -> None:
+        """A keyword neither this optimizer nor its base optimizer takes (a typo such as ``tilte=3``) is named
+        here, with both lists of settings, rather than left to the base optimizer's ``__init__``."""
+        try:
+            signature = inspect.signature(base_optimizer)
+        except (TypeError, ValueError):  # a factory without a signature: its own error will tell
+            return
+        parameters = signature.parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
+        accepted = {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                              inspect.Parameter.KEYWORD_ONLY)} - {"self", "params"}
+        unknown = sorted(set(base_kwargs) - accepted)
+        if unknown:
+            own, name = sorted({*self.setting_defaults(), "model", "seed", "distributed", "nonfinite"}), getattr(
+                base_optimizer, "__name__", type(base_optimizer).__name__)
+            raise TypeError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {type(self).__name__} on base "
+                            f"optimizer {name}; {type(self).__name__} takes {', '.join(own)}; {name} takes "
+                            f"{', '.join(sorted(accepted))}")
+
+    @classmethod
+    def setting_defaults(cls) -> dict[str, Any]:
+        """The optimizer's own settings and their defaults, read from its constructor's keyword-only
+        arguments (``model``, ``seed`` and the other plumbing excluded): the one home of the defaults."""
+        plumbing = {"model", "seed", "distributed", "nonfinite", "sampler_options", "parallel_samples"}
+        return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in plumbing}
+
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int | float:
+        """Gradient evaluations one step of this optimizer with ``settings`` (its own, defaults filled in)
+        costs, without building it: what budgets and the registry use (see :attr:`grad_evals_per_step`)."""
+        raise NotImplementedError
     # ------------------------------------------------------------------ plumbing
     def _link_base(self) -> None:
         self.param_groups = self.base_optimizer.param_groups
@@ -353,16 +382,18 @@ class PerturbationOptimizer(Optimizer):
         """Check one param group's numeric settings (extended by optimizers with per-group settings)."""
         check_param_group(group, f" (param group {index})")
 
-    #: Labels of the evaluations whose gradient only chooses the perturbation (not the update);
-    #: under ``DistributedSync(local_ascent=True)`` they run in ``model.no_sync()`` (m-sharpness).
-    ascent_labels: frozenset[str] = frozenset()
+    #: Whether some evaluations only choose the perturbation (``Request.ascent_only``); under
+    #: ``DistributedSync(local_ascent=True)`` they run in ``model.no_sync()`` (m-sharpness).
+    has_ascent_only_evaluations: bool = False
+    #: Whether the step program moves the parameters (so the driver snapshots and restores them).
+    moves_parameters: bool = True
 
     @property
     def grad_evals_per_step(self) -> int | float:
         """Gradient evaluations one :meth:`step` costs, in full-batch equivalents (closure calls weighted by
         their :attr:`Evaluation.batch_fraction`), averaged over steps. Budgets use it; it may be fractional
         for TSAM's cheap variants (sub-batch or lazy ascent)."""
-        raise NotImplementedError
+        return self.evaluations_for(**self.hyperparameters)
 
     @property
     def evaluations_next_step(self) -> int | float:
@@ -370,12 +401,18 @@ class PerturbationOptimizer(Optimizer):
         varies from step to step (lazy ascent)."""
         return self.grad_evals_per_step
 
-    def batch_fraction(self, label: str) -> float:
-        """Fraction of the mini-batch the evaluation ``label`` should use (1 unless sub-batch ascent)."""
-        return 1.0
-
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _trainable(self) -> list[Tensor]:
+        """The parameters a step moves and updates; an optimizer over frozen parameters only is an error."""
+        params = self._params()
+        if not params:
+            count = sum(len(group["params"]) for group in self.param_groups)
+            raise ValueError(f"{type(self).__name__}.step: none of its {count} parameters requires a gradient "
+                             "(requires_grad=False everywhere), so there is nothing to optimize; unfreeze some "
+                             "parameters or give the optimizer the trainable ones")
+        return params
 
     @property
     def generator(self) -> torch.Generator:
@@ -463,17 +500,7 @@ class PerturbationOptimizer(Optimizer):
     def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
         pass
 
-    # ------------------------------------------------------------------ helpers for subclasses
-    def _snapshot(self) -> tuple[list[Tensor], list[Tensor]]:
-        params = self._params()
-        return params, sharded.snapshot(params)  # [sharded] local shards of DTensor parameters
-
-    @staticmethod
-    @torch.no_grad()
-    def _restore(params: list[Tensor], snapshot: list[Tensor]) -> None:
-        """Copy the snapshot back: bit-exact, unlike subtracting the perturbation again."""
-        sharded.restore(params, snapshot)  # [sharded] on local shards (no DTensor rule for _foreach_copy_)
-
+    # ------------------------------------------------------------------ helpers for the step programs
     @staticmethod
     def _grads(params: list[Tensor]) -> list[Tensor | None]:
         return [p.grad for p in params]
@@ -513,7 +540,7 @@ class PerturbationOptimizer(Optimizer):
         return value
 
     def _describe_evaluation(self) -> str:
-        return f"evaluation {self._evaluation_label!r}"
+        return f"evaluation {self._evaluation.label if self._evaluation else None!r}"
 
     def _raise_nonfinite(self, value: float) -> None:
         raise NonFiniteLossError(
@@ -523,13 +550,16 @@ class PerturbationOptimizer(Optimizer):
             "check the data, or clip gradients"
         )
 
-    # ------------------------------------------------------------------ the algorithm and its drivers
-    def _algorithm(self) -> Generator[str, Tensor | float, float]:
-        """Yield a label for each evaluation needed at the current parameters; receive its loss.
+    # ------------------------------------------------------------------ the step program and its driver
+    def _program(self, params: list[Tensor],
+                 origin: list[Tensor] | None) -> Generator[Request, Any, tuple[list[Tensor | None] | None, StepDiagnostics]]:
+        """One step of the optimizer: move ``params`` (``origin`` is the snapshot of theta, ``None`` when
+        :attr:`moves_parameters` is False), ``yield`` a :class:`Request` for each evaluation at the current
+        parameters and receive its loss (the gradient is then in ``.grad``).
 
-        Must leave the parameters restored and the combined gradient in ``.grad``; returns the
-        objective estimate. Must restore the parameters if closed early (``try/finally``).
-        """
+        Returns the combined gradient to write to ``.grad`` (``None``: keep the last evaluation's) and the
+        step's diagnostics. The driver restores theta afterwards, so a program need not (but may, between
+        evaluations, with :func:`tiltedsam.functional.restore`)."""
         raise NotImplementedError
 
     def manual_step(self, apply: bool = True) -> Iterator[Evaluation]:
@@ -546,46 +576,50 @@ class PerturbationOptimizer(Optimizer):
         ``scaler.step(optimizer.base_optimizer); scaler.update()`` for mixed precision.
         Leaving the loop early restores the parameters and skips the base step.
         """
-        program = self._algorithm()
+        params = self._trainable()
+        origin = snapshot(params) if self.moves_parameters else None
+        program = self._program(params, origin)
+        index = 0
         try:
-            label = next(program)
-            index = 0
+            request = next(program)
             while True:
                 self.zero_grad(set_to_none=True)
-                evaluation = Evaluation(index=index, label=label, batch_fraction=self.batch_fraction(label))
-                self._evaluation_label = label
-                context = frozen_batchnorm_stats(self.model) if index > 0 else contextlib.nullcontext()
-                # m-sharpness under DDP: ascent evaluations skip the gradient all-reduce (no-op otherwise)
-                local = self.distributed.evaluation_context(self.model, label in self.ascent_labels)
-                with context, local:
+                evaluation = self._evaluation = Evaluation(index, request)
+                # BatchNorm statistics move in the first evaluation only; m-sharpness under DDP: an
+                # ascent-only evaluation skips the gradient all-reduce (both no-ops when not asked for)
+                frozen = frozen_batchnorm_stats(self.model) if index > 0 else contextlib.nullcontext()
+                with frozen, self.distributed.evaluation_context(self.model, request.ascent_only):
                     yield evaluation
                 if evaluation.loss is None:
                     raise RuntimeError(
-                        f"evaluation {index} ({label!r}) ended without evaluation.record(loss): the optimizer "
-                        "needs the loss value at every point"
+                        f"evaluation {index} ({request.label!r}) ended without evaluation.record(loss): the "
+                        "optimizer needs the loss value at every point"
                     )
-                self._check_some_gradient(index, label)
-                try:
-                    label = program.send(evaluation.loss)
-                except StopIteration as done:
-                    objective = done.value
-                    break
+                self._check_some_gradient(params, evaluation)
+                request = program.send(evaluation.loss)
                 index += 1
+        except StopIteration as done:
+            grads, diagnostics = done.value
         finally:
-            program.close()  # restores the parameters if the program did not finish
+            program.close()
+            self._evaluation = None  # holds the last loss (and its graph): not kept past the step
+            if origin is not None:
+                restore(params, origin)  # bit-exact, also when a loss failed or the loop was left early
+        if grads is not None:
+            self._write_grads(params, grads)
         self.step_count += 1
-        self.last_step.objective = objective
+        self.last_step = diagnostics
         if apply:
             self.base_step()
 
-    def _check_some_gradient(self, index: int, label: str) -> None:
+    def _check_some_gradient(self, params: list[Tensor], evaluation: Evaluation) -> None:
         """After an evaluation at least one parameter must have a gradient: a closure that forgets
         ``loss.backward()`` would otherwise make every optimizer silently skip its update."""
-        params = self._params()
-        if params and all(p.grad is None for p in params):
+        if all(p.grad is None for p in params):
             raise RuntimeError(
-                f"{type(self).__name__}: evaluation {index} ({label!r}) left every parameter's .grad None; the "
-                "closure (or the body of manual_step) must call loss.backward() before returning the loss"
+                f"{type(self).__name__}: evaluation {evaluation.index} ({evaluation.label!r}) left every parameter's "
+                ".grad None; the closure (or the body of manual_step) must call loss.backward() before returning "
+                "the loss"
             )
 
     @torch.no_grad()
@@ -626,12 +660,6 @@ class PerturbationOptimizer(Optimizer):
                             "define closure(evaluation) and slice with evaluation.batch(x, y)", stacklevel=3)
                     evaluation.record(closure())
         return torch.tensor(self.last_step.objective)
-
-    # ------------------------------------------------------------------ shared math
-    @staticmethod
-    def _grad_norm(grads: list[Tensor | None]) -> Tensor:
-        """Global L2 norm over all parameters (one number for the whole model, as in SAM)."""
-        return global_norm(grads)
 
     @staticmethod
     def _check_nonnegative(name: str, value: Any, allow_inf: bool = False) -> float:

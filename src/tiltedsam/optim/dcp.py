@@ -22,7 +22,7 @@ entry                              content                                     h
 =================================  ==========================================  ==========================
 
 The noise generator's state is the same on every rank (sharded runs draw every parameter's noise at
-full size, see :mod:`tiltedsam.optim.sharded`), so it is replicated state and the blob is enough.
+full size, see :mod:`tiltedsam.sharded`), so it is replicated state and the blob is enough.
 Parameter names drop the ``module.`` prefix of DDP and the ``_orig_mod.`` prefix of ``torch.compile``,
 so a checkpoint written under DDP loads under FSDP2 and the other way round.
 

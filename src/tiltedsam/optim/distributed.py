@@ -22,7 +22,7 @@ communicated: they stay rank-local diagnostics and cost no collective.
 
 **m-sharpness** (``DistributedSync(local_ascent=True)``): the evaluations whose gradient only
 chooses the perturbation (SAM's evaluation at ``theta``, the noise-point evaluation of TSAM's ascent
-sampler; the optimizer lists their labels in ``ascent_labels``) run inside ``model.no_sync()``, so
+sampler; their requests are marked ``ascent_only``) run inside ``model.no_sync()``, so
 each rank ascends along its *own* shard's gradient, as in SAM's m-sharpness (Foret et al. 2021,
 Sec. 4.1 with ``m`` = the per-rank batch). The descent gradient is still averaged, the weights are
 still computed from averaged losses, so the ranks stay identical. It needs ``model=`` the DDP module.

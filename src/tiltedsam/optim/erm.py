@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .base import PerturbationOptimizer, StepDiagnostics
+from .base import CLEAN, PerturbationOptimizer, StepDiagnostics
 
 __all__ = ["ERM"]
 
@@ -35,11 +35,12 @@ class ERM(PerturbationOptimizer):
     ) -> None:
         super().__init__(params, base_optimizer, {}, model=model, seed=seed, **base_kwargs)
 
-    @property
-    def grad_evals_per_step(self) -> int:
+    moves_parameters = False  # evaluated at theta only: no snapshot to take
+
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int:
         return 1
 
-    def _algorithm(self) -> Generator[str, Any, float]:
-        loss = self._loss_value((yield "clean"))
-        self.last_step = StepDiagnostics.single_point(loss)
-        return loss
+    def _program(self, params, origin) -> Generator[Any, Any, tuple[None, StepDiagnostics]]:
+        loss = self._loss_value((yield CLEAN))
+        return None, StepDiagnostics.single_point(loss)

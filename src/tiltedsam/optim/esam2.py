@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..tilt import NonFiniteLossError
-from .base import PerturbationOptimizer, StepDiagnostics, check_hyperparameter
-from .functional import ascent_step
+from ..functional import ascent_step, check_hyperparameter, restore
+from .base import CLEAN, Point, PerturbationOptimizer, Request, StepDiagnostics
 
 __all__ = ["ESAM2"]
 
@@ -72,40 +72,36 @@ class ESAM2(PerturbationOptimizer):
     def step_sizes(self) -> list[float]:
         return [self.rho * m for m in self.hyperparameters["multipliers"]]
 
-    @property
-    def grad_evals_per_step(self) -> int:
-        return 1 + len(self.hyperparameters["multipliers"])
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int:
+        multipliers = settings.get("multipliers", cls.setting_defaults()["multipliers"])
+        return 1 + (len(multipliers) if isinstance(multipliers, Sequence) else 0)
 
-    def _algorithm(self) -> Generator[str, Any, float]:
-        params, origin = self._snapshot()
+    def _program(self, params, origin) -> Generator[Request, Any, tuple[list[Tensor | None], StepDiagnostics]]:
         losses: list[float] = []
         best: int | None = None
         best_grads: list[Tensor | None] = []
-        try:
-            clean_loss = self._loss_value((yield "clean"))
-            clean_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
-            for k, radius in enumerate(self.step_sizes):
-                if k > 0:
-                    self._restore(params, origin)
-                ascent_step(params, clean_grads, radius)  # same arithmetic as SAM's ascent
-                loss = self._loss_value((yield f"step_size_{k}"), check=self.nonfinite == "raise")
-                losses.append(loss)
-                if math.isfinite(loss) and (best is None or loss > losses[best]):
-                    best = k
-                    best_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
-        finally:
-            self._restore(params, origin)
+        clean_loss = self._loss_value((yield CLEAN))
+        clean_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
+        for k, radius in enumerate(self.step_sizes):
+            if k > 0:
+                restore(params, origin)
+            ascent_step(params, clean_grads, radius)  # same arithmetic as SAM's ascent
+            loss = self._loss_value((yield Request(Point.PERTURBED, name=f"step_size_{k}")),
+                                    check=self.nonfinite == "raise")
+            losses.append(loss)
+            if math.isfinite(loss) and (best is None or loss > losses[best]):
+                best = k
+                best_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
         if best is None:
             raise NonFiniteLossError(
                 f"ESAM2: every step size gave a non-finite loss ({losses}); no step was taken and the parameters "
                 "keep their values from before this step"
             )
-        self._write_grads(params, best_grads)
-        self.last_step = StepDiagnostics(
+        return best_grads, StepDiagnostics(
             objective=losses[best],
             losses=losses,
             weights=[1.0 if k == best else 0.0 for k in range(len(losses))],
             effective_sample_size=1.0,
             extra={"clean_loss": clean_loss, "chosen_index": best, "chosen_step_size": self.step_sizes[best]},
         )
-        return losses[best]

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .base import PerturbationOptimizer, StepDiagnostics
-from .functional import NORM_EPS, ascent_step, global_norm
+from ..functional import NORM_EPS, ascent_step, check_hyperparameter, global_norm
+from .base import CLEAN, PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
 
 __all__ = ["PGN"]
 
@@ -54,8 +54,7 @@ class PGN(PerturbationOptimizer):
     ) -> None:
         rho = self._check_nonnegative("rho", rho)
         alpha = self._check_nonnegative("alpha", alpha)
-        if not isinstance(normalize_clean, bool):
-            raise ValueError(f"normalize_clean must be True or False, got {normalize_clean!r}")
+        check_hyperparameter("normalize_clean", normalize_clean, choices=(True, False))
         hyper = {"rho": rho, "alpha": alpha, "normalize_clean": normalize_clean}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
@@ -67,20 +66,16 @@ class PGN(PerturbationOptimizer):
     def alpha(self) -> float:
         return self.hyperparameters["alpha"]
 
-    @property
-    def grad_evals_per_step(self) -> int:
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int:
         return 2
 
-    def _algorithm(self) -> Generator[str, Any, float]:
-        params, origin = self._snapshot()
-        try:
-            clean_loss = self._loss_value((yield "clean"))
-            clean_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
-            clean_norm = float(global_norm(clean_grads))
-            ascent_step(params, clean_grads, self.rho)
-            perturbed_loss = self._loss_value((yield "perturbed"))
-        finally:
-            self._restore(params, origin)
+    def _program(self, params, origin) -> Generator[Request, Any, tuple[list[Tensor | None], StepDiagnostics]]:
+        clean_loss = self._loss_value((yield CLEAN))
+        clean_grads = [None if g is None else g.detach().clone() for g in self._grads(params)]
+        clean_norm = float(global_norm(clean_grads))
+        ascent_step(params, clean_grads, self.rho)
+        perturbed_loss = self._loss_value((yield PERTURBED))
         alpha = self.alpha
         clean_weight = 1.0 - alpha
         if self.hyperparameters["normalize_clean"]:
@@ -96,13 +91,11 @@ class PGN(PerturbationOptimizer):
                     combined.append(g2.mul(alpha))
                 else:  # (1 - alpha) g1 + alpha g2: exactly g1 at alpha = 0 and g2 at alpha = 1
                     combined.append(g1.mul_(clean_weight).add_(g2, alpha=alpha))
-        self._write_grads(params, combined)
         objective = clean_loss + alpha * self.rho * clean_norm
-        self.last_step = StepDiagnostics(
+        return combined, StepDiagnostics(
             objective=objective,
             losses=[clean_loss, perturbed_loss],
             weights=[1.0 - alpha, alpha],
             effective_sample_size=float("nan"),
             extra={"clean_loss": clean_loss, "perturbed_loss": perturbed_loss, "clean_grad_norm": clean_norm},
         )
-        return objective

@@ -1,57 +1,53 @@
 """One registry and factory for every optimizer: ``create_optimizer(name, params, **kwargs)``.
 
-Every entry declares its gradient evaluations per step, so budgets can be matched across
-optimizers: :func:`equal_compute_steps` gives the number of steps an optimizer (e.g. ``"esam1"``,
+An entry is an optimizer class plus the settings it fixes; each class declares its own defaults (its
+constructor's keyword arguments) and its gradient evaluations per step (``evaluations_for``), so budgets
+can be matched across optimizers, here and only here: :func:`equal_compute_steps` gives the number of steps an optimizer (e.g. ``"esam1"``,
 plain SAM) must run to spend what a reference (TSAM) spends in a given number of steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch.optim import Optimizer
 
-from ..samplers.base import evaluation_count
-from .base import BASE_OPTIMIZERS, PerturbationOptimizer
-from .base import resolve_base_optimizer as _resolve_base
+from .base import BASE_OPTIMIZERS, PerturbationOptimizer, resolve_base_optimizer
 from .erm import ERM
 from .esam2 import ESAM2
 from .pgn import PGN
 from .rsam import RSAM
 from .sam import SAM
-from .tsam import ASCENT_SETTINGS, TSAM, build_sampler
+from .samplers.base import evaluation_count
+from .tsam import TSAM
 
 __all__ = ["OptimizerSpec", "REGISTRY", "register", "create_optimizer", "list_optimizers", "grad_evals_per_step",
            "BASE_OPTIMIZERS", "resolve_base_optimizer", "ALIASES", "equal_compute_steps", "budget_multiplier"]
 
-def resolve_base_optimizer(base: str | type[Optimizer]) -> type[Optimizer]:
-    """A base optimizer name or class -> its class (the names of :data:`BASE_OPTIMIZERS`, shared with the
-    optimizers' own constructors through :func:`tiltedsam.optim.base.resolve_base_optimizer`)."""
-    resolved = _resolve_base(base)
-    if isinstance(resolved, type) and issubclass(resolved, Optimizer):
-        return resolved
-    raise TypeError(f"base optimizer must be a name {sorted(BASE_OPTIMIZERS)} or an Optimizer class, got {base!r}")
-
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A registry entry."""
+    """A registry entry: an optimizer class with some of its settings fixed (``settings``, e.g. TSAM with
+    ``sampler="hmc"``). Its defaults and its gradient evaluations per step are the class's own
+    (:meth:`~tiltedsam.optim.base.PerturbationOptimizer.setting_defaults`, ``evaluations_for``)."""
 
     name: str
     cls: type[PerturbationOptimizer]
     description: str
-    defaults: dict[str, Any] = field(default_factory=dict)  # the optimizer's own settings by default
-    #: gradient evaluations per step (full-batch equivalents, averaged over steps; may be fractional)
-    #: as a function of the (merged) settings
-    grad_evals: Callable[[dict[str, Any]], int | float] = lambda settings: 1
+    settings: dict[str, Any] = field(default_factory=dict)  # what this entry sets differently from the class
     #: name of the optimizer whose compute budget this entry is meant to be given (ESAM1: "tsam")
     budget_reference: str | None = None
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every own setting of the optimizer with the value this entry uses by default."""
+        return {**self.cls.setting_defaults(), **self.settings}
+
     def evals_for(self, **settings: Any) -> int | float:
-        return evaluation_count(self.grad_evals({**self.defaults, **settings}))
+        """Gradient evaluations per step with ``settings`` on top of this entry's (full-batch equivalents)."""
+        return evaluation_count(self.cls.evaluations_for(**{**self.settings, **settings}))
 
 
 REGISTRY: dict[str, OptimizerSpec] = {}
@@ -82,15 +78,15 @@ def create_optimizer(name: str, params: Any, *, base_optimizer: str | type[Optim
     rest) plus the base optimizer's (``lr``, ``momentum``, ``weight_decay``, ...).
     """
     spec = _spec(name)
-    settings = {**spec.defaults, **kwargs}
-    return spec.cls(params, resolve_base_optimizer(base_optimizer), **settings)
+    return spec.cls(params, resolve_base_optimizer(base_optimizer), **{**spec.settings, **kwargs})
 
 
 def list_optimizers() -> list[dict[str, Any]]:
-    """Name, description, default settings and gradient evaluations per step of every optimizer
-    (plus ``budget_reference``: the optimizer whose budget it is meant to get, or ``None``)."""
+    """Name, description, default settings (the entry's own settings, ``settings``, and all of the class's
+    defaults with them, ``defaults``) and gradient evaluations per step of every optimizer (plus
+    ``budget_reference``: the optimizer whose budget it is meant to get, or ``None``)."""
     return [
-        {"name": s.name, "description": s.description, "defaults": dict(s.defaults),
+        {"name": s.name, "description": s.description, "settings": dict(s.settings), "defaults": s.defaults,
          "grad_evals_per_step": s.evals_for(), "budget_reference": s.budget_reference}
         for s in REGISTRY.values()
     ]
@@ -140,47 +136,30 @@ def equal_compute_steps(name: str, reference_steps: int, *, reference: str | Non
     return math.ceil(reference_steps * ratio - 1e-9)
 
 
-def _tsam_evals(settings: dict[str, Any]) -> int | float:
-    ascent = {key: settings[key] for key in ASCENT_SETTINGS if key in settings}
-    sampler = build_sampler(settings.get("sampler", "ascent"), settings.get("sampler_options"), **ascent)
-    return sampler.evaluations_per_step(int(settings.get("num_samples", 3)))
+def _register(name: str, cls: type[PerturbationOptimizer], description: str, budget_reference: str | None = None,
+              **settings: Any) -> None:
+    register(OptimizerSpec(name, cls, description, settings, budget_reference))
 
 
-register(OptimizerSpec("sgd", ERM, "ERM: the base optimizer alone (SGD with momentum by default)", {}, lambda s: 1))
-register(OptimizerSpec("sam", SAM, "SAM (Foret et al. 2021): one normalised ascent step, then descend", {"rho": 0.05},
-                       lambda s: 2))
-register(OptimizerSpec("asam", SAM, "ASAM (Kwon et al. 2021): SAM with the ascent scaled by |w| + eta",
-                       {"rho": 0.5, "adaptive": True}, lambda s: 2))
-register(OptimizerSpec("tsam", TSAM, "TSAM (Algorithm 1 + 2): tilted average of s perturbed gradients",
-                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05},
-                       lambda s: _tsam_evals(s)))
-register(OptimizerSpec("tsam-hmc", TSAM, "TSAM with the exact HMC sampler of Eq. 11 (leapfrog, Metropolis, ball reflection)",
-                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "sampler": "hmc"},
-                       lambda s: _tsam_evals(s)))
-register(OptimizerSpec("tsam-naive", TSAM, "TSAM with naive sampling (App. C.3, Eq. 75): eps ~ uniform ball, weights exp(tL)",
-                       {"tilt": 20.0, "num_samples": 6, "rho": 0.05, "sampler": "naive"},
-                       lambda s: _tsam_evals(s)))
-# the cheap ways to draw TSAM's samples (issue 13, docs/cost.md); s = 3 as the default TSAM
-register(OptimizerSpec("tsam-shared", TSAM, "TSAM, one shared ascent direction from grad L(theta): s + 1 evaluations",
-                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "ascent_direction": "shared"},
-                       lambda s: _tsam_evals(s)))
-register(OptimizerSpec("tsam-subbatch", TSAM,
-                       "TSAM, ascent gradients on a fraction f of the batch: s (1 + f) evaluation-equivalents",
-                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "ascent_fraction": 0.25},
-                       lambda s: _tsam_evals(s)))
-register(OptimizerSpec("tsam-lazy", TSAM, "TSAM, ascent directions recomputed every k steps: s (1 + 1/k) evaluations",
-                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "refresh_every": 5},
-                       lambda s: _tsam_evals(s)))
-register(OptimizerSpec("tsam-shared-lazy", TSAM,
-                       "TSAM, one shared ascent direction recomputed every k steps: s + 1/k evaluations",
-                       {"tilt": 20.0, "num_samples": 3, "rho": 0.05, "ascent_direction": "shared", "refresh_every": 5},
-                       lambda s: _tsam_evals(s)))
-register(OptimizerSpec("esam1", SAM, "ESAM1: plain SAM run for more steps, to TSAM's budget (equal_compute_steps)",
-                       {"rho": 0.05}, lambda s: 2, budget_reference="tsam"))
-register(OptimizerSpec("esam2", ESAM2, "ESAM2: SAM trying several ascent step sizes, stepping at the largest loss",
-                       {"rho": 0.05, "multipliers": (0.5, 1.0, 1.5, 2.0, 2.5)},
-                       lambda s: 1 + len(s["multipliers"]) if isinstance(s.get("multipliers"), (list, tuple)) else 1))
-register(OptimizerSpec("pgn", PGN, "PGN (Zhao et al. 2022): (1-alpha) grad L(theta) + alpha grad L(theta + r g/|g|)",
-                       {"rho": 0.1, "alpha": 0.8}, lambda s: 2))
-register(OptimizerSpec("rsam", RSAM, "RSAM (Liu et al. 2022): filter-wise random noise, then SAM along lambda*g + noise",
-                       {"rho": 0.05, "noise_scale": 1e-3, "grad_weight": 2.0}, lambda s: 2))
+_register("sgd", ERM, "ERM: the base optimizer alone (SGD with momentum by default)")
+_register("sam", SAM, "SAM (Foret et al. 2021): one normalised ascent step, then descend")
+_register("asam", SAM, "ASAM (Kwon et al. 2021): SAM with the ascent scaled by |w| + eta", rho=0.5, adaptive=True)
+_register("tsam", TSAM, "TSAM (Algorithm 1 + 2): tilted average of s perturbed gradients")
+_register("tsam-hmc", TSAM, "TSAM with the exact HMC sampler of Eq. 11 (leapfrog, Metropolis, ball reflection)",
+          sampler="hmc")
+_register("tsam-naive", TSAM, "TSAM with naive sampling (App. C.3, Eq. 75): eps ~ uniform ball, weights exp(tL)",
+          sampler="naive", num_samples=6)
+# the cheap ways to draw TSAM's samples (docs/cost.md); s = 3 as the default TSAM
+_register("tsam-shared", TSAM, "TSAM, one shared ascent direction from grad L(theta): s + 1 evaluations",
+          ascent_direction="shared")
+_register("tsam-subbatch", TSAM, "TSAM, ascent gradients on a fraction f of the batch: s (1 + f) evaluation-equivalents",
+          ascent_fraction=0.25)
+_register("tsam-lazy", TSAM, "TSAM, ascent directions recomputed every k steps: s (1 + 1/k) evaluations",
+          refresh_every=5)
+_register("tsam-shared-lazy", TSAM, "TSAM, one shared ascent direction recomputed every k steps: s + 1/k evaluations",
+          ascent_direction="shared", refresh_every=5)
+_register("esam1", SAM, "ESAM1: plain SAM run for more steps, to TSAM's budget (equal_compute_steps)",
+          budget_reference="tsam")
+_register("esam2", ESAM2, "ESAM2: SAM trying several ascent step sizes, stepping at the largest loss")
+_register("pgn", PGN, "PGN (Zhao et al. 2022): (1-alpha) grad L(theta) + alpha grad L(theta + r g/|g|)")
+_register("rsam", RSAM, "RSAM (Liu et al. 2022): filter-wise random noise, then SAM along lambda*g + noise")

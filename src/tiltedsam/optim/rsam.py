@@ -8,9 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from . import sharded
-from .base import PerturbationOptimizer, StepDiagnostics
-from .functional import ascent_step, standard_normal_like
+from ..functional import ascent_step, restore, scale_by_filter_norms_, shift, standard_normal_like
+from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
 
 __all__ = ["RSAM", "filterwise_noise"]
 
@@ -24,16 +23,7 @@ def filterwise_noise(params: Sequence[Tensor], scale: float, generator: torch.Ge
     each filter's noise is proportional to that filter's norm, and a zero filter gets no noise.
     """
     noise = standard_normal_like(params, generator)
-    if sharded.any_dtensor(params):  # [sharded] filter norms from local rows, one reduction for the rest
-        for z, norms in zip(noise, sharded.filter_norms(params)):
-            sharded.local(z).mul_(norms * scale)
-        return noise
-    for p, z in zip(params, noise):
-        if p.dim() >= 2:
-            norms = torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1)
-            z.mul_(norms.reshape((-1,) + (1,) * (p.dim() - 1)) * scale)
-        else:
-            z.mul_(torch.linalg.vector_norm(p) * scale)
+    scale_by_filter_norms_(noise, params, scale)
     return noise
 
 
@@ -97,29 +87,27 @@ class RSAM(PerturbationOptimizer):
     def noise_scale(self, value: float) -> None:
         self.hyperparameters["noise_scale"] = self._check_nonnegative("noise_scale", value)
 
-    @property
-    def grad_evals_per_step(self) -> int:
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int:
         return 2
 
-    def _algorithm(self) -> Generator[str, Any, float]:
-        params, origin = self._snapshot()
-        try:
-            if self.noise_scale > 0:
-                noise = filterwise_noise(params, self.noise_scale, self.generator)
-                with torch.no_grad():
-                    sharded.add_(params, noise)  # [sharded]
-            else:
-                noise = [torch.zeros_like(p) for p in params]
-            noise_loss = self._loss_value((yield "noise"))
+    #: the noisy point's gradient enters the ascent direction mixed with the noise: not ascent-only for DDP
+    _NOISE = Request(Point.NOISE)
+
+    def _program(self, params, origin) -> Generator[Request, Any, tuple[None, StepDiagnostics]]:
+        if self.noise_scale > 0:
+            noise = filterwise_noise(params, self.noise_scale, self.generator)
             with torch.no_grad():
-                # v = lambda * grad L(theta + delta) + delta, built in the noise buffers
-                for z, g in zip(noise, self._grads(params)):
-                    if g is not None:
-                        z.add_(g, alpha=self.hyperparameters["grad_weight"])
-            self._restore(params, origin)
-            ascent_step(params, noise, self.rho)
-            perturbed_loss = self._loss_value((yield "perturbed"))
-        finally:
-            self._restore(params, origin)
-        self.last_step = StepDiagnostics.single_point(perturbed_loss, noise_loss=noise_loss)
-        return perturbed_loss
+                shift(params, noise)
+        else:
+            noise = [torch.zeros_like(p) for p in params]
+        noise_loss = self._loss_value((yield self._NOISE))
+        with torch.no_grad():
+            # v = lambda * grad L(theta + delta) + delta, built in the noise buffers
+            for z, g in zip(noise, self._grads(params)):
+                if g is not None:
+                    z.add_(g, alpha=self.hyperparameters["grad_weight"])
+        restore(params, origin)
+        ascent_step(params, noise, self.rho)
+        perturbed_loss = self._loss_value((yield PERTURBED))
+        return None, StepDiagnostics.single_point(perturbed_loss, noise_loss=noise_loss)

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..functional import ascent_step, check_hyperparameter, global_norm, restore, snapshot
 from ..tilt import NonFiniteLossError
-from .base import PerturbationOptimizer, StepDiagnostics
-from .functional import ascent_step, global_norm
+from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
 
 __all__ = ["SAM"]
 
@@ -59,22 +59,22 @@ class SAM(PerturbationOptimizer):
         **base_kwargs: Any,
     ) -> None:
         rho = self._check_nonnegative("rho", rho)
-        if not isinstance(adaptive, bool):
-            raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
+        check_hyperparameter("adaptive", adaptive, choices=(True, False))
         adaptive_eta = self._check_nonnegative("adaptive_eta", adaptive_eta)
         hyper = {"rho": rho, "adaptive": adaptive, "adaptive_eta": adaptive_eta}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
         self._pending: tuple[list[Tensor], list[Tensor]] | None = None
 
     #: the evaluation at theta only sets the ascent direction (per-rank under m-sharpness)
-    ascent_labels = frozenset({"clean"})
+    has_ascent_only_evaluations = True
+    _CLEAN = Request(Point.CLEAN, ascent_only=True)
 
     @property
     def rho(self) -> float:
         return self.hyperparameters["rho"]
 
-    @property
-    def grad_evals_per_step(self) -> int:
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int:
         return 2
 
     #: settings a param group may override (davda54/sam style); the rest are optimizer-wide
@@ -88,8 +88,8 @@ class SAM(PerturbationOptimizer):
         for key in ("rho", "adaptive_eta"):
             if key in own:
                 self._check_nonnegative(key + where, own[key])
-        if "adaptive" in own and not isinstance(own["adaptive"], bool):
-            raise ValueError(f"adaptive{where} must be True or False, got {own['adaptive']!r}")
+        if "adaptive" in own:
+            check_hyperparameter("adaptive" + where, own["adaptive"], choices=(True, False))
 
     def _group_values(self, key: str) -> list[Any]:
         """One value of ``key`` per trainable parameter: its group's own, else the optimizer's."""
@@ -108,18 +108,13 @@ class SAM(PerturbationOptimizer):
             adaptive_eta = self.hyperparameters["adaptive_eta"]
         ascent_step(params, self._grads(params), rho, adaptive=adaptive, adaptive_eta=adaptive_eta)
 
-    def _algorithm(self) -> Generator[str, Any, float]:
-        params, origin = self._snapshot()
-        try:
-            clean_loss = yield "clean"  # logged only: read after the perturbed loss (one host sync per step)
-            clean_loss = clean_loss.detach() if isinstance(clean_loss, torch.Tensor) else clean_loss
-            self._perturb(params)
-            perturbed_loss = self._loss_value((yield "perturbed"))
-            clean_loss = self._local_loss_value(clean_loss)
-        finally:
-            self._restore(params, origin)
-        self.last_step = StepDiagnostics.single_point(perturbed_loss, clean_loss=clean_loss)
-        return perturbed_loss
+    def _program(self, params, origin) -> Generator[Request, Any, tuple[None, StepDiagnostics]]:
+        clean_loss = yield self._CLEAN  # logged only: read after the perturbed loss (one host sync per step)
+        clean_loss = clean_loss.detach() if isinstance(clean_loss, torch.Tensor) else clean_loss
+        self._perturb(params)
+        perturbed_loss = self._loss_value((yield PERTURBED))
+        clean_loss = self._local_loss_value(clean_loss)
+        return None, StepDiagnostics.single_point(perturbed_loss, clean_loss=clean_loss)
 
     # -------------------------------------------------- davda54/sam-compatible two-call API
     @torch.no_grad()
@@ -129,7 +124,8 @@ class SAM(PerturbationOptimizer):
         Raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters untouched) if that gradient's
         norm is NaN/inf: this API never sees the loss, and a non-finite ascent would move every parameter.
         """
-        params, origin = self._snapshot()
+        params = self._trainable()
+        origin = snapshot(params)
         norm = float(global_norm(self._grads(params)))
         if not math.isfinite(norm):
             raise NonFiniteLossError(
@@ -148,7 +144,7 @@ class SAM(PerturbationOptimizer):
             raise RuntimeError("second_step() called without a preceding first_step()")
         params, origin = self._pending
         self._pending = None
-        self._restore(params, origin)
+        restore(params, origin)
         self.base_step()
         self.step_count += 1
         if zero_grad:

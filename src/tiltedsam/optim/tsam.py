@@ -1,4 +1,5 @@
-"""Tilted SAM (TSAM): Algorithm 1 of the paper, with a pluggable perturbation sampler."""
+"""Tilted SAM (TSAM): Algorithm 1 of the paper with Algorithm 2 inline (:meth:`TSAM._program`), and other
+perturbation samplers as strategies (:mod:`tiltedsam.optim.samplers`)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,23 @@ from functools import partial
 from typing import Any, Callable, Generator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..samplers import Sampler, SamplingContext, make_sampler
-from ..samplers.base import evaluation_count
-from ..tilt import TiltedGradientAccumulator, check_tilt, effective_sample_size, tilt_for_ess, tilted_mean
-from .base import PerturbationOptimizer, StepDiagnostics
+from ..functional import ascent_step, check_hyperparameter, move, restore, shift, unit_direction
+from ..sharded import is_sharded
+from ..tilt import (DEFAULT_MAX_TILT, DEFAULT_TARGET_ESS, DEFAULT_TILT_SMOOTHING, AutoTilt, TiltedGradientAccumulator,
+                    check_tilt, effective_sample_size, tilted_mean)
+from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
+from .distributed import scalar_loss_value
+from .samplers import AscentSampler, Sampler, SamplingContext, make_sampler
+from .samplers.base import evaluation_count
+from .samplers.batched import BatchedAscentSampler
 
 __all__ = ["TSAM", "build_sampler", "AUTO_TILT", "DEFAULT_TARGET_ESS", "DEFAULT_MAX_TILT", "DEFAULT_TILT_SMOOTHING"]
 
-#: the value of ``tilt`` that switches on the adaptive (target-ESS) rule
+#: the value of ``tilt`` that switches on the adaptive (target-ESS) rule (:class:`~tiltedsam.tilt.AutoTilt`)
 AUTO_TILT = "auto"
-#: default ``target_ess``: the weights keep half of the ``s`` samples' worth of information, the usual
-#: set point of adaptive tempering in sequential Monte Carlo (Jasra et al. 2011; Beskos et al. 2016)
-DEFAULT_TARGET_ESS = 0.5
-#: default cap on the tilt ``t`` chosen by ``tilt="auto"`` (tied losses would otherwise ask for ``inf``)
-DEFAULT_MAX_TILT = 1000.0
-#: default EMA factor of ``log`` (aggregation tilt) across steps: a memory of about 10 steps
-DEFAULT_TILT_SMOOTHING = 0.9
 
 #: TSAM's own keyword arguments that configure the ``"ascent"`` sampler, with their defaults
 ASCENT_SETTINGS = {"noise": "gaussian", "noise_radius": 1.0, "noise_std": 1.0, "ascent_direction": "per_sample",
@@ -34,11 +33,12 @@ ASCENT_SETTINGS = {"noise": "gaussian", "noise_radius": 1.0, "noise_std": 1.0, "
 
 def build_sampler(sampler: str | Sampler = "ascent", sampler_options: dict[str, Any] | None = None,
                   **ascent: Any) -> Sampler:
-    """The sampler TSAM builds from its arguments (also used by the registry to count evaluations).
+    """The sampler TSAM builds from its arguments.
 
     ``ascent`` holds TSAM's top-level ascent settings (:data:`ASCENT_SETTINGS`); they configure the
-    ``"ascent"`` sampler. The cheap-variant settings (``ascent_direction``, ``ascent_fraction``,
-    ``refresh_every``) are rejected with another sampler when they differ from their defaults."""
+    ``"ascent"`` sampler. With another sampler each of them must keep its default: one that differs is
+    rejected with a ``ValueError`` naming it (it would otherwise be ignored; the other samplers take their
+    own settings in ``sampler_options``, e.g. the naive sampler's ``radius`` and ``noise``)."""
     unknown = set(ascent) - set(ASCENT_SETTINGS)
     if unknown:
         raise TypeError(f"unknown TSAM settings {sorted(unknown)}")
@@ -48,10 +48,11 @@ def build_sampler(sampler: str | Sampler = "ascent", sampler_options: dict[str, 
                             noise_std=settings["noise_std"], direction=settings["ascent_direction"],
                             ascent_fraction=settings["ascent_fraction"], refresh_every=settings["refresh_every"],
                             **(sampler_options or {}))
-    for key in ("ascent_direction", "ascent_fraction", "refresh_every"):
-        if settings[key] != ASCENT_SETTINGS[key]:
+    for key, default in ASCENT_SETTINGS.items():
+        if settings[key] != default:
             name = sampler.name if isinstance(sampler, Sampler) else sampler
-            raise ValueError(f"{key}={settings[key]!r} applies to the 'ascent' sampler only, got sampler={name!r}")
+            raise ValueError(f"{key}={settings[key]!r} applies to the 'ascent' sampler only, got sampler={name!r} "
+                             "(which would ignore it; its own settings go in sampler_options)")
     return make_sampler(sampler, **(sampler_options or {}))
 
 
@@ -75,7 +76,7 @@ class TSAM(PerturbationOptimizer):
     ``theta + delta_j`` and at ``theta + eps_j``), so :meth:`step` calls the closure ``2 s`` times.
     Cheaper ways to draw the samples (``ascent_direction="shared"``: ``s + 1``; ``ascent_fraction=f``:
     ``s (1 + f)``; ``refresh_every=k``: ``s (1 + 1/k)`` on average) are documented on
-    :class:`~tiltedsam.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
+    :class:`~tiltedsam.optim.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
     ``tilt = 0`` weights the samples uniformly; ``tilt = inf`` keeps the gradient of the largest loss
     (whatever ``sample_tilt``). With ``num_samples=1, noise_radius=0`` the update is exactly SAM's.
 
@@ -96,8 +97,8 @@ class TSAM(PerturbationOptimizer):
         sample_tilt: ``delta`` with ``0 <= delta <= tilt``; ``None`` means ``tilt / 2`` (the paper's
             choice, App. C.1); ``0`` weights by ``exp(t L_j)``, as the authors' published code does.
         sampler: ``"ascent"`` (Algorithm 2), another registered name, or a :class:`Sampler`.
-        sampler_options: settings for a sampler given by name (the noise settings above apply to
-            ``"ascent"``).
+        sampler_options: settings for a sampler given by name (the noise and ascent settings above apply to
+            ``"ascent"`` only; another sampler refuses them).
         nonfinite: ``"raise"`` (default) raises :class:`~tiltedsam.tilt.NonFiniteLossError` when a
             sample's loss is NaN/inf (parameters are restored first, no step is taken); ``"ignore"``
             gives such samples zero weight (the step still fails if all are non-finite).
@@ -105,32 +106,22 @@ class TSAM(PerturbationOptimizer):
         seed: seed of the noise generator.
         parallel_samples: EXPERIMENTAL (``"ascent"`` sampler, needs ``model=``): enables
             :meth:`step_batched`, which evaluates the ``s`` samples in one ``torch.func.vmap`` pass per
-            stage (:mod:`tiltedsam.samplers.batched`). ``step``/``manual_step`` still evaluate in a loop.
+            stage (:mod:`tiltedsam.optim.samplers.batched`). ``step``/``manual_step`` still evaluate in a loop.
         target_ess: with ``tilt="auto"``: the target ESS as a fraction ``alpha`` of ``s``, in ``(0, 1]``.
         max_tilt: with ``tilt="auto"``: the cap on ``t`` (finite, ``>= sample_tilt``).
         tilt_smoothing: with ``tilt="auto"``: the EMA factor ``beta`` in ``[0, 1)`` of ``log tau`` across steps.
 
-    **tilt="auto"** (issue 12; the adaptive tempering of sequential Monte Carlo). The rule sets the
-    *aggregation* tilt ``tau = t - delta`` (the one whose weights ``exp(tau L_j)`` combine the gradients,
-    and whose ESS it controls); ``t`` follows as ``tau + delta``, i.e. ``t = 2 tau`` with the default
-    ``sample_tilt=None`` (``delta = t/2``), ``t = tau + delta`` with an explicit ``delta``, ``t = tau`` for a
-    sampler that draws from ``mu`` (``"naive"``). The estimator is *predictive*, so memory stays flat
-    in ``s`` (the streaming accumulator needs its weights' tilt before the first gradient arrives):
-
-    1. after step ``k`` (its ``s`` losses ``L_kj`` known; under DDP these are the all-reduced, global
-       losses, so every rank computes the same numbers), bisect for
-       ``tau*_k = sup{tau in [0, tau_max] : ESS(softmax(tau L_k.)) >= alpha s}``
-       (:func:`~tiltedsam.tilt.tilt_for_ess`; ``tau_max = max_tilt - delta``; tied losses give ``tau_max``);
-    2. smooth in log space: ``m_k = beta m_{k-1} + (1 - beta) log tau*_k`` (``m_0 = log tau*_0``);
-    3. step ``k + 1`` weights its samples with ``tau_{k+1} = min(exp(m_k), tau_max)``.
-
-    The very first step (no losses seen yet) uses ``tau = 0``: uniform weights. The realised ESS of each
-    step (in :attr:`last_step`) therefore tracks ``alpha s`` only as well as consecutive mini-batches'
-    loss spreads agree. :attr:`last_step` ``.extra`` holds the ``tilt`` and ``aggregation_tilt`` used by
-    the step and ``auto_tilt``, the step's own bisection result ``tau*_k``. The state (``m_k``) is saved
-    in :meth:`state_dict`. A :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules
-    the cap ``max_tilt`` (see there). Reading :attr:`tilt` gives the ``t`` the next step will use;
-    assigning a number switches the rule off, assigning ``"auto"`` back on.
+    **tilt="auto"**: :class:`~tiltedsam.tilt.AutoTilt` (the adaptive tempering of sequential Monte Carlo)
+    sets the *aggregation* tilt ``tau = t - delta``, whose weights ``exp(tau L_j)`` combine the gradients and
+    whose ESS it controls, from the (under DDP: global) losses of the previous steps, capped at
+    ``tau_max`` (the ``tau`` of ``t = max_tilt``); the first step is uniform. ``t`` follows as ``2 tau``
+    (``sample_tilt=None``), ``tau + delta`` (explicit ``delta``) or ``tau`` (a sampler that draws from ``mu``,
+    ``"naive"``). It needs ``target_ess * s > 1`` (every weighting has ESS >= 1). :attr:`last_step` ``.tilt``
+    is the ``t`` a step used (``.extra`` also holds ``aggregation_tilt`` and ``auto_tilt``, the step's own
+    bisection result); the rule's state is saved in :meth:`state_dict`. A
+    :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules the cap ``max_tilt``.
+    Reading :attr:`tilt` gives the ``t`` the next step will use; assigning a number switches the rule off,
+    assigning ``"auto"`` back on.
 
     After each step, :attr:`last_step` holds the per-sample losses, weights and effective sample size.
     """
@@ -162,58 +153,51 @@ class TSAM(PerturbationOptimizer):
         **base_kwargs: Any,
     ) -> None:
         auto = tilt == AUTO_TILT
-        target_ess, max_tilt, tilt_smoothing = _check_auto_settings(target_ess, max_tilt, tilt_smoothing)
+        self._auto = AutoTilt(target_ess, tilt_smoothing)  # validates both, also when the rule is off
+        max_tilt = AutoTilt.check_cap(max_tilt)
         tilt = max_tilt if auto else check_tilt(tilt, "tilt")  # the auto rule's t never exceeds the cap
         if auto and sample_tilt is not None and check_tilt(sample_tilt, "sample_tilt") > max_tilt:
             raise ValueError(f"sample_tilt={sample_tilt!r} exceeds max_tilt={max_tilt} (tilt='auto' keeps "
                              "sample_tilt <= t <= max_tilt)")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        num_samples = check_hyperparameter("num_samples", num_samples, integer=True, low=1)
+        if auto:
+            _check_ess_target(target_ess, num_samples)
         rho = self._check_nonnegative("rho", rho)
         if sample_tilt is not None:
             sample_tilt = check_tilt(sample_tilt, "sample_tilt")
             if sample_tilt > tilt:
                 raise ValueError(f"sample_tilt must satisfy 0 <= sample_tilt <= tilt={tilt}, got {sample_tilt!r}")
-        if nonfinite not in ("raise", "ignore"):
-            raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
-        if not isinstance(parallel_samples, bool):
-            raise ValueError(f"parallel_samples must be True or False, got {parallel_samples!r}")
-        if parallel_samples and (sampler != "ascent" or model is None):
-            raise ValueError(f"parallel_samples=True needs sampler='ascent' and model=; got sampler={sampler!r}, "
-                             f"model={type(model).__name__}")
-        if parallel_samples and (ascent_direction, ascent_fraction, refresh_every) != ("per_sample", 1.0, 1):
-            raise ValueError("parallel_samples=True batches Algorithm 2's per-sample ascent only; got "
-                             f"ascent_direction={ascent_direction!r}, ascent_fraction={ascent_fraction!r}, "
-                             f"refresh_every={refresh_every!r}")
+        check_hyperparameter("parallel_samples", parallel_samples, choices=(True, False))
+        ascent = dict(noise=noise, noise_radius=noise_radius, noise_std=noise_std, ascent_direction=ascent_direction,
+                      ascent_fraction=ascent_fraction, refresh_every=refresh_every)
         if parallel_samples:
-            from ..samplers.batched import BatchedAscentSampler
-
-            self.sampler = BatchedAscentSampler(noise=noise, noise_radius=noise_radius, noise_std=noise_std,
-                                                **(sampler_options or {}))
+            if sampler != "ascent" or model is None:
+                raise ValueError(f"parallel_samples=True needs sampler='ascent' and model=; got sampler={sampler!r}, "
+                                 f"model={type(model).__name__}")
+            if (ascent_direction, ascent_fraction, refresh_every) != ("per_sample", 1.0, 1):
+                raise ValueError("parallel_samples=True batches Algorithm 2's per-sample ascent only; got "
+                                 f"ascent_direction={ascent_direction!r}, ascent_fraction={ascent_fraction!r}, "
+                                 f"refresh_every={refresh_every!r}")
+            self.sampler: Sampler = BatchedAscentSampler(noise=noise, noise_radius=noise_radius, noise_std=noise_std,
+                                                         **(sampler_options or {}))
         else:
-            self.sampler = build_sampler(sampler, sampler_options, noise=noise, noise_radius=noise_radius,
-                                         noise_std=noise_std, ascent_direction=ascent_direction,
-                                         ascent_fraction=ascent_fraction, refresh_every=refresh_every)
+            self.sampler = build_sampler(sampler, sampler_options, **ascent)
         if not self.sampler.targets_tilted_density and sample_tilt not in (None, 0.0):
             raise ValueError(
                 f"sample_tilt={sample_tilt!r} given, but the {self.sampler.name!r} sampler draws eps from mu, not from "
                 "exp(delta L): its samples are weighted by exp(t L) (delta = 0, Eq. 75); leave sample_tilt unset or 0"
             )
         hyper = {
-            "tilt": tilt,
+            "tilt": AUTO_TILT if auto else tilt,
             "num_samples": num_samples,
             "rho": rho,
             "sample_tilt": sample_tilt,
             "nonfinite": nonfinite,
             "sampler": self.sampler.config(),
-            "target_ess": target_ess,
+            "target_ess": self._auto.target_ess,
             "max_tilt": max_tilt,
-            "tilt_smoothing": tilt_smoothing,
+            "tilt_smoothing": self._auto.smoothing,
         }
-        if auto:
-            hyper["tilt"] = AUTO_TILT
-        #: the auto rule's smoothed log aggregation tilt ``m_k`` (None: no step seen yet -> tau = 0)
-        self._log_tilt_ema: float | None = None
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, nonfinite=nonfinite, **base_kwargs)
 
     #: a sample with a non-finite loss can get weight zero (the others still estimate the tilted mean)
@@ -238,7 +222,7 @@ class TSAM(PerturbationOptimizer):
 
     @max_tilt.setter
     def max_tilt(self, value: float) -> None:
-        _, value, _ = _check_auto_settings(self.target_ess, value, self.tilt_smoothing)
+        value = AutoTilt.check_cap(value)
         explicit_delta = self.hyperparameters["sample_tilt"]
         if self.auto_tilt and explicit_delta is not None and explicit_delta > value:
             raise ValueError(f"max_tilt={value} is below sample_tilt={explicit_delta}")
@@ -263,33 +247,12 @@ class TSAM(PerturbationOptimizer):
         explicit_delta = self.hyperparameters["sample_tilt"]
         return cap / 2.0 if explicit_delta is None else max(cap - explicit_delta, 0.0)
 
-    def _auto_aggregation_tilt(self) -> float:
-        """``tau_{k+1} = min(exp(m_k), tau_max)``; ``0`` before the first step."""
-        if self._log_tilt_ema is None:
-            return 0.0
-        return min(math.exp(self._log_tilt_ema), self._max_aggregation_tilt())
-
-    def _update_auto_tilt(self, losses: list[float]) -> float:
-        """Fold this step's (global) losses into the smoothed log tilt; returns this step's ``tau*_k``."""
-        finite = [x for x in losses if math.isfinite(x)]
-        cap = self._max_aggregation_tilt()
-        if not finite or cap == 0.0:
-            return cap  # nothing to learn from (all non-finite were skipped), or nothing to choose
-        chosen = tilt_for_ess(finite, self.target_ess, max_tilt=cap)
-        log_chosen = math.log(max(chosen, _SMALLEST_TILT))
-        if self._log_tilt_ema is None:
-            self._log_tilt_ema = log_chosen
-        else:
-            beta = self.tilt_smoothing
-            self._log_tilt_ema = beta * self._log_tilt_ema + (1.0 - beta) * log_chosen
-        return chosen
-
     # tilt is read every step, so a schedule (or a user) may change it between steps
     @property
     def tilt(self) -> float:
         """``t`` of the next step (with ``tilt="auto"``: the one the rule has chosen for it)."""
         if self.auto_tilt:
-            return self._tilt_from_aggregation(self._auto_aggregation_tilt())
+            return self._tilt_from_aggregation(self._auto.next_tilt(self._max_aggregation_tilt()))
         return self.hyperparameters["tilt"]
 
     @tilt.setter
@@ -298,6 +261,7 @@ class TSAM(PerturbationOptimizer):
             explicit_delta = self.hyperparameters["sample_tilt"]
             if explicit_delta is not None and explicit_delta > self.max_tilt:
                 raise ValueError(f"max_tilt={self.max_tilt} is below sample_tilt={explicit_delta}")
+            _check_ess_target(self.target_ess, self.num_samples)
             self.hyperparameters["tilt"] = AUTO_TILT
             return
         value = check_tilt(value, "tilt")
@@ -326,29 +290,34 @@ class TSAM(PerturbationOptimizer):
     def aggregation_tilt(self) -> float:
         """``t - delta``: the tilt of the weights that combine the sampled gradients."""
         if self.auto_tilt:
-            return self._auto_aggregation_tilt()
+            return self._auto.next_tilt(self._max_aggregation_tilt())
         return math.inf if math.isinf(self.tilt) else self.tilt - self.sample_tilt
 
+    # ------------------------------------------------------------------ cost and state
     @property
-    def ascent_labels(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset(getattr(self.sampler, "ascent_labels", frozenset()))
+    def has_ascent_only_evaluations(self) -> bool:  # type: ignore[override]
+        return self.sampler.has_ascent_only_evaluations
+
+    @classmethod
+    def evaluations_for(cls, **settings: Any) -> int | float:
+        """Gradient-evaluation equivalents per step, averaged over steps (``2 s`` for Algorithm 2; may be
+        fractional for the cheap variants, see :class:`~tiltedsam.optim.samplers.AscentSampler`)."""
+        merged = {**cls.setting_defaults(), **settings}
+        sampler = build_sampler(merged["sampler"], merged.get("sampler_options"),
+                                **{key: merged[key] for key in ASCENT_SETTINGS})
+        return sampler.evaluations_per_step(int(merged["num_samples"]))
 
     @property
     def grad_evals_per_step(self) -> int | float:
-        """Gradient-evaluation equivalents per step, averaged over steps (``2 s`` for Algorithm 2; may be
-        fractional for the cheap variants, see :class:`~tiltedsam.samplers.AscentSampler`)."""
         return evaluation_count(self.sampler.evaluations_per_step(self.num_samples))
 
     @property
     def evaluations_next_step(self) -> int | float:
         return evaluation_count(self.sampler.evaluations_next_step(self.num_samples))
 
-    def batch_fraction(self, label: str) -> float:
-        return self.sampler.batch_fraction(label)
-
     def _extra_state_dict(self) -> dict[str, Any]:
         # the auto rule's smoothed log-tilt and the sampler's own state (lazy ascent's kept directions)
-        extra: dict[str, Any] = {"log_tilt_ema": self._log_tilt_ema}
+        extra: dict[str, Any] = {"log_tilt_ema": self._auto.log_ema}
         sampler_state = self.sampler.state_dict()
         if sampler_state:
             extra["sampler"] = sampler_state
@@ -356,85 +325,110 @@ class TSAM(PerturbationOptimizer):
 
     def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
         value = extra.get("log_tilt_ema")
-        self._log_tilt_ema = None if value is None else float(value)
+        self._auto = AutoTilt(self.target_ess, self.tilt_smoothing, log_ema=None if value is None else float(value))
         self.sampler.load_state_dict(extra.get("sampler", {}))
 
+    # ------------------------------------------------------------------ one step
     def step_batched(self, inputs: Any, loss_fn: Callable[[Any], torch.Tensor], *,
                      randomness: str = "error") -> torch.Tensor:
         """EXPERIMENTAL: one step with the ``s`` samples evaluated in batched passes (needs
         ``parallel_samples=True``); ``loss = loss_fn(model(*inputs))``. Same update as :meth:`step` up
-        to float rounding. See :mod:`tiltedsam.samplers.batched` for the models it supports, dropout
+        to float rounding. See :mod:`tiltedsam.optim.samplers.batched` for the models it supports, dropout
         (``randomness``) and memory. Returns the objective estimate."""
-        from ..samplers.batched import run_batched_step
-        from .sharded import any_dtensor
-
-        if any_dtensor(self._params()):  # [sharded] torch.func needs whole parameters
+        sampler = self.sampler
+        if not isinstance(sampler, BatchedAscentSampler):
+            raise ValueError(f"step_batched needs TSAM(..., parallel_samples=True); this TSAM samples with {sampler!r}")
+        if self.model is None:
+            raise ValueError("step_batched needs TSAM(..., model=model): it evaluates that model functionally")
+        if is_sharded(self._params()):  # torch.func evaluates whole parameters
             raise ValueError("step_batched (parallel_samples=True) needs whole parameters; with FSDP2-sharded "
                              "parameters use step() or manual_step()")
-        return run_batched_step(self, inputs, loss_fn, randomness)
-
-    def _algorithm(self) -> Generator[str, Any, float]:
-        tilt, aggregation_tilt = self.tilt, self.aggregation_tilt  # fixed for the whole step
-        params, origin = self._snapshot()
-        ctx = SamplingContext(
-            params=params,
-            origin=origin,
-            rho=self.rho,
-            sample_tilt=self.sample_tilt,
-            generator=self.generator,
-            # "raise": every loss a sampler sees is checked (HMC's Metropolis test uses them all);
-            # "ignore": the accumulator gives a sample with a non-finite loss weight zero
-            loss_value=partial(self._loss_value, check=self.nonfinite == "raise"),
-            local_loss_value=partial(self._local_loss_value, check=self.nonfinite == "raise"),
-        )
-        accumulator = TiltedGradientAccumulator(aggregation_tilt, nonfinite=self.hyperparameters["nonfinite"])
+        if self.distributed.is_active():
+            raise ValueError("step_batched does not support torch.distributed (DDP's gradient all-reduce runs in its "
+                             "backward hooks, which a functional call bypasses); use step() or manual_step()")
+        sampler.bind(self.model, inputs if isinstance(inputs, tuple) else (inputs,), loss_fn, randomness)
         try:
-            for j in range(self.num_samples):
+            for evaluation in self.manual_step():  # the bound sampler evaluates every sample itself
+                raise RuntimeError(f"the batched step asked for a closure evaluation ({evaluation.label!r})")
+        finally:
+            sampler.unbind()
+        return torch.tensor(self.last_step.objective)
+
+    def _program(self, params: list[Tensor], origin: list[Tensor] | None
+                 ) -> Generator[Request, Any, tuple[list[Tensor | None], StepDiagnostics]]:
+        """Algorithm 1, with Algorithm 2 (and its cheap variants) inline: ``s`` samples ``theta + eps_j``, each
+        folded into the streaming tilted average as soon as its gradient is known."""
+        assert origin is not None
+        tilt, aggregation_tilt = self.tilt, self.aggregation_tilt  # fixed for the whole step
+        rho, count, sampler = self.rho, self.num_samples, self.sampler
+        check = self.nonfinite == "raise"  # "ignore": the accumulator gives a non-finite sample weight zero
+        ctx = SamplingContext(params=params, origin=origin, rho=rho, sample_tilt=self.sample_tilt,
+                              generator=self.generator, loss_value=partial(self._loss_value, check=check),
+                              local_loss_value=partial(self._local_loss_value, check=check))
+        accumulator = TiltedGradientAccumulator(aggregation_tilt, nonfinite=self.nonfinite)
+        if isinstance(sampler, BatchedAscentSampler) and sampler.batch is not None:
+            for loss, grads in sampler.evaluate_all(ctx, count):  # all s samples in two batched passes
+                accumulator.add(ctx.loss_value(loss), grads)
+        elif not isinstance(sampler, AscentSampler):  # another strategy (HMC, naive) draws theta + eps_j itself
+            for j in range(count):
                 self._sample_index = j
                 if j > 0:
-                    ctx.reset()
-                ctx.sample_index, ctx.num_samples = j, self.num_samples
-                loss, grads = yield from self.sampler.draw(ctx)
+                    restore(params, origin)
+                loss, grads = yield from sampler.draw(ctx)
                 accumulator.add(loss, grads)
                 del grads  # hold no reference to this sample's .grad: it is freed at the next zero_grad
-            combined = accumulator.result()
-        finally:
-            self._restore(params, origin)  # bit-exact, also when a sample failed or the loop was left
-        self._write_grads(params, combined)
-        return self._finish_step(accumulator, ctx, tilt, aggregation_tilt)
-
-    def _finish_step(self, accumulator: TiltedGradientAccumulator, ctx: SamplingContext, tilt: float,
-                     aggregation_tilt: float) -> float:
-        """Record the step's diagnostics in :attr:`last_step` and, with ``tilt="auto"``, fold its (global)
-        losses into the rule's smoothed tilt; returns the objective estimate. Every step path calls it."""
-        losses = accumulator.losses
+        else:
+            # Algorithm 2: eps_j = delta_j + rho g_j / ||g_j||, g_j the gradient at theta + delta_j (per-sample
+            # direction), or at theta for all samples (shared), or the direction kept from the last refresh (lazy)
+            refresh = sampler.refresh_due(count)
+            kept: list[list[Tensor | None] | None] = []  # lazy ascent: this step's unit directions
+            for j in range(count):
+                self._sample_index = j
+                if j > 0:
+                    restore(params, origin)
+                # losses only logged: kept on the device, read after the perturbed loss (whose value the
+                # weights need), so reading them does not stall the device a second time per sample
+                logged: list[tuple[str, Any]] = []
+                if sampler.shared and refresh and j == 0:
+                    logged.append(("clean_loss", scalar_loss_value((yield sampler.clean_request))))
+                    direction, finite = unit_direction(self._grads(params))
+                    kept.append(direction if finite else None)  # used this step even if not finite, never kept
+                noise = sampler.draw_noise(params, ctx.generator)
+                if noise is not None:
+                    shift(params, noise)
+                    del noise
+                if sampler.shared:
+                    move(params, direction if refresh else sampler.directions[0], rho)
+                elif refresh:
+                    logged.append(("noise_loss", scalar_loss_value((yield sampler.noise_request))))
+                    if sampler.lazy:
+                        unit, finite = unit_direction(self._grads(params))
+                        kept.append(unit if finite else None)
+                    ascent_step(params, self._grads(params), rho)
+                else:
+                    move(params, sampler.directions[j], rho)
+                loss = ctx.loss_value((yield PERTURBED))
+                for key, value in logged:
+                    ctx.record(key, ctx.local_loss_value(value))
+                accumulator.add(loss, self._grads(params))
+            sampler.end_step(refresh, kept)
+        combined = accumulator.result()
+        losses = list(accumulator.losses)
         weights = accumulator.weights()
         objective = float(tilted_mean(torch.tensor(losses, dtype=torch.float64), tilt, nonfinite="ignore"))
         extra = {"tilt": tilt, "sample_tilt": ctx.sample_tilt, "aggregation_tilt": aggregation_tilt}
-        if self.auto_tilt:
-            extra["auto_tilt"] = self._update_auto_tilt(list(losses))
-        self.last_step = StepDiagnostics(
-            objective=objective,
-            losses=list(losses),
-            weights=weights.tolist(),
-            effective_sample_size=float(effective_sample_size(weights)),
-            extra={**extra, **ctx.diagnostics},
-        )
-        return objective
+        if self.auto_tilt:  # fold this step's (global) losses into the rule's smoothed tilt
+            extra["auto_tilt"] = self._auto.observe(losses, self._max_aggregation_tilt())
+        return combined, StepDiagnostics(objective=objective, losses=losses, weights=weights.tolist(),
+                                         effective_sample_size=float(effective_sample_size(weights)),
+                                         extra={**extra, **ctx.diagnostics}, tilt=tilt)
 
 
-#: log of a chosen tilt is taken of at least this (a bisection result of exactly 0 needs alpha = 1)
-_SMALLEST_TILT = 1e-12
-
-
-def _check_auto_settings(target_ess: Any, max_tilt: Any, tilt_smoothing: Any) -> tuple[float, float, float]:
-    """Validate the auto rule's settings (also when the rule is off, so a later ``tilt = "auto"`` works)."""
-    if isinstance(target_ess, bool) or not isinstance(target_ess, (int, float)) or not (0.0 < target_ess <= 1.0):
-        raise ValueError(f"target_ess must be a fraction of num_samples in (0, 1], got {target_ess!r}")
-    max_tilt = check_tilt(max_tilt, "max_tilt")
-    if math.isinf(max_tilt):
-        raise ValueError("max_tilt must be finite (nearly tied losses would ask tilt='auto' for an infinite tilt)")
-    if (isinstance(tilt_smoothing, bool) or not isinstance(tilt_smoothing, (int, float))
-            or not (0.0 <= tilt_smoothing < 1.0)):
-        raise ValueError(f"tilt_smoothing must be in [0, 1), got {tilt_smoothing!r}")
-    return float(target_ess), max_tilt, float(tilt_smoothing)
+def _check_ess_target(target_ess: float, num_samples: int) -> None:
+    """``tilt="auto"`` needs ``target_ess * num_samples > 1``: every weighting has ESS >= 1, so a lower target
+    is no constraint and the rule would always return its cap (a hard max). One sample has nothing to weight."""
+    if num_samples > 1 and target_ess * num_samples <= 1.0:
+        raise ValueError(f"tilt='auto' with num_samples={num_samples} needs target_ess > 1/num_samples = "
+                         f"{1 / num_samples:g}, got target_ess={target_ess!r}: an ESS of at least "
+                         f"{target_ess * num_samples:g} holds for every tilt (ESS >= 1), so the rule would always "
+                         "choose max_tilt; raise target_ess or num_samples")

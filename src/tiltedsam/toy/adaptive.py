@@ -1,6 +1,6 @@
 r"""The ``tilt="auto"`` rule of :class:`~tiltedsam.optim.TSAM` on the 1-D toy problems, computed exactly.
 
-The optimizer's rule (issue 12): choose the tilt whose weights :math:`w \propto e^{t L(\theta+\epsilon)}`
+The optimizer's rule (:class:`~tiltedsam.tilt.AutoTilt`): choose the tilt whose weights :math:`w \propto e^{t L(\theta+\epsilon)}`
 keep an effective sample size of ``alpha`` times the number of samples, cap it at ``max_tilt``, smooth
 ``log t`` across steps with an EMA, and use the tilt chosen from the *previous* steps (the first step is
 uniform, ``t = 0``). Here the samples are the whole measure ``mu``: the ESS fraction of ``s`` i.i.d.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..tilt import check_tilt, largest_tilt_at_least, tilt_for_ess, tilted_weights
+from ..tilt import AutoTilt, check_tilt, largest_tilt_at_least, tilt_for_ess, tilted_weights
 from .descent import sample_perturbations
 from .objectives import _check_measure, _check_rho, _tsam_gradient, quadrature
 from .problems import ToyProblem, as_problem
@@ -113,16 +113,14 @@ def descend_auto(problem: ToyProblem | str, start: float, lr: float, steps: int,
     measure = _check_measure(measure)
     if rho == 0:
         raise ValueError("rho must be > 0 for the auto tilt (no neighbourhood, nothing to weight)")
-    if not (0.0 <= tilt_smoothing < 1.0):
-        raise ValueError(f"tilt_smoothing must be in [0, 1), got {tilt_smoothing!r}")
+    auto = AutoTilt(target_ess, tilt_smoothing)  # the optimizer's rule: the bisection result, smoothed in log space
     generator = torch.Generator().manual_seed(int(seed))
     thetas = np.empty(steps + 1)
     thetas[0] = float(start)
     tilts, chosen, ess = np.zeros(steps), np.zeros(steps), np.zeros(steps)
-    log_ema: float | None = None
     for k in range(steps):
         theta = thetas[k]
-        tilt = 0.0 if log_ema is None else min(math.exp(log_ema), max_tilt)
+        tilt = auto.next_tilt(max_tilt)
         if num_samples is None:
             x, q = quadrature(problem, np.array([theta]), rho, measure)
             values = problem.value(x[0])
@@ -137,8 +135,7 @@ def descend_auto(problem: ToyProblem | str, start: float, lr: float, steps: int,
             ess[k] = 1.0 / float((weights**2).sum()) / num_samples
             star = tilt_for_ess(values.tolist(), target_ess, max_tilt=max_tilt)
         tilts[k], chosen[k] = tilt, star
-        log_star = math.log(max(star, 1e-12))
-        log_ema = log_star if log_ema is None else tilt_smoothing * log_ema + (1 - tilt_smoothing) * log_star
+        auto.fold(star)
         thetas[k + 1] = theta - lr * gradient
         if not math.isfinite(thetas[k + 1]):
             raise ValueError(f"gradient descent diverged at step {k + 1}; lr={lr} is too large")

@@ -10,8 +10,6 @@ figures use matplotlib's Agg canvas without touching the global backend.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from .._atomic import atomic_write_with as _atomic_write
+from .._tables import csv_text
+from .._tables import markdown_table as _markdown_table
 from .descent import Run, Trajectory, _format_number, descend_many
 from .objectives import Minimiser, global_minimiser, neighbourhood_stats, objective
 from .problems import ToyProblem, as_problem
@@ -63,12 +63,8 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def _write_table(folder: Path, stem: str, header: Sequence[str], rows: Sequence[Sequence], report: ToyReport, title: str) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[_csv_cell(v) for v in row] for row in rows])
     table = markdown_table(header, rows)
-    report.files.append(_write_text(folder / f"{stem}.csv", buffer.getvalue()))
+    report.files.append(_write_text(folder / f"{stem}.csv", csv_text(header, rows)))
     report.files.append(_write_text(folder / f"{stem}.md", f"# {title}\n\n{table}\n"))
     report.tables[title] = table
 
@@ -105,14 +101,6 @@ def _panel_figure(count: int, panel_size: tuple[float, float] = (3.6, 2.9)):
 # ----------------------------------------------------------------------------- tables
 
 
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -131,9 +119,7 @@ def _tilt_cell(tilt: float | None) -> str | None:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A GitHub Markdown table; floats shown with 4 decimals (scientific below 1e-3)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return _markdown_table(header, rows, cell=_cell)
 
 
 # ----------------------------------------------------------------------------- Fig. 1

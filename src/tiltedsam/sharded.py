@@ -23,31 +23,48 @@ Under ``torch.distributed.fsdp.fully_shard`` every parameter (and its ``.grad``)
 
 Plain tensors and replicated ``DTensor`` s (every rank holds everything, as under DDP) contribute
 their local values without communication.
+
+This module sits beside :mod:`tiltedsam.functional` (below the optimizers), which dispatches to it:
+a parameter list is read as sharded when its first tensor is a DTensor (:func:`is_sharded`, one type
+check per call, so plain tensors pay nothing else). ``fully_shard`` on the root module turns every
+parameter into a DTensor; a list that mixes plain tensors into a sharded list is handled here too
+(plain entries count as replicated), as long as a DTensor comes first.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import sys
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["is_dtensor", "any_dtensor", "local", "snapshot", "restore", "add_", "global_norm", "global_dot",
+__all__ = ["is_dtensor", "is_sharded", "local", "snapshot", "restore", "add_", "global_norm", "global_dot",
            "shard_like", "normal_shards", "filter_norms"]
 
 
+_dtensor_type: Any = None  # DTensor, looked up once its module is loaded
+
+
 def is_dtensor(tensor: Any) -> bool:
-    """Whether ``tensor`` is a :class:`~torch.distributed.tensor.DTensor` (False when torch.distributed is absent)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - builds without torch.distributed
-        return False
-    return isinstance(tensor, DTensor)
+    """Whether ``tensor`` is a :class:`~torch.distributed.tensor.DTensor`. Imports nothing: no DTensor can
+    exist before ``torch.distributed.tensor`` is loaded, so until then the answer is False."""
+    global _dtensor_type
+    if _dtensor_type is None:
+        module = sys.modules.get("torch.distributed.tensor")
+        if module is None:
+            return False
+        _dtensor_type = module.DTensor
+    return isinstance(tensor, _dtensor_type)
 
 
-def any_dtensor(tensors: Iterable[Any]) -> bool:
-    """Whether any entry of ``tensors`` (``None`` allowed) is a DTensor."""
-    return any(is_dtensor(t) for t in tensors if t is not None)
+def is_sharded(tensors: Sequence[Any]) -> bool:
+    """Whether the parameter-shaped list ``tensors`` takes the sharded path: its first entry that is not
+    ``None`` is a DTensor. One type check, so plain lists cost nothing more."""
+    for t in tensors:
+        if t is not None:
+            return is_dtensor(t)
+    return False
 
 
 def local(tensor: Tensor) -> Tensor:

@@ -22,8 +22,8 @@ from typing import Any, Generator
 import torch
 from torch import Tensor
 
-from ..optim import sharded
-from ..optim.functional import draw_noise, global_dot, standard_normal_like
+from ...functional import check_hyperparameter, draw_noise, global_dot, restore, shift, standard_normal_like
+from ..base import Point, Request
 from .base import DrawResult, Sampler, SamplingContext
 
 __all__ = ["HMCSampler", "INTEGRATORS"]
@@ -34,21 +34,7 @@ _INIT_KINDS = ("uniform", "zero")
 #: Safety cap on reflections within one position update (a grazing path along the sphere of a
 #: d-dimensional ball makes about sqrt(d) of them per radius travelled; each costs a few float ops).
 _MAX_REFLECTIONS = 10**6
-
-
-def _check_positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return value
-
-
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+_START = Request(Point.PERTURBED, name="hmc_start")
 
 
 def _billiard_2d(position: list[float], velocity: list[float], momentum: list[float], radius: float) -> int:
@@ -207,32 +193,16 @@ class HMCSampler(Sampler):
         init: str = "uniform",
         radius: float | None = None,
     ) -> None:
-        self.num_steps = num_steps
-        self.step_size = step_size
-        self.momentum_std = momentum_std
-        self.accept = accept
-        self.num_transitions = num_transitions
-        self.integrator = integrator
-        self.momentum = momentum
-        self.init = init
-        self.radius = radius
-        self.validate()
-
-    def validate(self) -> None:
-        _check_count("num_steps", self.num_steps)
-        _check_count("num_transitions", self.num_transitions)
-        if self.step_size is not None:
-            _check_positive_number("step_size", self.step_size)
-        _check_positive_number("momentum_std", self.momentum_std)
-        if self.radius is not None:
-            _check_positive_number("radius", self.radius, allow_zero=True)
-        if not isinstance(self.accept, bool):
-            raise ValueError(f"accept must be True or False, got {self.accept!r}")
-        for name, value, allowed in (("integrator", self.integrator, INTEGRATORS),
-                                     ("momentum", self.momentum, _MOMENTUM_KINDS),
-                                     ("init", self.init, _INIT_KINDS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        positive = {"low": 0.0, "low_inclusive": False}
+        self.num_steps = check_hyperparameter("num_steps", num_steps, integer=True, low=1)
+        self.step_size = None if step_size is None else check_hyperparameter("step_size", step_size, **positive)
+        self.momentum_std = check_hyperparameter("momentum_std", momentum_std, **positive)
+        self.accept = check_hyperparameter("accept", accept, choices=(True, False))
+        self.num_transitions = check_hyperparameter("num_transitions", num_transitions, integer=True, low=1)
+        self.integrator = check_hyperparameter("integrator", integrator, choices=INTEGRATORS)
+        self.momentum = check_hyperparameter("momentum", momentum, choices=_MOMENTUM_KINDS)
+        self.init = check_hyperparameter("init", init, choices=_INIT_KINDS)
+        self.radius = None if radius is None else check_hyperparameter("radius", radius, low=0.0)
 
     def evaluations_per_sample(self) -> int:
         return 1 + self.num_transitions * self.num_steps
@@ -261,8 +231,8 @@ class HMCSampler(Sampler):
     @staticmethod
     @torch.no_grad()
     def _move_to(ctx: SamplingContext, eps: list[Tensor]) -> None:
-        sharded.restore(ctx.params, ctx.origin)  # [sharded] local shards under FSDP2
-        sharded.add_(ctx.params, eps)
+        restore(ctx.params, ctx.origin)
+        shift(ctx.params, eps)
 
     @staticmethod
     @torch.no_grad()
@@ -272,7 +242,7 @@ class HMCSampler(Sampler):
             if g is not None:
                 p.add_(g, alpha=amount)
 
-    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
+    def draw(self, ctx: SamplingContext) -> Generator[Request, Any, DrawResult]:
         delta = float(ctx.sample_tilt)
         if not math.isfinite(delta):
             raise ValueError(
@@ -287,7 +257,7 @@ class HMCSampler(Sampler):
 
         eps = self._initial_perturbation(ctx, radius)
         self._move_to(ctx, eps)
-        loss = ctx.loss_value((yield "hmc_start"))
+        loss = ctx.loss_value((yield _START))
         grads = ctx.grads()
         for transition in range(self.num_transitions):
             start_loss = loss
@@ -306,7 +276,7 @@ class HMCSampler(Sampler):
                 if radius > 0:
                     reflections += _drift(eps, momentum, beta / sigma2, radius)
                 self._move_to(ctx, eps)
-                loss = ctx.loss_value((yield f"hmc_{transition}_{step}"))
+                loss = ctx.loss_value((yield Request(Point.PERTURBED, name=f"hmc_{transition}_{step}")))
                 grads = ctx.grads()
                 if leapfrog:
                     self._kick(momentum, grads, 0.5 * beta * delta)

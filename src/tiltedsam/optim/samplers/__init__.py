@@ -1,5 +1,5 @@
-"""Perturbation samplers for TSAM (strategies): ``ascent`` (Algorithm 2), ``hmc`` (Eq. 11), ``naive``
-(App. C.3, Eq. 75), plus a name registry."""
+"""Perturbation samplers for TSAM (strategies): ``ascent`` (Algorithm 2 and its cheap variants, drawn
+inline by TSAM), ``hmc`` (Eq. 11), ``naive`` (App. C.3, Eq. 75), the batched ascent, plus a name registry."""
 
 from __future__ import annotations
 

@@ -2,16 +2,17 @@ r"""The naive sampler of App. C.3 (Eq. 75): ``eps`` drawn from ``mu`` itself, th
 
 from __future__ import annotations
 
-import math
 from typing import Any, Generator
 
 import torch
 
-from ..optim import sharded
-from ..optim.functional import NOISE_KINDS, draw_noise
+from ...functional import NOISE_KINDS, check_hyperparameter, draw_noise, shift
+from ..base import Point, Request
 from .base import DrawResult, Sampler, SamplingContext
 
 __all__ = ["NaiveSampler"]
+
+_NAIVE = Request(Point.PERTURBED, name="naive")
 
 
 class NaiveSampler(Sampler):
@@ -39,20 +40,9 @@ class NaiveSampler(Sampler):
     targets_tilted_density = False
 
     def __init__(self, noise: str = "uniform", noise_std: float = 1.0, radius: float | None = None) -> None:
-        self.noise = noise
-        self.noise_std = noise_std
-        self.radius = radius
-        self.validate()
-
-    def validate(self) -> None:
-        if self.noise not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
-        for name, value, positive in (("noise_std", self.noise_std, True), ("radius", self.radius, False)):
-            if value is None and name == "radius":
-                continue
-            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            if bad or value < 0 or (positive and value == 0):
-                raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+        self.noise = check_hyperparameter("noise", noise, choices=NOISE_KINDS)
+        self.noise_std = check_hyperparameter("noise_std", noise_std, low=0.0, low_inclusive=False)
+        self.radius = None if radius is None else check_hyperparameter("radius", radius, low=0.0)
 
     def evaluations_per_sample(self) -> int:
         return 1
@@ -60,12 +50,12 @@ class NaiveSampler(Sampler):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "noise": self.noise, "noise_std": self.noise_std, "radius": self.radius}
 
-    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
+    def draw(self, ctx: SamplingContext) -> Generator[Request, Any, DrawResult]:
         radius = float(ctx.rho if self.radius is None else self.radius)
         if radius > 0:
             eps = draw_noise(ctx.params, self.noise, radius, ctx.generator, std=self.noise_std)
             with torch.no_grad():
-                sharded.add_(ctx.params, eps)  # [sharded]
+                shift(ctx.params, eps)
             del eps
-        loss = yield "naive"
+        loss = yield _NAIVE
         return ctx.loss_value(loss), ctx.grads()

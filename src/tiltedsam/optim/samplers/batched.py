@@ -44,59 +44,48 @@ two parameter copies for the loop (see TSAM). At ``s = 3`` on the CIFAR ResNet18
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..optim.functional import NORM_EPS, draw_noise
+from ...functional import NORM_EPS, check_hyperparameter
+from ..base import frozen_batchnorm_stats
 from .ascent import AscentSampler
-from .base import DrawResult, SamplingContext
+from .base import SamplingContext
 
-__all__ = ["BatchedAscentSampler", "RANDOMNESS", "run_batched_step"]
+__all__ = ["BatchedAscentSampler", "RANDOMNESS"]
 
 RANDOMNESS = ("error", "different", "same")
 
 
 class BatchedAscentSampler(AscentSampler):
-    """:class:`AscentSampler` whose ``s`` samples are computed in one ``vmap`` pass per stage when bound
-    to a model, inputs and loss (by ``TSAM.step_batched``); unbound, it is the ordinary loop sampler.
+    """:class:`AscentSampler` whose ``s`` samples TSAM's :meth:`~tiltedsam.optim.TSAM.step_batched` computes in
+    one ``vmap`` pass per stage (:meth:`evaluate_all`, bound to a model, inputs and loss for one step); unbound,
+    TSAM draws with it as with the ordinary loop sampler.
 
     Its :meth:`config` is the ascent sampler's: batching changes how the step is computed, not what it is.
     """
 
     def __init__(self, noise: str = "gaussian", noise_radius: float = 1.0, noise_std: float = 1.0) -> None:
         super().__init__(noise=noise, noise_radius=noise_radius, noise_std=noise_std)
-        self._batch: dict[str, Any] | None = None  # what step_batched bound for this step
-        self._results: list[tuple[float, list[Tensor | None]]] = []
+        self.batch: dict[str, Any] | None = None  # what step_batched bound for this step
 
-    def bind(self, model: nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Tensor], num_samples: int,
-             randomness: str) -> None:
-        """Use ``model(*inputs)`` and ``loss_fn`` for the next step's ``num_samples`` draws."""
-        if randomness not in RANDOMNESS:
-            raise ValueError(f"randomness must be one of {RANDOMNESS}, got {randomness!r}")
-        self._batch = {"model": model, "inputs": inputs, "loss_fn": loss_fn, "num_samples": num_samples,
-                       "randomness": randomness}
-        self._results = []
+    def bind(self, model: nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Tensor], randomness: str) -> None:
+        """Use ``model(*inputs)`` and ``loss_fn`` for the next step's draws."""
+        check_hyperparameter("randomness", randomness, choices=RANDOMNESS)
+        self.batch = {"model": model, "inputs": inputs, "loss_fn": loss_fn, "randomness": randomness}
 
     def unbind(self) -> None:
-        self._batch = None
-        self._results = []
-
-    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
-        if self._batch is None:  # closure / manual API: the loop
-            return (yield from super().draw(ctx))
-        if not self._results:  # first sample of the step: compute all of them
-            self._results = self._evaluate_all(ctx)
-        loss, grads = self._results.pop(0)
-        return ctx.loss_value(loss), grads
+        self.batch = None
 
     # ------------------------------------------------------------------ the batched computation
-    def _evaluate_all(self, ctx: SamplingContext) -> list[tuple[float, list[Tensor | None]]]:
-        batch = self._batch
+    def evaluate_all(self, ctx: SamplingContext, count: int) -> list[tuple[float, list[Tensor | None]]]:
+        """The loss and gradient at each of ``count`` points ``theta + eps_j`` of Algorithm 2, in two
+        batched passes: ``(L_j, grad L(theta + eps_j))`` in sample order (losses as floats, one host read)."""
+        batch = self.batch
         assert batch is not None
         model: nn.Module = batch["model"]
-        count: int = batch["num_samples"]
         names = _parameter_names(model, ctx.params)
         optimized = set(names)
         frozen = {name: p.detach() for name, p in model.named_parameters() if name not in optimized}
@@ -123,8 +112,6 @@ class BatchedAscentSampler(AscentSampler):
         del grads
 
         # Stage 2 at theta + eps_j: batch statistics, no buffer update (as the loop's later evaluations).
-        from ..optim.base import frozen_batchnorm_stats  # lazily: optim imports the samplers
-
         with frozen_batchnorm_stats(model):
             grads, losses = self._vmapped(model, names, points, frozen, buffers, buffer_dim=None)
         values = losses.detach().to(torch.float64).tolist()  # the weights need them: one host read
@@ -133,13 +120,11 @@ class BatchedAscentSampler(AscentSampler):
         return [(values[j], [g[j] for g in grads]) for j in range(count)]
 
     def _noisy_point(self, theta: list[Tensor], ctx: SamplingContext) -> list[Tensor]:
-        if self.noise_radius > 0:
-            noise = draw_noise(theta, self.noise, self.noise_radius, ctx.generator, std=self.noise_std)
-            return [t + z for t, z in zip(theta, noise)]
-        return [t.clone() for t in theta]
+        noise = self.draw_noise(theta, ctx.generator)
+        return [t.clone() for t in theta] if noise is None else [t + z for t, z in zip(theta, noise)]
 
     def _vmapped(self, model, names, points, frozen, buffers, *, buffer_dim):
-        batch = self._batch
+        batch = self.batch
         assert batch is not None
         inputs, loss_fn = batch["inputs"], batch["loss_fn"]
 
@@ -176,36 +161,3 @@ def _parameter_names(model: nn.Module, params: list[Tensor]) -> list[str]:
 
 def _tracks_running_stats(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-
-
-def run_batched_step(optimizer: Any, inputs: Any, loss_fn: Callable[[Any], Tensor], randomness: str = "error") -> Tensor:
-    """One TSAM step with the batched sampler (what ``TSAM.step_batched`` runs).
-
-    Drives the optimizer's own step program (so the tilted weights, the diagnostics and the
-    restoring of theta are TSAM's), with the sampler bound to ``optimizer.model``, ``inputs`` and
-    ``loss_fn``: it never yields an evaluation, so the program runs to its end in one ``next``.
-    """
-    sampler = optimizer.sampler
-    if not isinstance(sampler, BatchedAscentSampler):
-        raise ValueError(f"step_batched needs TSAM(..., parallel_samples=True); this TSAM samples with {sampler!r}")
-    if optimizer.model is None:
-        raise ValueError("step_batched needs TSAM(..., model=model): it evaluates that model functionally")
-    if optimizer.distributed.is_active():
-        raise ValueError("step_batched does not support torch.distributed (DDP's gradient all-reduce runs in its "
-                         "backward hooks, which a functional call bypasses); use step() or manual_step()")
-    sampler.bind(optimizer.model, inputs if isinstance(inputs, tuple) else (inputs,), loss_fn,
-                 optimizer.num_samples, randomness)
-    program = optimizer._algorithm()
-    try:
-        label = next(program)
-    except StopIteration as done:
-        objective = done.value
-    else:  # cannot happen with a bound sampler; never leave the parameters moved
-        program.close()
-        raise RuntimeError(f"the batched step asked for a closure evaluation ({label!r})")
-    finally:
-        sampler.unbind()
-    optimizer.step_count += 1
-    optimizer.last_step.objective = objective
-    optimizer.base_step()
-    return torch.tensor(objective)

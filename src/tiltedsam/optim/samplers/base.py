@@ -1,10 +1,12 @@
 """How TSAM draws its perturbations: the sampler strategy interface.
 
-A sampler turns the current parameters ``theta`` into one perturbed point ``theta + eps_j`` and
-returns the loss and gradient there, which TSAM folds into its tilted average (Algorithm 1). It is a
-generator in the same style as the optimizers' step program: it moves ``ctx.params`` and ``yield``s
-a label whenever it needs the loss and gradient at the current parameters, then receives the loss;
-after the evaluation the gradient is in ``p.grad``.
+TSAM's default sampler, Algorithm 2 and its cheaper variants (:class:`~.ascent.AscentSampler`), is
+written inline in TSAM's step program (:mod:`tiltedsam.optim.tsam`); the sampler object holds its
+settings, cost and the state kept between steps. Another strategy (HMC, naive) turns the current
+parameters ``theta`` into one perturbed point ``theta + eps_j`` in :meth:`Sampler.draw`, a generator in
+the same style as the optimizers' step program: it moves ``ctx.params`` and ``yield``s a
+:class:`~tiltedsam.optim.base.Request` whenever it needs the loss and gradient at the current
+parameters, then receives the loss; after the evaluation the gradient is in ``p.grad``.
 
 When :meth:`Sampler.draw` starts, the parameters equal ``ctx.origin`` (the snapshot of theta).
 """
@@ -43,22 +45,12 @@ class SamplingContext:
     # for losses that are only logged: this rank's value, no communication under DDP
     local_loss_value: Callable[[Any], float] = float
     diagnostics: dict[str, list[Any]] = field(default_factory=dict)  # per-sample extras for logging
-    sample_index: int = 0  # j: which of the step's samples this draw produces (0-based)
-    num_samples: int = 1  # s: how many draws this step makes
-    step_scratch: dict[str, Any] = field(default_factory=dict)  # shared by the draws of one step only
 
     def record(self, key: str, value: Any) -> None:
         self.diagnostics.setdefault(key, []).append(value)
 
     def grads(self) -> list[Tensor | None]:
         return [p.grad for p in self.params]
-
-    @torch.no_grad()
-    def reset(self) -> None:
-        """Move the parameters back to theta exactly."""
-        from ..optim import sharded  # [sharded] (imported here: optim imports this module)
-
-        sharded.restore(self.params, self.origin)  # [sharded] local shards under FSDP2
 
 
 class Sampler:
@@ -86,10 +78,6 @@ class Sampler:
         cost varies from step to step, e.g. lazy ascent)."""
         return self.evaluations_per_step(num_samples)
 
-    def batch_fraction(self, label: str) -> float:
-        """Fraction of the mini-batch the evaluation ``label`` should use (1 = all of it)."""
-        return 1.0
-
     def state_dict(self) -> dict[str, Any]:
         """State carried from step to step (saved in the optimizer's ``state_dict``); none by default."""
         return {}
@@ -97,13 +85,10 @@ class Sampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
-    #: labels of the evaluations whose gradient only sets the ascent direction (m-sharpness under DDP)
-    ascent_labels: frozenset[str] = frozenset()
+    #: whether some of its evaluations only set the ascent direction (m-sharpness under DDP)
+    has_ascent_only_evaluations: bool = False
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` for bad settings (called by the optimizer at construction)."""
-
-    def draw(self, ctx: SamplingContext) -> Generator[str, Any, DrawResult]:
+    def draw(self, ctx: SamplingContext) -> Generator[Any, Any, DrawResult]:
         """Move to ``theta + eps_j``, yielding for each evaluation; return its loss and gradient."""
         raise NotImplementedError
 
