@@ -15,6 +15,9 @@
 #                  timing, cudnn.benchmark, max_memory_allocated
 #   4. smoke       a ~2-minute TSAM training run of the harness (ResNet18 on the bundled MNIST-5k)
 #   5. paper_presets  paper:cifar100-resnet18 and paper:glue-distilbert at --scale smoke (synthetic data)
+#   6. fsdp        benchmarks/fsdp_check.py: every registered optimizer on FSDP2-sharded parameters
+#                  against one unsharded process, float32 and bf16 MixedPrecisionPolicy (manual API):
+#                  two ranks (nccl) when two GPUs are visible, else a 1-GPU FSDP2 smoke step
 # then benchmarks/gpu_check_report.py writes everything to $OUT/gpu_check.json and prints the tables.
 #
 # Settings (environment): GPU_CHECK_DEVICE (cuda), GPU_CHECK_OUT (gpu_check_out), PYTHON
@@ -34,18 +37,18 @@ if [ "$DEVICE" = cpu ]; then
     MODEL=small_cnn BATCH=8 WARMUP=1 REPEATS=1 THREADS=(--threads 1)
     SMOKE=(--set data.name=digits --set model.name=small_cnn --set budget.kind=steps
            --set "budget.amount=${GPU_CHECK_SMOKE_STEPS:-3}" --set run.num_threads=1)
-    LIMIT_TESTS=300 LIMIT_COST=300 LIMIT_SMOKE=300 LIMIT_PRESETS=600
+    LIMIT_TESTS=300 LIMIT_COST=300 LIMIT_SMOKE=300 LIMIT_PRESETS=600 LIMIT_FSDP=300
 else
     MODEL=resnet18 BATCH=64 WARMUP=3 REPEATS=15 THREADS=()
     SMOKE=(--set data.name=mnist5k --set model.name=resnet18 --set budget.kind=steps
            --set "budget.amount=${GPU_CHECK_SMOKE_STEPS:-1000}")
     # cuda_tests: + ~20 s for importing Lightning and transformers; + ~30 s for the device part
-    LIMIT_TESTS=120 LIMIT_COST=170 LIMIT_SMOKE=150
+    LIMIT_TESTS=120 LIMIT_COST=170 LIMIT_SMOKE=150 LIMIT_FSDP=90
     LIMIT_PRESETS=120  # the paper's presets at smoke scale
 fi
 
 mkdir -p "$OUT"
-rm -rf "$OUT/smoke" "$OUT/parts.tsv" "$OUT/cuda_tests.xml" "$OUT/step_cost.json" "$OUT/device.json"
+rm -rf "$OUT/smoke" "$OUT/parts.tsv" "$OUT/cuda_tests.xml" "$OUT/step_cost.json" "$OUT/device.json" "$OUT/fsdp.json"
 : > "$OUT/parts.tsv"
 
 # run_part NAME LIMIT_SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record status and time
@@ -92,5 +95,8 @@ run_part smoke "$LIMIT_SMOKE" "$PYTHON" -m tiltedsam train --out "$OUT/smoke" --
 
 # 5. paper_presets: one image and one GLUE preset of the paper at smoke scale (synthetic on-disk data)
 run_part paper_presets "$LIMIT_PRESETS" "$PYTHON" benchmarks/paper_presets_smoke.py "$DEVICE" "$OUT"
+
+# 6. fsdp: every registered optimizer on FSDP2-sharded parameters against one unsharded process
+run_part fsdp "$LIMIT_FSDP" "$PYTHON" benchmarks/fsdp_check.py --device "$DEVICE" --json "$OUT/fsdp.json"
 
 "$PYTHON" benchmarks/gpu_check_report.py "$OUT"

@@ -100,6 +100,7 @@ def collect(out_dir: str | Path) -> dict[str, Any]:
         "cuda_tests": _junit(out / "cuda_tests.xml"),
         "step_cost": step_cost,
         "batched_against_loop": _batched_against_loop(step_cost["rows"]) if step_cost else [],
+        "fsdp": _read_json(out / "fsdp.json"),
         "smoke_run": None if smoke is None else {
             key: smoke.get(key) for key in ("optimizer", "steps", "epochs", "grad_evals", "train_seconds",
                                             "wall_seconds", "final_train_loss", "final_test_acc", "best_val_acc")
@@ -150,6 +151,16 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append(f"training smoke run ({smoke['optimizer']}): {smoke['steps']} steps in {_number(smoke['train_seconds'], 1)} s, "
                      f"final train loss {_number(smoke['final_train_loss'], 3)}, test accuracy {_number(smoke['final_test_acc'], 3)}")
+    fsdp = report.get("fsdp")
+    if fsdp is None:
+        lines.append("FSDP2 check: no result")
+    else:
+        rows = fsdp["rows"]
+        failed = [r["optimizer"] for r in rows if not r["ok"]]
+        worst = max((r["fp32_max_abs_diff"] for r in rows if r["fp32_max_abs_diff"] is not None), default=None)
+        lines.append(f"FSDP2 check ({fsdp['nproc']} rank(s), {fsdp['backend']}): {len(rows) - len(failed)} of "
+                     f"{len(rows)} optimizers agree with one process (largest float32 difference "
+                     f"{'n/a' if worst is None else f'{worst:.1e}'})" + (f"; failed: {', '.join(failed)}" if failed else ""))
     lines.append(f"\noverall: {'OK' if report['ok'] else 'FAILED'}")
     return "\n".join(lines)
 

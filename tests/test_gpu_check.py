@@ -47,6 +47,9 @@ def _fake_outputs(out: Path) -> None:
     ]
     (out / "step_cost.json").write_text(json.dumps({"model": "resnet18", "parameters": 11e6, "batch_size": 64,
                                                      "repeats": 15, "rows": rows}))
+    (out / "fsdp.json").write_text(json.dumps({"nproc": 1, "backend": "nccl", "steps": 2, "rows": [
+        {"optimizer": "sam", "fp32_max_abs_diff": 2e-7, "bf16_max_abs_diff": 1e-3, "moved": 0.03, "ok": True},
+        {"optimizer": "tsam", "fp32_max_abs_diff": 3e-3, "bf16_max_abs_diff": 1e-3, "moved": 0.03, "ok": False}]}))
     (out / "smoke").mkdir()
     # a diverged smoke run may hold NaN (Python's json writes it); the report must not
     (out / "smoke" / "result.json").write_text(
@@ -68,6 +71,8 @@ def test_report_collects_every_part_and_flags_failures(tmp_path):
     text = report_module.render(report)
     assert "(timed out)" in text and "overall: FAILED" in text and "1 failed" in text
     assert "batched / loop (tsam:num_samples=3): time 0.50x, peak memory 2.50x" in text
+    assert "FSDP2 check (1 rank(s), nccl): 1 of 2 optimizers agree with one process (largest float32 difference " \
+           "3.0e-03); failed: tsam" in text
 
 
 def test_report_main_writes_the_json_and_exits_nonzero_on_failure(tmp_path, capsys):
@@ -110,7 +115,8 @@ def test_gpu_check_dry_run_on_cpu_runs_every_part(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert [p["part"] for p in report["parts"]] == ["device", "cuda_tests", "step_cost", "smoke", "paper_presets"]
+    assert [p["part"] for p in report["parts"]] == ["device", "cuda_tests", "step_cost", "smoke", "paper_presets",
+                                                    "fsdp"]
     assert report["ok"] is True
     tests = report["cuda_tests"]
     assert tests["tests"] >= 8 and tests["skipped"] == tests["tests"]  # no CUDA here: all skip, none fail
@@ -121,3 +127,6 @@ def test_gpu_check_dry_run_on_cpu_runs_every_part(tmp_path):
     assert len(report["batched_against_loop"]) == 2
     assert report["smoke_run"]["steps"] == 3
     assert "overall: OK" in done.stdout
+    fsdp = json.loads((tmp_path / "out" / "fsdp.json").read_text())  # two gloo ranks in the dry run
+    assert fsdp["nproc"] == 2 and {row["optimizer"] for row in fsdp["rows"]} == {e["name"] for e in list_optimizers()}
+    assert all(row["ok"] for row in fsdp["rows"])

@@ -4,8 +4,10 @@ of a hyper-parameter.
 The tensor functions act on lists of tensors (one per parameter) and treat the list as one flat vector:
 norms are global over the whole model, as in SAM (Foret et al. 2021) and the TSAM authors' code. Every
 copy, move and restore of the parameters an optimizer makes goes through :func:`snapshot`,
-:func:`restore`, :func:`move` and the norms here, so a different parameter layout (sharded tensors)
-changes this one module.
+:func:`restore`, :func:`shift`, :func:`move` and the norms here, so a different parameter layout
+changes this one module: FSDP2-sharded parameters (``DTensor``) are dispatched to
+:mod:`tiltedsam.sharded` (local shards, one all-reduce per global number, noise equal to the
+unsharded draw), after one type check of a list's first tensor.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
+from . import sharded
+
 __all__ = ["global_norm", "global_dot", "ascent_step", "draw_noise", "standard_normal_like", "NOISE_KINDS",
-           "NORM_EPS", "snapshot", "restore", "shift", "move", "unit_direction", "check_hyperparameter"]
+           "NORM_EPS", "snapshot", "restore", "shift", "move", "unit_direction", "filter_norms",
+           "scale_by_filter_norms_", "check_hyperparameter"]
 
 NOISE_KINDS = ("gaussian", "uniform")
 NoiseKind = Literal["gaussian", "uniform"]
@@ -27,10 +32,13 @@ NORM_EPS = 1e-12
 
 
 def global_norm(tensors: Sequence[Tensor | None]) -> Tensor:
-    """L2 norm of the concatenation of ``tensors`` (``None`` entries skipped), as a 0-dim tensor."""
+    """L2 norm of the concatenation of ``tensors`` (``None`` entries skipped), as a 0-dim tensor; over all
+    ranks' shards for sharded tensors (one all-reduce)."""
     present = [t for t in tensors if t is not None]
     if not present:
         return torch.zeros(())
+    if sharded.is_dtensor(present[0]):
+        return sharded.global_norm(present)
     return torch.nn.utils.get_total_norm(present, norm_type=2.0)
 
 
@@ -92,7 +100,8 @@ def draw_noise(
     * ``"uniform"``: uniform in the ball ``||z|| <= radius``: a uniform direction times
       ``radius * u^{1/d}`` with ``u ~ U(0, 1)`` and ``d`` the number of parameters.
 
-    Drawn from ``generator`` (on its own device, then moved), so runs are reproducible.
+    Drawn from ``generator`` (on its own device, then moved), so runs are reproducible. Sharded
+    parameters get the same numbers as unsharded ones (each rank draws at full size and keeps its shard).
 
     The clipping factor stays a tensor on the parameters' device (computed in float64, then applied
     in the parameters' dtype, as a Python float was before): no value is copied to the host, so on a
@@ -101,10 +110,14 @@ def draw_noise(
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
     device = generator.device
-    noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
+    if sharded.is_sharded(params):  # full-size draws (as unsharded), local shards kept; norm of the full draw
+        noise, full_norm = sharded.normal_shards(params, generator)
+    else:
+        noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
+        full_norm = None
     if radius == 0 or not noise:
         return [torch.zeros_like(p) for p in params]
-    norm = global_norm(noise).to(torch.float64)
+    norm = (global_norm(noise) if full_norm is None else full_norm).to(torch.float64)
     if kind == "gaussian":
         # std * min(1, radius / (std ||z|| + eps))
         # (a true division: `radius / tensor` would multiply by a rounded reciprocal)
@@ -121,7 +134,10 @@ def draw_noise(
 
 
 def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) -> float:
-    """Inner product of two parameter-shaped lists read as flat vectors (``None`` counts as zero), in float64."""
+    """Inner product of two parameter-shaped lists read as flat vectors (``None`` counts as zero), in float64;
+    over all ranks' shards for sharded tensors (one all-reduce)."""
+    if sharded.is_sharded(first):
+        return sharded.global_dot(first, second)
     total = 0.0
     for a, b in zip(first, second):
         if a is not None and b is not None:
@@ -131,27 +147,39 @@ def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) 
 
 @torch.no_grad()
 def standard_normal_like(params: Sequence[Tensor], generator: torch.Generator) -> list[Tensor]:
-    """One ``N(0, I)`` tensor per parameter, drawn from ``generator`` on its device, then moved to the parameter's."""
+    """One ``N(0, I)`` tensor per parameter, drawn from ``generator`` on its device, then moved to the parameter's
+    (sharded parameters: drawn at full size, this rank's shard kept)."""
+    if sharded.is_sharded(params):
+        return sharded.normal_shards(params, generator)[0]
     device = generator.device
     return [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
 
 
 def snapshot(params: Sequence[Tensor]) -> list[Tensor]:
-    """A detached copy of every parameter (the point a step starts from)."""
+    """A detached copy of every parameter (the point a step starts from); of the local shards only for
+    sharded parameters (``1/N`` of a copy per rank)."""
+    if sharded.is_sharded(params):
+        return sharded.snapshot(params)
     return [p.detach().clone() for p in params]
 
 
 @torch.no_grad()
 def restore(params: Sequence[Tensor], saved: Sequence[Tensor]) -> None:
-    """Copy ``saved`` back into ``params``: bit-exact, unlike subtracting the perturbation again."""
-    if params:
+    """Copy ``saved`` back into ``params``: bit-exact, unlike subtracting the perturbation again (on the
+    local shards for sharded parameters: ``_foreach_copy_`` has no DTensor rule)."""
+    if sharded.is_sharded(params):
+        sharded.restore(params, saved)
+    elif params:
         torch._foreach_copy_(list(params), list(saved))
 
 
 @torch.no_grad()
 def shift(params: Sequence[Tensor], tensors: Sequence[Tensor]) -> None:
-    """``p <- p + t`` for every parameter (one fused call; ``tensors`` on the parameters' devices)."""
-    if params:
+    """``p <- p + t`` for every parameter (one fused call; ``tensors`` on the parameters' devices; on the local
+    shards for sharded parameters)."""
+    if sharded.is_sharded(params):
+        sharded.add_(params, tensors)
+    elif params:
         torch._foreach_add_(list(params), list(tensors))
 
 
@@ -170,6 +198,37 @@ def unit_direction(grads: Sequence[Tensor | None]) -> tuple[list[Tensor | None],
     factor = 1.0 / (norm + NORM_EPS)
     unit = [None if g is None else g * factor.to(g.device, g.dtype) for g in grads]
     return unit, math.isfinite(float(norm))
+
+
+@torch.no_grad()
+def filter_norms(params: Sequence[Tensor]) -> list[Tensor]:
+    r"""The L2 norm of every *filter*, shaped to broadcast against the parameter (against its local shard
+    for a sharded parameter; filters split across ranks are summed with one all-reduce in total).
+
+    A filter is one output unit (a slice along dimension 0) of a parameter with two or more
+    dimensions: ``||w_{i,k}||`` over ``w_i[k]``, shaped ``(rows, 1, ..., 1)``; a vector or scalar is one
+    filter, whose norm is a 0-dim tensor.
+    """
+    if sharded.is_sharded(params):
+        return sharded.filter_norms(params)
+    norms = []
+    for p in params:
+        if p.dim() >= 2:
+            rows = torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1)
+            norms.append(rows.reshape((-1,) + (1,) * (p.dim() - 1)))
+        else:
+            norms.append(torch.linalg.vector_norm(p))
+    return norms
+
+
+@torch.no_grad()
+def scale_by_filter_norms_(tensors: Sequence[Tensor], params: Sequence[Tensor], scale: float) -> None:
+    r"""``t_i <- scale * ||w_{i,k}|| * t_i`` in place, per filter ``k`` of parameter ``i`` (see
+    :func:`filter_norms`): RSAM's filter-wise noise scale. Sharded tensors are scaled on their shards."""
+    norms = filter_norms(params)
+    targets = [sharded.local(t) for t in tensors] if sharded.is_sharded(tensors) else tensors
+    for t, n in zip(targets, norms):
+        t.mul_(n * scale)
 
 
 def _is_number(value: Any) -> bool:

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N local processes (DistributedDataParallel: gloo on CPU, nccl with one GPU per "
-                        "process for run.device=cuda); batch_size stays the global batch. For several nodes run "
+                        "process for run.device=cuda; --set run.parallel=fsdp shards the model with FSDP2 instead); batch_size stays the global batch. For several nodes run "
                         "torchrun --nproc_per_node=N -m tiltedsam train ... instead (see docs/distributed.md)")
     from .._threads import add_threads_argument
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --nproc must be >= 1, got {args.nproc}")
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise SystemExit(f"error: --stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
-    world = world_from_environment(config.run.device)  # under torchrun: join its process group
+    world = world_from_environment(config.run.device, config.run.parallel)  # under torchrun: join its process group
     if world is not None and args.nproc != 1:
         raise SystemExit("error: --nproc cannot be combined with torchrun (torchrun already starts the processes)")
     try:

@@ -30,13 +30,16 @@ def _int(value: Any) -> bool:
 
 
 def check_resume_state(checkpoint: dict[str, Any], file: Path, budget: Any, model: Any, optimizer: Any,
-                       restore_rng: Any, loader_generator: Any, tilt_scheduler: Any = None) -> None:
+                       restore_rng: Any, loader_generator: Any, tilt_scheduler: Any = None,
+                       load_training_state: Any = None) -> None:
     """Validate ``checkpoint`` for a run of ``budget`` and restore model, optimizer, scheduler and RNGs.
 
     Checks: ``epoch`` and ``step`` integers with ``0 <= step <= total_steps`` and ``step`` equal to
     ``min(epoch * steps_per_epoch, total_steps)`` (what the train loop writes); ``metrics``, where a
     checkpoint of an older version holds it, a list of ``epoch`` rows (dicts); ``train_seconds`` and
-    ``wall_seconds`` finite numbers >= 0; ``rng`` with the four generators' states; model weights of the right names and shapes (``load_state_dict``).
+    ``wall_seconds`` finite numbers >= 0; ``rng`` with the four generators' states; model weights of the right
+    names and shapes (``load_state_dict``). ``load_training_state()``, when given, restores the model and
+    the optimizer instead (a sharded run's checkpoint lives in a ``torch.distributed.checkpoint`` folder).
     """
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {str(file)!r} does not fit this run: {what}; not resuming from it "
@@ -60,8 +63,10 @@ def check_resume_state(checkpoint: dict[str, Any], file: Path, budget: Any, mode
     rng = checkpoint.get("rng")
     if not isinstance(rng, dict) or not {"torch", "numpy", "python", "loader"} <= set(rng):
         raise bad("rng must hold the torch, numpy, python and loader generator states")
-    for what, restore in (("model", lambda: model.load_state_dict(checkpoint["model"])),
-                          ("optimizer", lambda: optimizer.load_state_dict(checkpoint["optimizer"])),
+    weights = ((("model", lambda: model.load_state_dict(checkpoint["model"])),
+                ("optimizer", lambda: optimizer.load_state_dict(checkpoint["optimizer"])))
+               if load_training_state is None else (("model and optimizer", load_training_state),))
+    for what, restore in (*weights,
                           ("tilt_scheduler", lambda: tilt_scheduler is None
                            or tilt_scheduler.load_state_dict(checkpoint["tilt_scheduler"])),
                           ("rng", lambda: restore_rng(rng, loader_generator))):

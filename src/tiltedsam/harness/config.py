@@ -122,6 +122,10 @@ class BudgetConfig:
     match_settings: dict[str, Any] = field(default_factory=dict)
 
 
+#: how a multi-process run splits the model (run.parallel): replicas (DDP) or shards (FSDP2)
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
 @dataclass
 class ExecutionConfig:
     """How to execute a run; not part of its identity."""
@@ -131,6 +135,8 @@ class ExecutionConfig:
     progress: bool = True  # tqdm progress bar
     device: str = "cpu"
     eval_batch_size: int = 1000
+    #: with --nproc N or torchrun: "ddp" (every rank holds the whole model) or "fsdp" (FSDP2: each rank one shard)
+    parallel: str = "ddp"
 
 
 @dataclass
@@ -202,6 +208,8 @@ def validate(config: RunConfig) -> None:
         raise bad("run.num_threads", config.run.num_threads, "0 (torch default) or a positive count")
     if config.run.eval_batch_size < 1:
         raise bad("run.eval_batch_size", config.run.eval_batch_size, "an integer >= 1")
+    if config.run.parallel not in PARALLEL_MODES:
+        raise bad("run.parallel", config.run.parallel, " | ".join(PARALLEL_MODES))
 
 
 # ---------------------------------------------------------------------- typed conversion

@@ -1,4 +1,5 @@
-"""Multi-process training for the harness: one run split over N ranks with DistributedDataParallel.
+"""Multi-process training for the harness: one run split over N ranks with DistributedDataParallel
+(``run.parallel = "ddp"``, the default) or FSDP2 (``run.parallel = "fsdp"``, :class:`ShardedWorld`).
 
 Two ways in, the same run:
 
@@ -36,7 +37,7 @@ from torch.utils.data import Dataset, Subset
 
 from .train import World
 
-__all__ = ["ShardedRandomSampler", "DistributedWorld", "launch", "world_from_environment", "choose_backend"]
+__all__ = ["ShardedRandomSampler", "DistributedWorld", "ShardedWorld", "launch", "world_from_environment", "choose_backend"]
 
 
 class ShardedRandomSampler(torch.utils.data.Sampler[int]):
@@ -115,16 +116,76 @@ class DistributedWorld(World):
         dist.barrier()
 
 
-def _init(rank: int, world_size: int, local_rank: int, backend: str, init_method: str) -> DistributedWorld:
+@dataclass
+class ShardedWorld(DistributedWorld):
+    """A rank of an FSDP2 run (``run.parallel = "fsdp"``): each rank holds one shard of the parameters,
+    their gradients, the optimizer's snapshot and state (see docs/distributed.md for the memory).
+
+    * the model is sharded with ``fully_shard``: every module that owns parameters is one unit (its
+      parameters are all-gathered just before its forward and freed after), then the root;
+    * evaluation runs the *whole* evaluation set on every rank: each forward is a collective, so the
+      ranks must run the same number of batches (equal-count shards would have to pad or drop examples);
+    * checkpoints go through ``torch.distributed.checkpoint`` (:mod:`tiltedsam.optim.dcp`): every rank
+      writes its shards into ``checkpoint-<token>.dcp/`` in the run directory, which ``checkpoint.pt``
+      (rank 0, with the metrics, RNG states, ...) names. A new one is complete before ``checkpoint.pt``
+      points to it; older ones are removed. Such a run resumes on any number of processes, with
+      FSDP2, DDP or in one process.
+    """
+
+    _current_checkpoint: str | None = None
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cuda" if self.backend == "nccl" else "cpu", (self.world_size,))
+        units = [m for m in model.modules() if m is not model and any(True for _ in m.parameters(recurse=False))]
+        for module in units:
+            fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+
+    def eval_shard(self, dataset: Dataset) -> Dataset:
+        return dataset  # the whole set on every rank; reduce_mean of equal values leaves them unchanged
+
+    def training_state(self, run_dir: Path, model: nn.Module, optimizer: Any) -> tuple[Any, Any]:
+        import shutil
+        import uuid
+
+        from ..optim import dcp
+
+        name: list[Any] = [f"checkpoint-{uuid.uuid4().hex[:12]}.dcp" if self.is_main else None]
+        dist.broadcast_object_list(name, src=0)
+        dcp.save(Path(run_dir) / name[0], model, optimizer)  # collective; complete on every rank on return
+        if self.is_main:
+            keep = {name[0], self._current_checkpoint}  # the new one, and the one checkpoint.pt still names
+            for stale in Path(run_dir).glob("checkpoint-*.dcp"):
+                if stale.name not in keep:
+                    shutil.rmtree(stale, ignore_errors=True)
+        self._current_checkpoint = name[0]
+        entry = {"dcp": name[0]}
+        return entry, entry
+
+    def load_training_state(self, run_dir: Path, model: nn.Module, optimizer: Any, model_entry: Any,
+                            optimizer_entry: Any) -> None:
+        super().load_training_state(run_dir, model, optimizer, model_entry, optimizer_entry)
+        if isinstance(model_entry, dict) and "dcp" in model_entry:
+            self._current_checkpoint = model_entry["dcp"]
+
+
+def _init(rank: int, world_size: int, local_rank: int, backend: str, init_method: str,
+          parallel: str = "ddp") -> DistributedWorld:
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
     if backend == "gloo" and torch.get_num_threads() * world_size > (os.cpu_count() or 1):
         # N CPU processes share the cores: without this each would start one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    return DistributedWorld(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+    kind = ShardedWorld if parallel == "fsdp" else DistributedWorld
+    return kind(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
 
 
-def world_from_environment(device: str) -> DistributedWorld | None:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): join its process group; else ``None``."""
+def world_from_environment(device: str, parallel: str = "ddp") -> DistributedWorld | None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): join its process group; else ``None``.
+    ``parallel`` (``run.parallel``): ``"ddp"`` or ``"fsdp"`` (a :class:`ShardedWorld`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return None
@@ -132,7 +193,7 @@ def world_from_environment(device: str) -> DistributedWorld | None:
         raise RuntimeError("torch.distributed is already initialised in this process")
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return _init(rank, world_size, local_rank, choose_backend(device), "env://")
+    return _init(rank, world_size, local_rank, choose_backend(device), "env://", parallel)
 
 
 def _rank_main(rank: int, world_size: int, backend: str, init_method: str, config_dict: dict[str, Any],
@@ -140,7 +201,7 @@ def _rank_main(rank: int, world_size: int, backend: str, init_method: str, confi
     from .config import RunConfig, from_dict
     from .train import RunInterrupted, train
 
-    world = _init(rank, world_size, rank, backend, init_method)
+    world = _init(rank, world_size, rank, backend, init_method, config_dict.get("run", {}).get("parallel", "ddp"))
     outcome = Path(outcome_dir) / f"rank{rank}.txt"
     try:
         train(from_dict(RunConfig, config_dict), world=world, **options)

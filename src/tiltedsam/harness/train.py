@@ -111,6 +111,21 @@ class World:
     def wrap_model(self, model: nn.Module) -> nn.Module:
         return model
 
+    def training_state(self, run_dir: Path, model: nn.Module, optimizer: Any) -> tuple[Any, Any]:
+        """The checkpoint's ``model`` and ``optimizer`` entries (every rank calls it; rank 0 writes them)."""
+        return model.state_dict(), optimizer.state_dict()
+
+    def load_training_state(self, run_dir: Path, model: nn.Module, optimizer: Any, model_entry: Any,
+                            optimizer_entry: Any) -> None:
+        """Load the entries :meth:`training_state` wrote, also those of a sharded run (any world size)."""
+        if isinstance(model_entry, dict) and set(model_entry) == {"dcp"}:  # a sharded (FSDP2) run's checkpoint
+            from ..optim import dcp
+
+            dcp.load(run_dir / model_entry["dcp"], model, optimizer)
+            return
+        model.load_state_dict(model_entry)
+        optimizer.load_state_dict(optimizer_entry)
+
 
 @dataclass
 class Budget:
@@ -518,9 +533,12 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
 def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
     """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint; the epochs so far from
     metrics.csv (written before the checkpoint, so it holds at least ``epoch`` rows)."""
-    # structure checked against this run (a valid checksum is not enough), then restored
+    # structure checked against this run (a valid checksum is not enough), then restored; the world
+    # loads the weights (a sharded run's from its torch.distributed.checkpoint folder)
     check_resume_state(checkpoint, run.run_dir / CHECKPOINT_NAME, run.budget, run.model, run.optimizer,
-                       _restore_rng_states, run.loader_generator, run.tilt_scheduler)
+                       _restore_rng_states, run.loader_generator, run.tilt_scheduler,
+                       load_training_state=lambda: run.world.load_training_state(
+                           run.run_dir, run.model, run.optimizer, checkpoint["model"], checkpoint["optimizer"]))
     run.epoch, run.step = checkpoint["epoch"], checkpoint["step"]
     run.train_seconds, run.wall_seconds = checkpoint["train_seconds"], checkpoint["wall_seconds"]
     try:
@@ -662,13 +680,15 @@ def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, 
             warnings.warn(f"{run.config.display_label}: {run.ess_warning}", TiltDiagnosticWarning,
                           stacklevel=4)  # _record_epoch, train, its run-directory lock wrapper, the caller
     run.rows.append(row)
+    # every rank: a sharded world writes its shards here (a collective), rank 0 the rest
+    model_state, optimizer_state = run.world.training_state(run.run_dir, run.model, run.optimizer)
     if not run.world.is_main:
         return
     verify_held(run.run_dir)  # still ours, still there: a deleted run directory is not recreated
     write_metrics(run.run_dir, run.rows)
     save_checkpoint(run.run_dir / CHECKPOINT_NAME, {
-        "config": json.loads(json.dumps(to_dict(run.config))), "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(), "epoch": run.epoch, "step": run.step,
+        "config": json.loads(json.dumps(to_dict(run.config))), "model": model_state,
+        "optimizer": optimizer_state, "epoch": run.epoch, "step": run.step,
         "tilt_scheduler": None if run.tilt_scheduler is None else run.tilt_scheduler.state_dict(),
         "grad_evals": run.budget.evals_after(run.step), "train_seconds": run.train_seconds,
         "wall_seconds": run.wall_seconds, "rng": _rng_states(run.loader_generator),

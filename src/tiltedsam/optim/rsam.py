@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..functional import ascent_step, restore, standard_normal_like
+from ..functional import ascent_step, restore, scale_by_filter_norms_, shift, standard_normal_like
 from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
 
 __all__ = ["RSAM", "filterwise_noise"]
@@ -23,12 +23,7 @@ def filterwise_noise(params: Sequence[Tensor], scale: float, generator: torch.Ge
     each filter's noise is proportional to that filter's norm, and a zero filter gets no noise.
     """
     noise = standard_normal_like(params, generator)
-    for p, z in zip(params, noise):
-        if p.dim() >= 2:
-            norms = torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1)
-            z.mul_(norms.reshape((-1,) + (1,) * (p.dim() - 1)) * scale)
-        else:
-            z.mul_(torch.linalg.vector_norm(p) * scale)
+    scale_by_filter_norms_(noise, params, scale)
     return noise
 
 
@@ -103,7 +98,7 @@ class RSAM(PerturbationOptimizer):
         if self.noise_scale > 0:
             noise = filterwise_noise(params, self.noise_scale, self.generator)
             with torch.no_grad():
-                torch._foreach_add_(params, noise)
+                shift(params, noise)
         else:
             noise = [torch.zeros_like(p) for p in params]
         noise_loss = self._loss_value((yield self._NOISE))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..functional import ascent_step, check_hyperparameter, move, restore, shift, unit_direction
+from ..sharded import is_sharded
 from ..tilt import (DEFAULT_MAX_TILT, DEFAULT_TARGET_ESS, DEFAULT_TILT_SMOOTHING, AutoTilt, TiltedGradientAccumulator,
                     check_tilt, effective_sample_size, tilted_mean)
 from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
@@ -339,6 +340,9 @@ class TSAM(PerturbationOptimizer):
             raise ValueError(f"step_batched needs TSAM(..., parallel_samples=True); this TSAM samples with {sampler!r}")
         if self.model is None:
             raise ValueError("step_batched needs TSAM(..., model=model): it evaluates that model functionally")
+        if is_sharded(self._params()):  # torch.func evaluates whole parameters
+            raise ValueError("step_batched (parallel_samples=True) needs whole parameters; with FSDP2-sharded "
+                             "parameters use step() or manual_step()")
         if self.distributed.is_active():
             raise ValueError("step_batched does not support torch.distributed (DDP's gradient all-reduce runs in its "
                              "backward hooks, which a functional call bypasses); use step() or manual_step()")

@@ -22,7 +22,7 @@ from typing import Any, Generator
 import torch
 from torch import Tensor
 
-from ...functional import check_hyperparameter, draw_noise, global_dot, restore, standard_normal_like
+from ...functional import check_hyperparameter, draw_noise, global_dot, restore, shift, standard_normal_like
 from ..base import Point, Request
 from .base import DrawResult, Sampler, SamplingContext
 
@@ -232,7 +232,7 @@ class HMCSampler(Sampler):
     @torch.no_grad()
     def _move_to(ctx: SamplingContext, eps: list[Tensor]) -> None:
         restore(ctx.params, ctx.origin)
-        torch._foreach_add_(ctx.params, eps)
+        shift(ctx.params, eps)
 
     @staticmethod
     @torch.no_grad()

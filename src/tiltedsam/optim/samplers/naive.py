@@ -6,7 +6,7 @@ from typing import Any, Generator
 
 import torch
 
-from ...functional import NOISE_KINDS, check_hyperparameter, draw_noise
+from ...functional import NOISE_KINDS, check_hyperparameter, draw_noise, shift
 from ..base import Point, Request
 from .base import DrawResult, Sampler, SamplingContext
 
@@ -55,7 +55,7 @@ class NaiveSampler(Sampler):
         if radius > 0:
             eps = draw_noise(ctx.params, self.noise, radius, ctx.generator, std=self.noise_std)
             with torch.no_grad():
-                torch._foreach_add_(ctx.params, eps)
+                shift(ctx.params, eps)
             del eps
         loss = yield _NAIVE
         return ctx.loss_value(loss), ctx.grads()
