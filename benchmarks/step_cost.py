@@ -273,7 +273,8 @@ def compare_trees(args: argparse.Namespace, baseline: str) -> None:
             continue
         ratios = [a / b for a, b in zip(after, before)]
         record = {"optimizer": spec, "baseline_ms": statistics.median(before), "this_ms": statistics.median(after),
-                  "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+                  "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                  "ratios": ratios}
         records.append(record)
         print(f"| {spec} | {record['baseline_ms']:.2f} | {record['this_ms']:.2f} | {record['ratio']:.3f} | "
               f"{record['ratio_min']:.3f} | {record['ratio_max']:.3f} |")

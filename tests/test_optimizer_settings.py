@@ -17,7 +17,8 @@ NAMES = [entry["name"] for entry in list_optimizers()]
 @pytest.mark.parametrize("setting", [{"noise_radius": 5.0}, {"noise_std": 2.0}, {"noise": "uniform"}])
 def test_noise_settings_of_the_ascent_sampler_are_refused_by_the_other_samplers(sampler, setting) -> None:
     (key, value), = setting.items()
-    with pytest.raises(ValueError, match=rf"{key}={value!r} applies to the 'ascent' sampler only, got sampler='{sampler}'"):
+    with pytest.raises(ValueError, match=rf"{key}={value!r} applies to the 'ascent' sampler only, "
+                                         rf"got sampler='{sampler}'"):
         TSAM(nn.Linear(2, 1).parameters(), lr=0.1, sampler=sampler, **setting)
     # the default values are no request: the other samplers build as before
     assert TSAM(nn.Linear(2, 1).parameters(), lr=0.1, sampler=sampler).sampler.name == sampler
