@@ -1,4 +1,4 @@
-"""The figures of docs/reliability.md (issue 10): real signals, real payloads, real processes.
+"""The figures of docs/reliability.md: real signals, real payloads, real processes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reliability_figures.py [--repeats 3] [--json out.json]
 

@@ -1,4 +1,4 @@
-"""tilt="auto" (issue 12): the ESS bisection of tilt.py and TSAM's predictive target-ESS rule.
+"""tilt="auto": the ESS bisection of tilt.py and TSAM's predictive target-ESS rule.
 
 Expected values come from closed forms (two-point and Gaussian ESS), from the definition of Kish's ESS
 computed a second way (normalised softmax weights, :func:`effective_sample_size`), or from the rule's

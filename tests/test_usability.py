@@ -1,4 +1,4 @@
-"""Small things a new user meets in the first hour (issue 11): base optimizers by name, a closure
+"""Small things a new user meets in the first hour: base optimizers by name, a closure
 that forgets backward(), the tilt diagnostic warning, help texts."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 torch's default (one intra-op thread per core) is the fastest choice only on an otherwise idle
 machine. As soon as anything else runs beside it, its threads wait for each other at every parallel
 region and the run can collapse: on a shared 2-core machine an SGD digits run took 0.48 s with one
-thread and 16.7 s with torch's default (issue 11), and ``tiltedsam example`` 14 s instead of 292 s
+thread and 16.7 s with torch's default, and ``tiltedsam example`` 14 s instead of 292 s
 beside one busy loop (``docs/tuning.md``, "Threads"); on an idle 2-core machine a second thread can
 at best halve the time.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How much would TSAM's tilt bite at a trained model? (issue 12, docs/adaptive-tilt.md)
+"""How much would TSAM's tilt bite at a trained model? (docs/adaptive-tilt.md)
 
     .venv/bin/python studies/adaptive_tilt/probe.py RUN_DIR NOISE_RADII RHOS
 

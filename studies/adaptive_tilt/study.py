@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Issue 12 study: the paper's Fig. 3 (test accuracy against t) on a benchmark where the tilt bites,
+"""Adaptive-tilt study: the paper's Fig. 3 (test accuracy against t) on a benchmark where the tilt bites,
 with ``tilt="auto"`` at three ESS targets and the ablations that separate tilt from noise.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python studies/adaptive_tilt/study.py
@@ -322,7 +322,7 @@ def analyze(out_dir: str) -> str:
     plt.close(fig)
 
     text = "\n".join([
-        "# Adaptive tilt study (issue 12)", "",
+        "# Adaptive tilt study", "",
         "MNIST-5k, 20% label noise, MLP, 8 epochs, TSAM s=3 rho=0.05 noise_radius=10; "
         f"{n_seeds} seeds; test accuracy at the best-validation epoch unless said otherwise.", "",
         "## Summary (mean ± sd over seeds)", "", *md, "",

@@ -1,4 +1,4 @@
-"""The equal-compute study of TSAM's cheap ascent variants (issue 13; results in docs/cost.md).
+"""The equal-compute study of TSAM's cheap ascent variants (results in docs/cost.md).
 
 Every optimizer gets the same budget of gradient evaluations (the harness's ``grad_evals`` budget):
 what full TSAM (s = 3, Algorithm 2, 6 evaluations per step) spends in ``--epochs`` epochs. ERM, ESAM1
