@@ -10,27 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .common import check_cluster_settings
+
 ENGINES = ("local", "ray", "slurm")
 
 __all__ = ["ENGINES", "run_with_engine", "check_cluster_settings"]
-
-
-def check_cluster_settings(sweep: Any) -> None:
-    """The sweep's per-run resources: ``cpus_per_run`` >= 1, ``gpus_per_run`` >= 0, ``max_retries`` >= 0,
-    and a CUDA ``run.device`` only with GPUs per run (a trial sees only the GPUs it was given)."""
-    from ..config import ConfigError
-
-    if not (isinstance(sweep.cpus_per_run, int) and sweep.cpus_per_run >= 1):
-        raise ConfigError(f"cpus_per_run = {sweep.cpus_per_run!r} is invalid; allowed: an integer >= 1")
-    if not (isinstance(sweep.gpus_per_run, (int, float)) and 0 <= sweep.gpus_per_run < 1e6):
-        raise ConfigError(f"gpus_per_run = {sweep.gpus_per_run!r} is invalid; allowed: a number >= 0 "
-                          "(a fraction shares one GPU between runs)")
-    if not (isinstance(sweep.max_retries, int) and sweep.max_retries >= 0):
-        raise ConfigError(f"max_retries = {sweep.max_retries!r} is invalid; allowed: an integer >= 0")
-    device = str((sweep.base.get("run") or {}).get("device", "cpu"))
-    if device.startswith("cuda") and not sweep.gpus_per_run:
-        raise ConfigError(f"base.run.device = {device!r} needs gpus_per_run > 0 on a cluster engine (a run only "
-                          "sees the GPUs it was given)")
 
 
 def run_with_engine(sweep: Any, engine: str = "local", **options: Any) -> dict[str, int]:

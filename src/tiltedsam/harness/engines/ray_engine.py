@@ -100,7 +100,7 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
     (default ``sweep.lease_seconds``). ``epoch_hook(config, metrics_row)`` runs in the task after
     each epoch (tests use it to kill a trial at a chosen point).
     """
-    from . import check_cluster_settings
+    from .common import check_cluster_settings
     from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
                          _raise_interrupt)
 

@@ -85,7 +85,7 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
     here (tests), ``"debug"`` in this process. ``partition``/``time_minutes``/``max_parallel``: the
     partition, the time limit per run (default 60 minutes) and how many array tasks run at once.
     ``on_submitted(jobs by run key)`` is called once the jobs are submitted (tests use it)."""
-    from . import check_cluster_settings
+    from .common import check_cluster_settings
     from ..config import ConfigError
     from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
                          _raise_interrupt)
