@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tiltedsam.optim import dcp as optim_dcp
-from tiltedsam.optim.functional import ascent_step, draw_noise, global_norm
+from tiltedsam.functional import ascent_step, draw_noise, global_norm
 from tiltedsam.optim.registry import REGISTRY, create_optimizer
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # DTensor/DCP emit user warnings on CPU; not under test
