@@ -41,16 +41,20 @@ def test_compare_defaults_follow_the_brief():
 def test_verdict_speaks_from_the_paired_intervals():
     summary = {"sam": {"reference": "sam", "paired": {}},
                "sgd": {"reference": "sam", "paired": {
-                   "final_test_acc": {"mean": -0.05, "low": -0.08, "high": -0.02, "n": 3, "verdict": "worse"},
-                   "best_val_test_acc": {"mean": 0.001, "low": -0.01, "high": 0.012, "n": 3, "verdict": "inside noise"}}},
+                   "final_test_acc": {"mean": -0.05, "low": -0.08, "high": -0.02, "n": 3, "verdict": "worse",
+                                      "holm_p": 0.02},
+                   "best_val_test_acc": {"mean": 0.001, "low": -0.01, "high": 0.012, "n": 3,
+                                         "verdict": "not detected", "holm_p": 0.9, "mde": 0.021}}},
                "tsam": {"reference": "sam", "paired": {
-                   "final_test_acc": {"mean": 0.014, "low": 0.002, "high": 0.026, "n": 3, "verdict": "better"},
+                   "final_test_acc": {"mean": 0.014, "low": 0.002, "high": 0.026, "n": 3, "verdict": "better",
+                                      "holm_p": 0.04},
                    "best_val_test_acc": {"mean": 0.004, "low": None, "high": None, "n": 1, "verdict": "n<2"}}}}
     text = verdict(summary)
-    assert ("By final-epoch test accuracy: TSAM − SAM = +1.40 points (95% CI [+0.20, +2.60], n=3): TSAM is better; "
-            "SGD − SAM = -5.00 points (95% CI [-8.00, -2.00], n=3): SGD is worse.") in text
+    assert ("By final-epoch test accuracy: TSAM − SAM = +1.40 points (95% CI [+0.20, +2.60], n=3): TSAM is better "
+            "(Holm p 0.04); SGD − SAM = -5.00 points (95% CI [-8.00, -2.00], n=3): SGD is worse (Holm p 0.02).") in text
     assert "TSAM − SAM = +0.40 points (n=1 seed: no interval, not a result)" in text
-    assert "SGD − SAM = +0.10 points (95% CI [-1.00, +1.20], n=3): inside the noise" in text
+    assert ("SGD − SAM = +0.10 points (95% CI [-1.00, +1.20], n=3): not detected (Holm p 0.9; this many seeds "
+            "detect gaps of about 2.1 points)") in text
     assert "TSAM is the reference" in verdict({"tsam": {"reference": "tsam", "paired": {}}})
 
 

@@ -59,16 +59,28 @@ def test_paired_differences_against_sam_match_a_hand_computed_t_interval(tmp_pat
     d = report.summary["tsam"]["paired"]["final_test_acc"]
     assert d["mean"] == pytest.approx(0.0133333, abs=1e-6)
     assert (d["low"], d["high"]) == (pytest.approx(-0.0010089, abs=1e-6), pytest.approx(0.0276755, abs=1e-6))
-    assert d["verdict"] == "inside noise" and d["n"] == 3
+    assert d["n"] == 3
+    # The table's four comparisons are one Holm family. With 2 degrees of freedom the two-sided p of a
+    # paired t statistic T is 1 - |T| / sqrt(T² + 2): TSAM final T = 4.0 -> 0.057191; TSAM best-val T = 8.0
+    # -> 0.015268; SGD final (d = [-.10, -.14, -.11]) T = 9.70725 -> 0.010447; SGD best-val T = 25 -> 0.001596.
+    # Holm: 4 x 0.001596 = 0.006385, 3 x 0.010447 = 0.031341, max(2 x 0.015268, 0.031341), 0.057191.
+    assert d["p"] == pytest.approx(0.057191, abs=1e-5) and d["holm_p"] == pytest.approx(0.057191, abs=1e-5)
+    assert d["verdict"] == "not detected" and d["mde"] > abs(d["mean"])  # a gap this n could not see
     # best-val: d = [0.02, 0.03, 0.03], mean 0.026667, s_d 0.0057735 -> [+0.0123, +0.0410]: better
     d = report.summary["tsam"]["paired"]["best_val_test_acc"]
     assert d["low"] == pytest.approx(0.0123245, abs=1e-6) and d["verdict"] == "better"
+    assert d["holm_p"] == pytest.approx(0.031341, abs=1e-5)
+    sgd = report.summary["sgd"]["paired"]
+    assert sgd["final_test_acc"]["holm_p"] == pytest.approx(0.031341, abs=1e-5)
+    assert sgd["best_val_test_acc"]["holm_p"] == pytest.approx(0.006385, abs=1e-5)
     assert report.summary["sam"]["paired"] == {} and report.summary["sam"]["reference"] == "sam"
-    assert "| tsam − sam | 3 | +1.33 [-0.10, +2.77] | inside noise | +2.67 [+1.23, +4.10] | better |" in report.markdown
+    assert ("| tsam − sam | 3 | +1.33 [-0.10, +2.77] | not detected (Holm p 0.057; MDE "
+            in report.markdown)
+    assert "| +2.67 [+1.23, +4.10] | better (Holm p 0.031) |" in report.markdown
     text = verdict(report.summary)
-    assert "TSAM − SAM = +1.33 points (95% CI [-0.10, +2.77], n=3): inside the noise" in text
-    assert "TSAM − SAM = +2.67 points (95% CI [+1.23, +4.10], n=3): TSAM is better" in text
-    assert "SGD − SAM = -11.67 points" in text and "SGD is worse" in text
+    assert "TSAM − SAM = +1.33 points (95% CI [-0.10, +2.77], n=3): not detected (Holm p 0.057;" in text
+    assert "TSAM − SAM = +2.67 points (95% CI [+1.23, +4.10], n=3): TSAM is better (Holm p 0.031)" in text
+    assert "SGD − SAM = -11.67 points" in text and "SGD is worse (Holm p 0.031)" in text
 
     # the CSV is numeric, in percent, one row per optimizer and measure
     with open(tmp_path / "db" / "accuracy.csv") as handle:

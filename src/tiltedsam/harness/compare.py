@@ -100,8 +100,8 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
 def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
     """One paragraph from the paired intervals of :func:`tiltedsam.harness.report.build_report`'s
     summary: for each measure, ``target`` against the reference (and every other optimizer against
-    the reference), e.g. "TSAM − SAM = +1.40 points, 95% CI [+0.20, +2.60]: TSAM is better", and a
-    plain "inside the noise" when the interval contains 0."""
+    the reference), e.g. "TSAM − SAM = +1.40 points, 95% CI [+0.20, +2.60]: TSAM is better (Holm p 0.01)",
+    and "not detected" with the minimal detectable effect when the Holm-adjusted p is not below 0.05."""
     from .report import MEASURES
 
     if target not in summary:
@@ -122,8 +122,13 @@ def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
                 parts.append(f"{name} (n={diff['n']} seed: no interval, not a result)")
                 continue
             interval = f"95% CI [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}], n={diff['n']}"
-            word = {"better": f"{label.upper()} is better", "worse": f"{label.upper()} is worse",
-                    "inside noise": "inside the noise"}[diff["verdict"]]
+            holm_p = diff.get("holm_p")
+            if diff["verdict"] in ("better", "worse"):
+                word = f"{label.upper()} is {diff['verdict']} (Holm p {holm_p:.2g})"
+            else:
+                mde = diff.get("mde")
+                word = "not detected" + (f" (Holm p {holm_p:.2g}; this many seeds detect gaps of about "
+                                         f"{100 * mde:.2g} points)" if holm_p is not None and mde is not None else "")
             parts.append(f"{name} ({interval}): {word}")
         if parts:
             sentences.append(f"By {names[measure]} test accuracy: " + "; ".join(parts) + ".")

@@ -26,7 +26,7 @@ from .._atomic import atomic_write_with
 from .._tables import csv_text, markdown_table
 from ..optim.diagnostics import ess_message as _ess_message
 from .config import atomic_write_text
-from .stats import paired_by_seed
+from .stats import holm, minimal_detectable_effect, paired_by_seed
 from .report_input import failed_runs_checked, load_checked, skipped_markdown
 from .rundir import ACCURACY_UNIT, finite_mean, read_metrics, read_result
 from .sweep import database_path, open_database
@@ -227,6 +227,7 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
     acc_header = ["optimizer", "selected setting", "seeds", *MEASURES.values(), "val acc % (best epoch)",
                   "best-val epoch", "mean ESS / s"]
     acc_rows, cost_rows, cost_csv, csv_rows, paired_rows = [], [], [], [], []
+    family: list[dict[str, Any]] = []  # the paired comparisons of the table, Holm-adjusted together
     cost_header = ["optimizer", "grad evals / step", "steps", "gradient evaluations", "epochs",
                    "train time (s)", "wall time incl. eval (s)", "s per 1k grad evals", "threads"]
     summary: dict[str, Any] = {}
@@ -255,20 +256,16 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
                 except ValueError:  # no common seed or a non-finite value: no paired difference
                     diff = None
                 paired[measure] = None if diff is None else {
-                    "mean": diff.mean, "low": diff.low, "high": diff.high, "n": diff.n, "verdict": diff.verdict()}
+                    "mean": diff.mean, "low": diff.low, "high": diff.high, "n": diff.n, "verdict": diff.verdict(),
+                    "p": diff.p_value, "mde": _mde(diff)}
+                if measure in MEASURES and paired[measure] is not None:
+                    family.append(paired[measure])
             csv_rows.append([label, _setting_text(rs[0]["setting"]), measure, "percent", len(values),
                              _number(100 * mean), _number(100 * std) if len(values) > 1 else "", reference,
                              "" if diff is None else _number(100 * diff.mean),
                              "" if diff is None or diff.low is None else _number(100 * diff.low),
                              "" if diff is None or diff.high is None else _number(100 * diff.high),
                              "" if diff is None else diff.n])
-        if label != reference:
-            cells = []
-            for measure in MEASURES:
-                d = paired.get(measure)
-                cells += ["n/a", "n/a"] if d is None else [_diff_text(d), d["verdict"]]
-            paired_rows.append([f"{label} − {reference}", min(len(per_seed[label]["final_test_acc"]),
-                                                              len(per_seed[reference]["final_test_acc"])), *cells])
         summary[label] = {
             "setting": rs[0]["setting"], "seeds": [r["seed"] for r in rs], "accuracy_unit": ACCURACY_UNIT,
             "final_test_acc": mean_std([x["final_test_acc"] for x in res]),
@@ -276,6 +273,16 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
             "train_seconds": mean_std([x["train_seconds"] for x in res])[0], "grad_evals": csv_row[3],
             "mean_ess": ess if math.isfinite(ess) else None, "num_samples": samples,
             "reference": reference, "paired": paired}
+    _holm_verdicts(family)
+    for label in order:
+        if label == reference or label not in summary:
+            continue
+        cells = []
+        for measure in MEASURES:
+            d = summary[label]["paired"].get(measure)
+            cells += ["n/a", "n/a"] if d is None else [_diff_text(d), _verdict_text(d)]
+        paired_rows.append([f"{label} − {reference}", min(len(per_seed[label]["final_test_acc"]),
+                                                          len(per_seed[reference]["final_test_acc"])), *cells])
     tables = {"accuracy": (["optimizer", "setting", "measure", "unit", "n", "mean", "std", "reference",
                             "diff_mean", "diff_low", "diff_high", "diff_n"], csv_rows),
               "cost": (["optimizer", "grad_evals_per_step", "steps", "grad_evals", "epochs", "n",
@@ -285,6 +292,36 @@ def _accuracy_tables(order: list[str], chosen: dict[str, list[dict[str, Any]]], 
                        "paired": (["difference", "seeds", "Δ test acc (final epoch) [95% CI]", "verdict",
                                    "Δ test acc (best-val epoch) [95% CI]", "verdict"], paired_rows)}
     return tables, markdown_tables, summary
+
+
+def _mde(diff: Any) -> float | None:
+    """The smallest true gap this comparison detects (80% power, α = 0.05), or None below two seeds."""
+    if diff.std is None or diff.n < 2 or not math.isfinite(diff.std):
+        return None
+    return minimal_detectable_effect(diff.std, diff.n)
+
+
+def _holm_verdicts(family: list[dict[str, Any]]) -> None:
+    """Holm-adjust the p-values of the report's paired comparisons (every optimizer against the reference
+    on both accuracy measures: one family) and keep "better"/"worse" only where the adjusted p < 0.05;
+    the rest read "not detected" (with the comparison's minimal detectable effect beside it)."""
+    tested = [d for d in family if d.get("p") is not None]
+    for d, adjusted in zip(tested, holm([d["p"] for d in tested])):
+        d["holm_p"] = adjusted
+        if d["verdict"] in ("better", "worse") and adjusted >= 0.05:
+            d["verdict"] = "not detected"
+        elif d["verdict"] == "inside noise":
+            d["verdict"] = "not detected"
+
+
+def _verdict_text(d: dict[str, Any]) -> str:
+    """E.g. "worse (Holm p 0.012)" or "not detected (Holm p 0.30; MDE 1.3)" in percentage points."""
+    if d.get("holm_p") is None:
+        return d["verdict"]
+    detail = f"Holm p {d['holm_p']:.2g}"
+    if d["verdict"] == "not detected" and d.get("mde") is not None:
+        detail += f"; MDE {100 * d['mde']:.2g}"
+    return f"{d['verdict']} ({detail})"
 
 
 def _cost_rows(label: str, res: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
@@ -379,7 +416,10 @@ def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference
              "## Test accuracy (Table 1 style)", "", markdown_table(*markdown_tables["accuracy"]), "",
              f"## Paired differences against {reference} (same seeds, percentage points, 95% t interval)", "",
              "Each seed shares data order, label noise, initialisation and noise stream across optimizers, so the "
-             "per-seed differences cancel the spread both share. 'inside noise': the interval contains 0.", "",
+             "per-seed differences cancel the spread both share. A gap is called better/worse only when its "
+             "Holm-adjusted p (over every comparison in this table) is below 0.05; otherwise 'not detected', with "
+             "the minimal detectable effect (MDE, percentage points, 80% power at this number of seeds): a gap "
+             "smaller than that could be there unseen.", "",
              markdown_table(*paired) if paired[1] else f"(only {reference} was run: nothing to pair)", "",
              "## Cost (Table 7 style)", "", markdown_table(*markdown_tables["cost"]), ""]
     warnings_md = [f"- {label}: {message}" for label in order
