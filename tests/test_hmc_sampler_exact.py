@@ -163,11 +163,13 @@ def test_zero_momentum_euler_step_without_acceptance_inside_a_small_ball() -> No
 
 
 def test_an_empty_ball_leaves_theta_unperturbed() -> None:
-    weights = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    ctx = _context([weights], rho=0.0)
-    _drive(HMCSampler(accept=False, num_steps=2), ctx, _quadratic)
-    assert torch.count_nonzero(weights.detach()) == 0
-    assert ctx.diagnostics["hmc_reflections"] == [0]
+    # with an explicit step size too: the momentum moves, eps must not (there is no ball to move in)
+    for sampler in (HMCSampler(accept=False, num_steps=2), HMCSampler(step_size=0.1, accept=False, num_steps=2)):
+        weights = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        ctx = _context([weights], rho=0.0)
+        _drive(sampler, ctx, _quadratic)
+        assert torch.count_nonzero(weights.detach()) == 0
+        assert ctx.diagnostics["hmc_reflections"] == [0]
 
 
 def test_reflections_are_counted_over_the_steps_of_a_transition() -> None:
