@@ -5,6 +5,7 @@ removed by the next resume or save), every optimizer's state is checkpoint data,
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -153,3 +154,23 @@ def test_every_optimizer_state_is_checkpoint_data(tmp_path, name):
         restored.step(closure_of(twin))
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+class _CodePayload:
+    """Unpickles to a call of a (harmless) function: what a crafted checkpoint would smuggle in."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_sharded_checkpoint_blobs_are_data_never_code():
+    import io as _io
+
+    from tiltedsam.optim import dcp
+
+    plain = {"a": torch.ones(2), "b": [1, "x", None], "c": {"step": 3}}
+    assert dcp._unpack(dcp._pack(plain))["b"] == [1, "x", None]
+    crafted = _io.BytesIO()
+    torch.save({"own": _CodePayload()}, crafted)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
+        dcp._unpack(crafted.getvalue())

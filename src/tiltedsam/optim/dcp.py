@@ -54,9 +54,11 @@ def _pack(value: Any) -> bytes:
 
 
 def _unpack(blob: Any) -> Any:
+    """The plain data (dicts, lists, numbers, strings, tensors) :func:`_pack` wrote; files are data, never
+    code, so anything else in the blob is refused (``weights_only=True``)."""
     if isinstance(blob, io.BytesIO):
         blob = blob.getvalue()
-    return torch.load(io.BytesIO(blob), weights_only=False)
+    return torch.load(io.BytesIO(blob), weights_only=True)
 
 
 def _clean_name(name: str) -> str:
