@@ -93,6 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("patterns", nargs="*", help="mutant name patterns (fnmatch), e.g. 'tiltedsam.tilt.*'")
     parser.add_argument("--report", action="store_true", help="only print the figures of the last run")
+    parser.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1: an idle core each)")
     parser.add_argument("--keep", action="store_true", help="keep mutants/ (mutmut then reruns only what changed)")
     args = parser.parse_args()
     if not args.report:
@@ -103,7 +104,7 @@ def main() -> int:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         start = time.monotonic()
-        code = subprocess.run([MUTMUT, "run", "--max-children", "1", *args.patterns], cwd=ROOT, env=env).returncode
+        code = subprocess.run([MUTMUT, "run", "--max-children", str(args.workers), *args.patterns], cwd=ROOT, env=env).returncode
         print(f"\nmutmut run: exit {code}, {time.monotonic() - start:.0f} s")
         if code not in (0, 1):  # mutmut exits 1 when mutants survive
             return code
