@@ -21,7 +21,9 @@ bytes in use before the step — Linux only).
 ``--baseline-src DIR`` times another copy of the library (e.g. ``git archive <commit> src | tar -x -C DIR/..``)
 against this one: ``--rounds`` pairs of subprocesses, one per tree, the two of a pair running at the same
 time (so they share the machine's load), each a full round-robin run as above; it reports per optimizer
-the median ms/step of each tree and the median of the per-round ratios (this tree / baseline).
+the median ms/step of each tree, the geometric mean of the per-round ratios (this tree / baseline) and
+its one-sided 95% upper bound (t interval on the log ratios), and whether that bound excludes a
+slow-down of more than ``SLOWER_MARGIN``.
 
 ``tsam:parallel_samples=true`` times the EXPERIMENTAL batched step (``TSAM.step_batched``). On CUDA
 ``cudnn.benchmark`` is on, every timed step is bracketed by ``torch.cuda.synchronize()``, and the
@@ -54,6 +56,8 @@ CHEAP_VARIANTS = [spec for name in ("tsam-shared", "tsam-subbatch", "tsam-lazy",
                   for spec in (name, f"{name}:num_samples=5")]
 #: suffix of a spec timed on a torch.compile'd model (--compile)
 COMPILED = " [compiled]"
+#: with --baseline-src: the slow-down the comparison must exclude for each optimizer (one-sided, 95%)
+SLOWER_MARGIN = 0.02
 #: the library tree timed (``--src``); ``src`` of the working directory by default
 SOURCE = ["src"]
 
@@ -264,22 +268,31 @@ def compare_trees(args: argparse.Namespace, baseline: str) -> None:
                     for row in json.load(handle)["rows"]:
                         times[tree].setdefault(row["optimizer"], []).append(row["ms_per_step"])
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    print(f"| optimizer | baseline ms/step | this ms/step | median ratio (this / baseline) over {args.rounds} rounds "
-          "| min ratio | max ratio |\n|---|---|---|---|---|---|")
+    sys.path.insert(0, here)
+    from tiltedsam.harness.stats import paired_difference
+
+    print(f"| optimizer | baseline ms/step | this ms/step | ratio (this / baseline), {args.rounds} rounds "
+          f"| one-sided 95% upper bound | slower by > {SLOWER_MARGIN:.0%} excluded? |\n|---|---|---|---|---|---|")
     records = []
     for spec, before in times["baseline"].items():
         after = times["this"].get(spec)
         if not after:
             continue
-        ratios = [a / b for a, b in zip(after, before)]
+        # geometric mean of the per-round ratios, with a t interval on the log ratios (rounds are pairs)
+        logs = paired_difference([math.log(a) for a in after], [math.log(b) for b in before], confidence=0.90)
+        upper = math.exp(logs.high) if logs.high is not None else math.inf
         record = {"optimizer": spec, "baseline_ms": statistics.median(before), "this_ms": statistics.median(after),
-                  "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                  "ratios": ratios}
+                  "ratio": math.exp(logs.mean), "ratio_upper_95": _finite_or_none(upper),
+                  "within_margin": upper <= 1.0 + SLOWER_MARGIN, "ratios": [a / b for a, b in zip(after, before)]}
         records.append(record)
         print(f"| {spec} | {record['baseline_ms']:.2f} | {record['this_ms']:.2f} | {record['ratio']:.3f} | "
-              f"{record['ratio_min']:.3f} | {record['ratio_max']:.3f} |")
+              f"{upper:.3f} | {'yes' if record['within_margin'] else 'no'} |")
+    # intersection-union test: "no optimizer is slower by more than the margin" holds at 5% when every
+    # one-sided bound is below it, with no multiplicity correction
+    verdict = all(r["within_margin"] for r in records)
+    print(f"\nevery optimizer within {SLOWER_MARGIN:.0%} (each one-sided 95% upper bound <= {1 + SLOWER_MARGIN:.2f}): "
+          f"{'yes' if verdict else 'no'}")
     if args.json:
-        sys.path.insert(0, here)
         from tiltedsam._atomic import atomic_write
 
         atomic_write(args.json, json.dumps({"baseline": trees["baseline"], "rounds": args.rounds, "rows": records},
