@@ -1,34 +1,16 @@
 r"""Parameter-list operations that work alike for plain tensors and for sharded ``DTensor`` s (FSDP2).
 
-Under ``torch.distributed.fsdp.fully_shard`` every parameter (and its ``.grad``) is a
-:class:`~torch.distributed.tensor.DTensor`: each rank holds one shard (``Shard(0)`` on a 1-D mesh,
-``(Replicate(), Shard(0))`` for HSDP). A perturbation optimizer then needs three things:
+* **local moves**: the snapshot, the moves to ``theta + eps`` and the bit-exact restore act on the local
+  shards only (:func:`snapshot`, :func:`restore`, :func:`add_`, unwrapping with ``to_local()``);
+* **global numbers**: :func:`global_norm` and :func:`global_dot` sum the local parts of all tensors and
+  all-reduce that one number once per mesh dimension the tensors are sharded over;
+* **the same noise**: :func:`normal_shards` draws every parameter's noise at its full shape in the
+  unsharded order and keeps this rank's slice, so a sharded run draws bit for bit the unsharded noise
+  and every rank's generator stays in the same state.
 
-* **local moves** — the snapshot of ``theta``, the moves to ``theta + eps`` and the bit-exact restore
-  act on the local shards only (:func:`snapshot`, :func:`restore`, :func:`add_`), so the snapshot
-  costs ``1/N`` of a parameter copy per rank. (``torch._foreach_copy_`` has no DTensor sharding rule;
-  these helpers unwrap with ``to_local()``, which shares the parameter's storage.)
-* **global numbers** — a norm or an inner product over the whole model is the sum of the ranks'
-  local sums of squares: :func:`global_norm` and :func:`global_dot` add the local parts of all
-  tensors first and all-reduce that one number once per mesh dimension the tensors are sharded
-  over (one collective per call for FSDP2), never once per parameter.
-* **the same noise** — :func:`normal_shards` draws every parameter's noise at its *full* (global)
-  shape from the optimizer's generator, in the same order as an unsharded run, and keeps this rank's
-  slice. So a sharded and an unsharded run from the same seed draw the same perturbation (bit for
-  bit), and every rank's generator stays in the same state (it is replicated state in a checkpoint).
-  The norm of the full draw is computed locally the way :func:`torch.nn.utils.get_total_norm`
-  computes it, so the noise's clipping factor needs no collective and equals the unsharded one.
-  Cost: each rank draws ``N`` times its share of random numbers (compute, not memory: one full
-  parameter at a time is alive).
-
-Plain tensors and replicated ``DTensor`` s (every rank holds everything, as under DDP) contribute
-their local values without communication.
-
-This module sits beside :mod:`tiltedsam.functional` (below the optimizers), which dispatches to it:
-a parameter list is read as sharded when its first tensor is a DTensor (:func:`is_sharded`, one type
-check per call, so plain tensors pay nothing else). ``fully_shard`` on the root module turns every
-parameter into a DTensor; a list that mixes plain tensors into a sharded list is handled here too
-(plain entries count as replicated), as long as a DTensor comes first.
+Plain tensors and replicated ``DTensor`` s contribute their local values without communication.
+:mod:`tiltedsam.functional` dispatches here when a list's first tensor is a DTensor (:func:`is_sharded`).
+The full picture is in ``docs/distributed.md`` ("What makes FSDP2 correct").
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
 """The driver every perturbation-based optimizer (ERM, SAM, TSAM, the baselines) is built on.
 
-A perturbation optimizer wraps a *base* optimizer (SGD, Adam, ...) and shares its ``param_groups``,
-so LR schedulers and ``zero_grad`` behave as usual. One step, for every optimizer, is run here by
-:meth:`PerturbationOptimizer.manual_step`:
-
-1. snapshot the trainable parameters ``theta`` (one copy; skipped by optimizers that never move them);
-2. run the optimizer's step program, :meth:`~PerturbationOptimizer._program`: a generator that moves the
-   parameters and ``yield``s a :class:`Request` (where it is and how much of the batch to use) whenever
-   it needs the loss and gradient there; the driver clears ``.grad``, hands an :class:`Evaluation` to the
-   caller (``step``'s closure or the user's own loop), and sends the loss back;
-3. restore ``theta`` bit-exactly from the snapshot (``try/finally``: also when a loss is non-finite or the
-   caller leaves the loop early), write the combined gradient the program returned to ``.grad``, record
-   the step's :class:`StepDiagnostics` in :attr:`~PerturbationOptimizer.last_step` and let the base
-   optimizer step.
-
-:meth:`~PerturbationOptimizer.step` (``closure``) and :meth:`~PerturbationOptimizer.manual_step` (mixed
-precision with a ``GradScaler``, gradient accumulation, Lightning manual optimisation) are the same
-driver, so they give the same update by construction.
+A perturbation optimizer wraps a *base* optimizer (SGD, Adam, ...) and shares its ``param_groups``.
+One step of every optimizer is :meth:`PerturbationOptimizer.manual_step`: snapshot ``theta``; run the
+optimizer's step program (:meth:`~PerturbationOptimizer._program`), a generator that moves the
+parameters and ``yield``s a :class:`Request` whenever it needs the loss and gradient there, which the
+caller answers through an :class:`Evaluation`; restore ``theta`` bit-exactly (also when a loss is
+non-finite or the loop is left early); write the combined gradient to ``.grad``, record
+:class:`StepDiagnostics` and let the base optimizer step. :meth:`~PerturbationOptimizer.step` runs the
+same driver with a closure, so both give the same update by construction.
 """
 
 from __future__ import annotations
@@ -162,6 +153,11 @@ class StepDiagnostics:
     def single_point(cls, loss: float, **extra: Any) -> "StepDiagnostics":
         """A step whose update is the gradient at one point (ERM, SAM, RSAM): that point's loss, weight 1."""
         return cls(objective=loss, losses=[loss], weights=[1.0], effective_sample_size=1.0, extra=extra)
+
+
+def _hyperparameter(name: str) -> property:
+    """A read-only property for the optimizer's own setting ``name`` (kept in ``hyperparameters``)."""
+    return property(lambda self: self.hyperparameters[name])
 
 
 def _is_batchnorm(module: nn.Module) -> bool:
@@ -360,7 +356,7 @@ class PerturbationOptimizer(Optimizer):
         """Gradient evaluations one step of this optimizer with ``settings`` (its own, defaults filled in)
         costs, without building it: what budgets and the registry use (see :attr:`grad_evals_per_step`)."""
         raise NotImplementedError
-    # ------------------------------------------------------------------ plumbing
+
     def _link_base(self) -> None:
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
@@ -448,7 +444,6 @@ class PerturbationOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Base optimizer state, own hyper-parameters, step count and the noise generator state.
 
@@ -500,7 +495,6 @@ class PerturbationOptimizer(Optimizer):
     def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
         pass
 
-    # ------------------------------------------------------------------ helpers for the step programs
     @staticmethod
     def _grads(params: list[Tensor]) -> list[Tensor | None]:
         return [p.grad for p in params]
@@ -517,23 +511,18 @@ class PerturbationOptimizer(Optimizer):
                 p.grad.copy_(g)
 
     def _loss_value(self, loss: Tensor | float, *, check: bool = True) -> float:
-        """A loss whose value enters the update or the step's objective: under ``torch.distributed``
-        it is averaged across ranks (one scalar all-reduce), so every rank computes the same weights.
-
-        A non-finite value raises :class:`~tiltedsam.tilt.NonFiniteLossError` (``check=False``: the
-        caller applies the ``nonfinite`` policy itself, e.g. TSAM's accumulator). The check is on the
-        averaged value, so every rank raises together (a NaN on one rank makes the average NaN)."""
+        """A loss whose value enters the update or the objective, averaged across ranks under
+        ``torch.distributed``; non-finite raises (``check=False``: the caller applies ``nonfinite``).
+        The check is on the average, so every rank raises together."""
         value = self.distributed.average_loss(loss)
         if check and not math.isfinite(value):
             self._raise_nonfinite(value)
         return value
 
     def _local_loss_value(self, loss: Tensor | float, *, check: bool = True) -> float:
-        """A loss that is only logged (never changes the update): this rank's value, no communication.
-
-        Checked like :meth:`_loss_value` in a single process; under ``torch.distributed`` it is not
-        (one rank raising alone would leave the others waiting in a collective): a NaN there reaches
-        the gradients and so the next averaged loss of the same step, which raises on every rank."""
+        """A loss that is only logged: this rank's value, no communication. Not checked under
+        ``torch.distributed`` (one rank raising alone would leave the others waiting in a collective);
+        a NaN there reaches the next averaged loss of the step, which raises on every rank."""
         value = float(scalar_loss_value(loss))
         if check and not math.isfinite(value) and not self.distributed.is_active():
             self._raise_nonfinite(value)
@@ -550,7 +539,6 @@ class PerturbationOptimizer(Optimizer):
             "check the data, or clip gradients"
         )
 
-    # ------------------------------------------------------------------ the step program and its driver
     def _program(self, params: list[Tensor],
                  origin: list[Tensor] | None) -> Generator[Request, Any, tuple[list[Tensor | None] | None, StepDiagnostics]]:
         """One step of the optimizer: move ``params`` (``origin`` is the snapshot of theta, ``None`` when
@@ -660,8 +648,3 @@ class PerturbationOptimizer(Optimizer):
                             "define closure(evaluation) and slice with evaluation.batch(x, y)", stacklevel=3)
                     evaluation.record(closure())
         return torch.tensor(self.last_step.objective)
-
-    @staticmethod
-    def _check_nonnegative(name: str, value: Any, allow_inf: bool = False) -> float:
-        """``check_hyperparameter(name, value, low=0)``: a number ``>= 0``, finite unless ``allow_inf``."""
-        return check_hyperparameter(name, value, low=0.0, allow_inf=allow_inf)

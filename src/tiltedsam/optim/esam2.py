@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from ..tilt import NonFiniteLossError
 from ..functional import ascent_step, check_hyperparameter, restore
-from .base import CLEAN, Point, PerturbationOptimizer, Request, StepDiagnostics
+from .base import CLEAN, Point, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["ESAM2"]
 
@@ -56,7 +56,7 @@ class ESAM2(PerturbationOptimizer):
         seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
-        rho = self._check_nonnegative("rho", rho)
+        rho = check_hyperparameter("rho", rho, low=0.0)
         if isinstance(multipliers, (str, bytes)) or not isinstance(multipliers, Sequence) or len(multipliers) == 0:
             raise ValueError(f"multipliers must be a non-empty sequence of numbers > 0, got {multipliers!r}")
         for i, m in enumerate(multipliers):
@@ -64,9 +64,7 @@ class ESAM2(PerturbationOptimizer):
         hyper = {"rho": rho, "multipliers": [float(m) for m in multipliers]}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
+    rho = _hyperparameter("rho")
 
     @property
     def step_sizes(self) -> list[float]:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..functional import NORM_EPS, ascent_step, check_hyperparameter, global_norm
-from .base import CLEAN, PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
+from .base import CLEAN, PERTURBED, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["PGN"]
 
@@ -52,19 +52,14 @@ class PGN(PerturbationOptimizer):
         seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
-        rho = self._check_nonnegative("rho", rho)
-        alpha = self._check_nonnegative("alpha", alpha)
+        rho = check_hyperparameter("rho", rho, low=0.0)
+        alpha = check_hyperparameter("alpha", alpha, low=0.0)
         check_hyperparameter("normalize_clean", normalize_clean, choices=(True, False))
         hyper = {"rho": rho, "alpha": alpha, "normalize_clean": normalize_clean}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
-
-    @property
-    def alpha(self) -> float:
-        return self.hyperparameters["alpha"]
+    rho = _hyperparameter("rho")
+    alpha = _hyperparameter("alpha")
 
     @classmethod
     def evaluations_for(cls, **settings: Any) -> int:

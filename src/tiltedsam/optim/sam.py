@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from ..functional import ascent_step, check_hyperparameter, global_norm, restore, snapshot
 from ..tilt import NonFiniteLossError
-from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
+from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["SAM"]
 
@@ -58,9 +58,9 @@ class SAM(PerturbationOptimizer):
         seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
-        rho = self._check_nonnegative("rho", rho)
+        rho = check_hyperparameter("rho", rho, low=0.0)
         check_hyperparameter("adaptive", adaptive, choices=(True, False))
-        adaptive_eta = self._check_nonnegative("adaptive_eta", adaptive_eta)
+        adaptive_eta = check_hyperparameter("adaptive_eta", adaptive_eta, low=0.0)
         hyper = {"rho": rho, "adaptive": adaptive, "adaptive_eta": adaptive_eta}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
         self._pending: tuple[list[Tensor], list[Tensor]] | None = None
@@ -69,9 +69,7 @@ class SAM(PerturbationOptimizer):
     has_ascent_only_evaluations = True
     _CLEAN = Request(Point.CLEAN, ascent_only=True)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
+    rho = _hyperparameter("rho")
 
     @classmethod
     def evaluations_for(cls, **settings: Any) -> int:
@@ -87,7 +85,7 @@ class SAM(PerturbationOptimizer):
         where = f" (param group {index})"
         for key in ("rho", "adaptive_eta"):
             if key in own:
-                self._check_nonnegative(key + where, own[key])
+                check_hyperparameter(key + where, own[key], low=0.0)
         if "adaptive" in own:
             check_hyperparameter("adaptive" + where, own["adaptive"], choices=(True, False))
 

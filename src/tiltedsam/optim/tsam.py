@@ -15,7 +15,7 @@ from ..functional import ascent_step, check_hyperparameter, move, restore, shift
 from ..sharded import is_sharded
 from ..tilt import (DEFAULT_MAX_TILT, DEFAULT_TARGET_ESS, DEFAULT_TILT_SMOOTHING, AutoTilt, TiltedGradientAccumulator,
                     check_tilt, effective_sample_size, tilted_mean)
-from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
+from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 from .distributed import scalar_loss_value
 from .samplers import AscentSampler, Sampler, SamplingContext, make_sampler
 from .samplers.base import evaluation_count
@@ -162,7 +162,7 @@ class TSAM(PerturbationOptimizer):
         num_samples = check_hyperparameter("num_samples", num_samples, integer=True, low=1)
         if auto:
             _check_ess_target(target_ess, num_samples)
-        rho = self._check_nonnegative("rho", rho)
+        rho = check_hyperparameter("rho", rho, low=0.0)
         if sample_tilt is not None:
             sample_tilt = check_tilt(sample_tilt, "sample_tilt")
             if sample_tilt > tilt:
@@ -212,25 +212,24 @@ class TSAM(PerturbationOptimizer):
         """Whether ``t`` is chosen by the target-ESS rule (``tilt="auto"``)."""
         return self.hyperparameters["tilt"] == AUTO_TILT
 
-    @property
-    def target_ess(self) -> float:
-        return self.hyperparameters["target_ess"]
+    target_ess = _hyperparameter("target_ess")
+    tilt_smoothing = _hyperparameter("tilt_smoothing")
+    num_samples = _hyperparameter("num_samples")
+    rho = _hyperparameter("rho")
 
-    @property
-    def max_tilt(self) -> float:
-        return self.hyperparameters["max_tilt"]
+    max_tilt = _hyperparameter("max_tilt")
 
     @max_tilt.setter
     def max_tilt(self, value: float) -> None:
         value = AutoTilt.check_cap(value)
-        explicit_delta = self.hyperparameters["sample_tilt"]
-        if self.auto_tilt and explicit_delta is not None and explicit_delta > value:
-            raise ValueError(f"max_tilt={value} is below sample_tilt={explicit_delta}")
+        if self.auto_tilt:
+            self._check_not_below_delta("max_tilt", value)
         self.hyperparameters["max_tilt"] = value
 
-    @property
-    def tilt_smoothing(self) -> float:
-        return self.hyperparameters["tilt_smoothing"]
+    def _check_not_below_delta(self, name: str, value: float) -> None:
+        explicit_delta = self.hyperparameters["sample_tilt"]
+        if explicit_delta is not None and explicit_delta > value:
+            raise ValueError(f"{name}={value} is below sample_tilt={explicit_delta}")
 
     def _tilt_from_aggregation(self, tau: float) -> float:
         """``t`` with aggregation tilt ``tau``: ``tau + delta`` (``2 tau`` when ``delta = t/2``)."""
@@ -258,24 +257,13 @@ class TSAM(PerturbationOptimizer):
     @tilt.setter
     def tilt(self, value: float | str) -> None:
         if value == AUTO_TILT:
-            explicit_delta = self.hyperparameters["sample_tilt"]
-            if explicit_delta is not None and explicit_delta > self.max_tilt:
-                raise ValueError(f"max_tilt={self.max_tilt} is below sample_tilt={explicit_delta}")
+            self._check_not_below_delta("max_tilt", self.max_tilt)
             _check_ess_target(self.target_ess, self.num_samples)
             self.hyperparameters["tilt"] = AUTO_TILT
             return
         value = check_tilt(value, "tilt")
-        if self.hyperparameters["sample_tilt"] is not None and self.hyperparameters["sample_tilt"] > value:
-            raise ValueError(f"tilt={value} is below sample_tilt={self.hyperparameters['sample_tilt']}")
+        self._check_not_below_delta("tilt", value)
         self.hyperparameters["tilt"] = value
-
-    @property
-    def num_samples(self) -> int:
-        return self.hyperparameters["num_samples"]
-
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
 
     @property
     def sample_tilt(self) -> float:
