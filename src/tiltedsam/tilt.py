@@ -143,12 +143,10 @@ def tilted_mean(
 
     .. math:: \hat L^t = \frac1t \log \frac1n \sum_j e^{t L_j}
 
-    with ``t = 0`` the mean and ``t = inf`` the max. Computed as
-    ``c + log1p(mean(expm1(t (L - c)))) / t`` with ``c = max L``: no term exceeds one (no overflow for
-    any ``t``), and for small ``t`` the ``expm1``/``log1p`` pair keeps the answer accurate instead of
-    cancelling to ``c``; when ``t`` times the spread of the losses is below ``1e-8`` the second-order
-    expansion ``mean + (t/2) var`` (Eq. 59) is used, exact to double precision there. Differentiable: its gradient is the tilted average of the per-sample
-    gradients (Lemma 1, Eq. 4).
+    with ``t = 0`` the mean and ``t = inf`` the max. Computed as ``c + log1p(mean(expm1(t (L - c)))) / t``
+    with ``c = max L`` (no overflow for any ``t``, no cancellation for small ``t``); when ``t`` times the
+    spread of the losses is below ``1e-8``, as ``mean + (t/2) var`` (Eq. 59), exact to double precision
+    there. Its gradient is the tilted average of the per-sample gradients (Lemma 1, Eq. 4).
     """
     tilt = check_tilt(tilt)
     values = _as_tensor(losses)
@@ -271,11 +269,10 @@ def effective_sample_size_at_tilt(
         \mathrm{ESS}(\tau) = \frac{(\sum_j e^{\tau L_j})^2}{\sum_j e^{2\tau L_j}}
         = \exp\big(2\,\mathrm{LSE}(\tau L) - \mathrm{LSE}(2\tau L)\big)
 
-    (Kish's ESS of the weights of Eq. 4, computed by log-sum-exp with the losses shifted by their
-    maximum). ``ESS(0) = n``; ``ESS(inf)`` is the number of losses tied at the maximum. It never
-    increases with ``tau``: ``d/dtau sum_j w_j^2 = 2 sum_j w_j^2 (L_j - sum_k w_k L_k) >= 0``, a
-    covariance under ``w`` of ``w_j`` with ``L_j``, and ``w_j`` increases with ``L_j``. It is strictly
-    decreasing unless all losses are tied (then it is ``n`` for every ``tau``).
+    (Kish's ESS of the weights of Eq. 4, by log-sum-exp of the losses shifted by their maximum).
+    ``ESS(0) = n``; ``ESS(inf)`` is the number of losses tied at the maximum. It is non-increasing in
+    ``tau`` (``d/dtau sum_j w_j^2 = 2 sum_j w_j^2 (L_j - sum_k w_k L_k) >= 0``), strictly unless all
+    losses are tied.
     """
     tilt = check_tilt(tilt)
     values = _finite_losses(losses, nonfinite)
@@ -295,28 +292,19 @@ def tilt_for_ess(
 
     .. math:: \tau^\star = \sup\{\tau \in [0, \tau_{\max}] : \mathrm{ESS}(\tau) \ge \alpha n\}
 
-    with ``ESS`` of :func:`effective_sample_size_at_tilt` (the adaptive tempering rule of sequential
-    Monte Carlo, Jasra et al. 2011, applied to the weights of Eq. 4), ``alpha = target_ess`` and ``n`` the
-    number of (finite) losses. Because ``ESS`` is continuous and non-increasing in ``tau``:
-
-    * if ``ESS(max_tilt) >= alpha n`` (all losses tied, ``n = 1``, ``alpha <= 1/n``, or a spread too
-      small for the cap to matter) the answer is ``max_tilt``: the cap;
-    * otherwise ``ESS`` crosses ``alpha n`` exactly once on ``(0, max_tilt)`` and a bisection finds the
-      crossing to relative precision ``rel_tol`` (``alpha < 1`` puts it strictly above ``0``;
-      ``alpha = 1`` gives ``0``).
-
-    For Gaussian losses with standard deviation ``sigma_L`` and large ``n`` it approaches the closed form
-    ``sqrt(ln(1/alpha)) / sigma_L`` (``E[e^{tau L}]^2 / E[e^{2 tau L}] = e^{-tau^2 sigma_L^2}``): nearly
-    tied losses ask for a large tilt, which is why the cap is needed. The bisection runs on the losses
-    shifted by their maximum, so the result depends only on their gaps (adding a constant to every loss
-    changes nothing) and scales as ``1 / spread``.
+    with ``ESS`` of :func:`effective_sample_size_at_tilt` (adaptive tempering of sequential Monte Carlo,
+    Jasra et al. 2011, applied to the weights of Eq. 4), ``alpha = target_ess``, ``n`` the number of
+    finite losses. ``ESS`` is continuous and non-increasing in ``tau``, so the answer is the cap when
+    ``ESS(max_tilt) >= alpha n`` (tied losses, ``n = 1``, ``alpha <= 1/n``), else the one crossing on
+    ``(0, max_tilt)``, bisected to relative precision ``rel_tol`` (``alpha = 1`` gives ``0``).
+    For Gaussian losses of standard deviation ``sigma_L`` and large ``n`` it approaches
+    ``sqrt(ln(1/alpha)) / sigma_L``: nearly tied losses ask for a large tilt, hence the cap. Only the
+    gaps to the largest loss matter, so the result scales as ``1 / spread``.
     """
     alpha = float(target_ess)
     if not (0.0 < alpha <= 1.0):
         raise ValueError(f"target_ess must be a fraction in (0, 1], got {target_ess!r}")
-    max_tilt = check_tilt(max_tilt, "max_tilt")
-    if math.isinf(max_tilt):
-        raise ValueError("max_tilt must be finite (tied losses would otherwise ask for tilt = inf)")
+    max_tilt = AutoTilt.check_cap(max_tilt)
     if not (rel_tol > 0):
         raise ValueError(f"rel_tol must be > 0, got {rel_tol!r}")
     values = _finite_losses(losses, nonfinite)
@@ -333,10 +321,8 @@ def largest_tilt_at_least(
 ) -> float:
     """``sup{tau in [0, max_tilt] : log_ess(tau) >= log_target}`` for a non-increasing ``log_ess``, by bisection.
 
-    ``max_tilt`` if ``log_ess(max_tilt) >= log_target``; ``0`` if ``log_ess`` is already below the target
-    just above ``0``; else the crossing to relative precision ``rel_tol`` (the returned ``tau`` always
-    satisfies ``log_ess(tau) >= log_target``). Shared by :func:`tilt_for_ess` (sample weights) and the
-    toy's population ESS (quadrature weights).
+    ``max_tilt`` if it qualifies, else the crossing to relative precision ``rel_tol`` (the returned ``tau``
+    always satisfies ``log_ess(tau) >= log_target``). Shared by :func:`tilt_for_ess` and the toy.
     """
     if log_ess(max_tilt) >= log_target:
         return max_tilt
@@ -506,7 +492,7 @@ class AutoTilt:
         """``max_tilt``, checked: ``>= 0`` and finite (nearly tied losses would ask for an infinite tilt)."""
         max_tilt = check_tilt(max_tilt, "max_tilt")
         if math.isinf(max_tilt):
-            raise ValueError("max_tilt must be finite (nearly tied losses would ask tilt='auto' for an infinite tilt)")
+            raise ValueError("max_tilt must be finite (nearly tied losses would ask for an infinite tilt)")
         return max_tilt
 
     def next_tilt(self, cap: float) -> float:
