@@ -253,16 +253,11 @@ class PerturbationOptimizer(Optimizer):
         distributed: ``None`` (automatic: average the losses that enter the update across ranks and
             share the noise seed whenever ``torch.distributed`` is initialised), ``True``, ``False``
             or a :class:`~tiltedsam.optim.distributed.DistributedSync` (process group, m-sharpness).
-        nonfinite: what a step does when a loss it evaluates is NaN or infinite. ``"raise"`` (the
-            default, every optimizer): raise :class:`~tiltedsam.tilt.NonFiniteLossError` naming the
-            evaluation; the parameters are first restored to their values before the step (bit-exact),
-            the base optimizer does not step and its state (momentum, Adam moments) is untouched, so a
-            diverging run fails loudly instead of training on NaN. ``"ignore"`` is accepted only by
-            optimizers that combine several candidate points and can drop one (TSAM: the sample gets
-            weight zero; ESAM2: the step size is never chosen); the step still raises when no usable
-            point is left. A single-point update (ERM, SAM, RSAM) or a fixed mixture (PGN) has nothing
-            to fall back on, so there ``"ignore"`` is rejected rather than silently stepping on NaN.
-            Only loss values are checked (one number per evaluation, already on the host), not gradients.
+        nonfinite: what a step does when a loss it evaluates is NaN or infinite. ``"raise"`` (default):
+            raise :class:`~tiltedsam.tilt.NonFiniteLossError` naming the evaluation, with the parameters
+            restored bit-exactly and the base optimizer (and its state) untouched. ``"ignore"``, only where
+            a candidate point can be dropped (TSAM: weight zero; ESAM2: never chosen); the step still
+            raises when no usable point is left. Only loss values are checked, not gradients.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ``betas``,
             ``eps``, ...). Every numeric one must be finite and in the base optimizer's range
             (:data:`BASE_SETTING_RANGES`), also inside param groups: a ``ValueError`` names it otherwise.
@@ -601,8 +596,7 @@ class PerturbationOptimizer(Optimizer):
             self.base_step()
 
     def _check_some_gradient(self, params: list[Tensor], evaluation: Evaluation) -> None:
-        """After an evaluation at least one parameter must have a gradient: a closure that forgets
-        ``loss.backward()`` would otherwise make every optimizer silently skip its update."""
+        """A closure that forgets ``loss.backward()`` would otherwise silently skip the update."""
         if all(p.grad is None for p in params):
             raise RuntimeError(
                 f"{type(self).__name__}: evaluation {evaluation.index} ({evaluation.label!r}) left every parameter's "

@@ -111,19 +111,15 @@ class TSAM(PerturbationOptimizer):
         max_tilt: with ``tilt="auto"``: the cap on ``t`` (finite, ``>= sample_tilt``).
         tilt_smoothing: with ``tilt="auto"``: the EMA factor ``beta`` in ``[0, 1)`` of ``log tau`` across steps.
 
-    **tilt="auto"**: :class:`~tiltedsam.tilt.AutoTilt` (the adaptive tempering of sequential Monte Carlo)
-    sets the *aggregation* tilt ``tau = t - delta``, whose weights ``exp(tau L_j)`` combine the gradients and
-    whose ESS it controls, from the (under DDP: global) losses of the previous steps, capped at
-    ``tau_max`` (the ``tau`` of ``t = max_tilt``); the first step is uniform. ``t`` follows as ``2 tau``
-    (``sample_tilt=None``), ``tau + delta`` (explicit ``delta``) or ``tau`` (a sampler that draws from ``mu``,
-    ``"naive"``). It needs ``target_ess * s > 1`` (every weighting has ESS >= 1). :attr:`last_step` ``.tilt``
-    is the ``t`` a step used (``.extra`` also holds ``aggregation_tilt`` and ``auto_tilt``, the step's own
-    bisection result); the rule's state is saved in :meth:`state_dict`. A
-    :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules the cap ``max_tilt``.
-    Reading :attr:`tilt` gives the ``t`` the next step will use; assigning a number switches the rule off,
-    assigning ``"auto"`` back on.
+    **tilt="auto"** (``docs/adaptive-tilt.md``): :class:`~tiltedsam.tilt.AutoTilt` sets the aggregation
+    tilt ``tau = t - delta`` from the (under DDP: global) losses of the previous steps, capped at the
+    ``tau`` of ``t = max_tilt``; the first step is uniform. ``t`` follows as ``2 tau``
+    (``sample_tilt=None``), ``tau + delta`` (explicit ``delta``) or ``tau`` (``"naive"``). It needs
+    ``target_ess * s > 1``. Reading :attr:`tilt` gives the next step's ``t``; assigning a number switches
+    the rule off, assigning ``"auto"`` back on.
 
-    After each step, :attr:`last_step` holds the per-sample losses, weights and effective sample size.
+    After each step, :attr:`last_step` holds the per-sample losses, weights, effective sample size and
+    the ``t`` used (``.extra``: ``aggregation_tilt`` and, with ``"auto"``, the step's own ``auto_tilt``).
     """
 
     def __init__(
@@ -156,9 +152,6 @@ class TSAM(PerturbationOptimizer):
         self._auto = AutoTilt(target_ess, tilt_smoothing)  # validates both, also when the rule is off
         max_tilt = AutoTilt.check_cap(max_tilt)
         tilt = max_tilt if auto else check_tilt(tilt, "tilt")  # the auto rule's t never exceeds the cap
-        if auto and sample_tilt is not None and check_tilt(sample_tilt, "sample_tilt") > max_tilt:
-            raise ValueError(f"sample_tilt={sample_tilt!r} exceeds max_tilt={max_tilt} (tilt='auto' keeps "
-                             "sample_tilt <= t <= max_tilt)")
         num_samples = check_hyperparameter("num_samples", num_samples, integer=True, low=1)
         if auto:
             _check_ess_target(target_ess, num_samples)
@@ -166,7 +159,8 @@ class TSAM(PerturbationOptimizer):
         if sample_tilt is not None:
             sample_tilt = check_tilt(sample_tilt, "sample_tilt")
             if sample_tilt > tilt:
-                raise ValueError(f"sample_tilt must satisfy 0 <= sample_tilt <= tilt={tilt}, got {sample_tilt!r}")
+                bound = "max_tilt" if auto else "tilt"
+                raise ValueError(f"sample_tilt must satisfy 0 <= sample_tilt <= {bound}={tilt}, got {sample_tilt!r}")
         check_hyperparameter("parallel_samples", parallel_samples, choices=(True, False))
         ascent = dict(noise=noise, noise_radius=noise_radius, noise_std=noise_std, ascent_direction=ascent_direction,
                       ascent_fraction=ascent_fraction, refresh_every=refresh_every)
@@ -206,7 +200,6 @@ class TSAM(PerturbationOptimizer):
     def _describe_evaluation(self) -> str:
         return f"{super()._describe_evaluation()} of sample {getattr(self, '_sample_index', 0)}"
 
-    # ------------------------------------------------------------------ the adaptive tilt
     @property
     def auto_tilt(self) -> bool:
         """Whether ``t`` is chosen by the target-ESS rule (``tilt="auto"``)."""
@@ -281,7 +274,6 @@ class TSAM(PerturbationOptimizer):
             return self._auto.next_tilt(self._max_aggregation_tilt())
         return math.inf if math.isinf(self.tilt) else self.tilt - self.sample_tilt
 
-    # ------------------------------------------------------------------ cost and state
     @property
     def has_ascent_only_evaluations(self) -> bool:  # type: ignore[override]
         return self.sampler.has_ascent_only_evaluations
@@ -316,7 +308,6 @@ class TSAM(PerturbationOptimizer):
         self._auto = AutoTilt(self.target_ess, self.tilt_smoothing, log_ema=None if value is None else float(value))
         self.sampler.load_state_dict(extra.get("sampler", {}))
 
-    # ------------------------------------------------------------------ one step
     def step_batched(self, inputs: Any, loss_fn: Callable[[Any], torch.Tensor], *,
                      randomness: str = "error") -> torch.Tensor:
         """EXPERIMENTAL: one step with the ``s`` samples evaluated in batched passes (needs
