@@ -14,7 +14,6 @@ passed, in which case those entries get weight zero (and an all-non-finite input
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
@@ -338,12 +337,6 @@ def largest_tilt_at_least(
     return low
 
 
-@dataclass
-class _Running:
-    shift: float  # the largest tilted log-weight seen so far (the log-sum-exp shift)
-    total: float  # sum_j exp(a_j - shift)
-
-
 class TiltedGradientAccumulator:
     r"""Streaming tilted average of gradients: ``sum_j w_j g_j`` with ``w = softmax(tilt * L)``.
 
@@ -367,8 +360,9 @@ class TiltedGradientAccumulator:
             raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
         self.nonfinite = nonfinite
         self.losses: list[float] = []  # every loss offered, in arrival order (skipped ones included)
-        self._sum: list[Tensor | None] | None = None
-        self._running: _Running | None = None
+        self._sum: list[Tensor | None] | None = None  # G; None until a finite loss arrives
+        self._shift = 0.0  # m: the largest tilted log-weight so far
+        self._total = 0.0  # S = sum_j exp(a_j - m)
 
     def __len__(self) -> int:
         return len(self.losses)
@@ -390,34 +384,27 @@ class TiltedGradientAccumulator:
                 )
             return
         a = self._log_weight(loss)
-        if self._sum is None:
-            self._sum = [None if g is None else g.detach().clone() for g in grads]
-            self._running = _Running(shift=a, total=1.0)
-            return
-        if len(grads) != len(self._sum):
+        if self._sum is not None and len(grads) != len(self._sum):
             raise ValueError(f"expected {len(self._sum)} gradient tensors, got {len(grads)}")
-        run = self._running
-        assert run is not None
+        if self._sum is None or (math.isinf(self.tilt) and a > self._shift):  # first, or a new hard max
+            self._sum = [None if g is None else g.detach().clone() for g in grads]
+            self._shift, self._total = a, 1.0
+            return
         if math.isinf(self.tilt):
-            if a < run.shift:
-                return
-            if a > run.shift:  # a new maximum replaces the running sum
-                for i, g in enumerate(grads):
-                    self._sum[i] = None if g is None else g.detach().clone()
-                self._running = _Running(shift=a, total=1.0)
+            if a < self._shift:
                 return
             weight = 1.0
-        elif a > run.shift:
-            rescale = math.exp(run.shift - a)
+        elif a > self._shift:
+            rescale = math.exp(self._shift - a)
             for acc in self._sum:
                 if acc is not None:
                     acc.mul_(rescale)
-            run.total *= rescale
-            run.shift = a
+            self._total *= rescale
+            self._shift = a
             weight = 1.0
         else:
-            weight = math.exp(a - run.shift)
-        run.total += weight
+            weight = math.exp(a - self._shift)
+        self._total += weight
         for i, g in enumerate(grads):
             if g is None:
                 continue
@@ -436,15 +423,15 @@ class TiltedGradientAccumulator:
 
         Finalises the accumulator: the running sums are divided in place, so call it once.
         """
-        if self._sum is None or self._running is None:
+        if self._sum is None:
             if self.losses:
                 raise NonFiniteLossError(f"every loss was non-finite: {self.losses}")
             raise ValueError("no sample was added; nothing to average")
-        if self._running.total != 1.0:  # one effective sample is returned exactly, without a division
+        if self._total != 1.0:  # one effective sample is returned exactly, without a division
             for g in self._sum:
                 if g is not None:
-                    g.div_(self._running.total)
-            self._running.total = 1.0
+                    g.div_(self._total)
+            self._total = 1.0
         return list(self._sum)
 
     def weights(self) -> Tensor:

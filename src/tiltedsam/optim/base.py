@@ -346,11 +346,16 @@ class PerturbationOptimizer(Optimizer):
         return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in plumbing}
 
+    #: the gradient evaluations per step of an optimizer whose cost does not depend on its settings
+    fixed_evaluations: int | None = None
+
     @classmethod
     def evaluations_for(cls, **settings: Any) -> int | float:
         """Gradient evaluations one step of this optimizer with ``settings`` (its own, defaults filled in)
         costs, without building it: what budgets and the registry use (see :attr:`grad_evals_per_step`)."""
-        raise NotImplementedError
+        if cls.fixed_evaluations is None:
+            raise NotImplementedError
+        return cls.fixed_evaluations
 
     def _link_base(self) -> None:
         self.param_groups = self.base_optimizer.param_groups

@@ -36,10 +36,7 @@ class ERM(PerturbationOptimizer):
         super().__init__(params, base_optimizer, {}, model=model, seed=seed, **base_kwargs)
 
     moves_parameters = False  # evaluated at theta only: no snapshot to take
-
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 1
+    fixed_evaluations = 1
 
     def _program(self, params, origin) -> Generator[Any, Any, tuple[None, StepDiagnostics]]:
         loss = self._loss_value((yield CLEAN))

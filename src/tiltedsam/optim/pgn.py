@@ -60,10 +60,7 @@ class PGN(PerturbationOptimizer):
 
     rho = _hyperparameter("rho")
     alpha = _hyperparameter("alpha")
-
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 2
+    fixed_evaluations = 2
 
     def _program(self, params, origin) -> Generator[Request, Any, tuple[list[Tensor | None], StepDiagnostics]]:
         clean_loss = self._loss_value((yield CLEAN))

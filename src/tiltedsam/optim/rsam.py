@@ -83,9 +83,7 @@ class RSAM(PerturbationOptimizer):
     def noise_scale(self, value: float) -> None:
         self.hyperparameters["noise_scale"] = check_hyperparameter("noise_scale", value, low=0.0)
 
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 2
+    fixed_evaluations = 2
 
     #: the noisy point's gradient enters the ascent direction mixed with the noise: not ascent-only for DDP
     _NOISE = Request(Point.NOISE)

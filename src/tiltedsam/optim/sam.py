@@ -70,10 +70,7 @@ class SAM(PerturbationOptimizer):
     _CLEAN = Request(Point.CLEAN, ascent_only=True)
 
     rho = _hyperparameter("rho")
-
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 2
+    fixed_evaluations = 2
 
     #: settings a param group may override (davda54/sam style); the rest are optimizer-wide
     group_settings = ("rho", "adaptive", "adaptive_eta")
