@@ -102,10 +102,7 @@ def draw_noise(
 
     Drawn from ``generator`` (on its own device, then moved), so runs are reproducible. Sharded
     parameters get the same numbers as unsharded ones (each rank draws at full size and keeps its shard).
-
-    The clipping factor stays a tensor on the parameters' device (computed in float64, then applied
-    in the parameters' dtype, as a Python float was before): no value is copied to the host, so on a
-    GPU a draw does not wait for the device.
+    The clipping factor stays a float64 tensor on the device: a draw never waits for the device.
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
@@ -113,8 +110,7 @@ def draw_noise(
     if sharded.is_sharded(params):  # full-size draws (as unsharded), local shards kept; norm of the full draw
         noise, full_norm = sharded.normal_shards(params, generator)
     else:
-        noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
-        full_norm = None
+        noise, full_norm = standard_normal_like(params, generator), None
     if radius == 0 or not noise:
         return [torch.zeros_like(p) for p in params]
     norm = (global_norm(noise) if full_norm is None else full_norm).to(torch.float64)

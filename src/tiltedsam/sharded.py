@@ -124,13 +124,9 @@ def global_norm(tensors: Sequence[Tensor | None]) -> Tensor:
     present = [t for t in tensors if t is not None]
     if not present:
         return torch.zeros(())
+    parts = [(torch.linalg.vector_norm(local(t), 2, dtype=torch.float64).square().reshape(1), t) for t in present]
     first = local(present[0])
-    parts = []
-    for t in present:
-        shard = local(t)
-        parts.append((torch.linalg.vector_norm(shard, 2, dtype=torch.float64).square().reshape(1), t))
-    total = _reduced_sum(parts)
-    return total.sqrt().reshape(()).to(first.device, first.dtype)
+    return _reduced_sum(parts).sqrt().reshape(()).to(first.device, first.dtype)
 
 
 def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) -> float:

@@ -166,12 +166,8 @@ def _is_batchnorm(module: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def frozen_batchnorm_stats(model: nn.Module | None) -> Iterator[None]:
-    """Context in which BatchNorm layers of ``model`` use batch statistics but do not update their
-    running mean/variance or ``num_batches_tracked`` (in train mode). Exact: the buffers are untouched.
-
-    Implemented by clearing ``track_running_stats`` for the duration, which makes the layer normalise
-    with the batch statistics and skip the buffer update, then restoring it.
-    """
+    """Context in which BatchNorm layers of ``model`` use batch statistics but leave their running
+    statistics untouched (in train mode), by clearing ``track_running_stats`` for the duration."""
     if model is None:
         yield
         return
@@ -283,10 +279,8 @@ class PerturbationOptimizer(Optimizer):
         if nonfinite not in self.nonfinite_policies:
             reason = ("" if nonfinite not in NONFINITE_POLICIES else
                       f": {type(self).__name__} updates from points it cannot drop, so there is nothing to ignore")
-            raise ValueError(
-                f"nonfinite must be one of {list(self.nonfinite_policies)} for {type(self).__name__}, "
-                f"got {nonfinite!r}{reason}"
-            )
+            raise ValueError(f"nonfinite must be one of {list(self.nonfinite_policies)} for {type(self).__name__}, "
+                             f"got {nonfinite!r}{reason}")
         self.nonfinite = nonfinite
         check_param_group(base_kwargs)  # names the keyword exactly (torch would say "Invalid learning rate")
         if model is not None and not isinstance(model, nn.Module):

@@ -109,10 +109,8 @@ class DistributedSync:
             return contextlib.nullcontext()
         no_sync = getattr(model, "no_sync", None)
         if no_sync is None:
-            raise ValueError(
-                "DistributedSync(local_ascent=True) needs the optimizer's model= to be the "
-                f"DistributedDataParallel module (it calls model.no_sync()), got {type(model).__name__}"
-            )
+            raise ValueError("DistributedSync(local_ascent=True) needs the optimizer's model= to be the "
+                             f"DistributedDataParallel module (it calls model.no_sync()), got {type(model).__name__}")
         return no_sync()
 
 
@@ -123,6 +121,4 @@ def resolve_distributed(distributed: DistributedSync | bool | None) -> Distribut
         return distributed
     if distributed is None or isinstance(distributed, bool):
         return DistributedSync(enabled=distributed)
-    raise ValueError(
-        f"distributed must be None (automatic), True, False or a DistributedSync, got {distributed!r}"
-    )
+    raise ValueError(f"distributed must be None (automatic), True, False or a DistributedSync, got {distributed!r}")

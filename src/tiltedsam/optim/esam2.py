@@ -24,18 +24,14 @@ class ESAM2(PerturbationOptimizer):
         k^* = \arg\max_k L(\theta + \epsilon_k),\quad
         \theta \leftarrow \mathrm{base\_step}\big(\theta, \nabla L(\theta + \epsilon_{k^*})\big)
 
-    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first).
+    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first): the
+    TSAM paper's SAM variant given TSAM's compute budget. With one multiplier ``1.0`` it is SAM.
     A non-finite loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no
-    step); with ``nonfinite="ignore"`` a step size whose loss is non-finite is never chosen, since the
-    others are still valid candidates, and the step raises only when every candidate (or the clean
-    loss, which sets the direction) is non-finite. The TSAM paper uses it as a SAM variant given
-    TSAM's compute budget ("we try different step sizes along the gradient ascent directions and
-    pick the one incurring the biggest loss"). With one multiplier ``1.0`` the update is exactly SAM's.
+    step); with ``nonfinite="ignore"`` a step size whose loss is non-finite is never chosen, and the
+    step raises only when every candidate (or the clean loss, which sets the direction) is non-finite.
 
-    **Gradient evaluations per step:** ``1 + len(multipliers)`` (one at theta, one per step size;
-    each evaluation returns the gradient too, so the chosen point's gradient is kept, not
-    recomputed). The default five multipliers make 6, TSAM's default budget (``s = 3``, Algorithm 2).
-    Memory: the normalised direction and the best gradient so far (two parameter-sized copies).
+    **Gradient evaluations per step:** ``1 + len(multipliers)`` (the chosen point's gradient is kept,
+    not recomputed): 6 with the default five, TSAM's default budget. Memory: two parameter copies.
 
     Args:
         rho: base ascent radius (``>= 0``).

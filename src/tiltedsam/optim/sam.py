@@ -34,16 +34,13 @@ class SAM(PerturbationOptimizer):
     "rho": 0.1}], rho=0.05)``. A group without them uses the optimizer's values (``rho=``, ...) at each
     step; the norm in the denominator stays global over all groups, each group scaled by its own ``T``.
 
-    **ASAM and davda54/sam.** ``adaptive_eta`` defaults to ``0.01``, the ``eta`` of the ASAM paper
-    (Kwon et al. 2021), so ``T = |theta| + 0.01``. davda54/sam's ``adaptive=True`` uses ``T = |theta|``
-    (no ``eta``): pass ``adaptive_eta=0`` to get exactly that update. With the default the two differ,
-    most for parameters near zero (which davda54/sam never perturbs).
+    **ASAM.** ``adaptive_eta`` defaults to ``0.01``, the ``eta`` of the ASAM paper (Kwon et al. 2021);
+    davda54/sam's ``adaptive=True`` uses ``T = |theta|``: pass ``adaptive_eta=0`` for exactly that update.
 
     **Non-finite losses.** A NaN/inf loss at either point raises
-    :class:`~tiltedsam.tilt.NonFiniteLossError` with the parameters restored and no step taken
-    (``nonfinite="raise"``, the only policy: the update is the gradient at a single point, so there
-    is nothing to fall back on). :meth:`first_step` gets no loss; it raises the same error when the
-    gradient norm is non-finite, before moving the parameters.
+    :class:`~tiltedsam.tilt.NonFiniteLossError` with the parameters restored and no step taken (the only
+    policy: the update is the gradient at one point). :meth:`first_step` raises it when the gradient
+    norm is non-finite, before moving the parameters.
     """
 
     def __init__(
@@ -114,11 +111,8 @@ class SAM(PerturbationOptimizer):
     # -------------------------------------------------- davda54/sam-compatible two-call API
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Ascend from theta using the gradient already in ``.grad`` (the caller's first backward).
-
-        Raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters untouched) if that gradient's
-        norm is NaN/inf: this API never sees the loss, and a non-finite ascent would move every parameter.
-        """
+        """Ascend from theta using the gradient already in ``.grad`` (the caller's first backward);
+        a NaN/inf gradient norm raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters untouched)."""
         params = self._trainable()
         origin = snapshot(params)
         norm = float(global_norm(self._grads(params)))
