@@ -1,13 +1,10 @@
 r"""The layer below the optimizers and their samplers: parameter-vector operations and the one check
 of a hyper-parameter.
 
-The tensor functions act on lists of tensors (one per parameter) and treat the list as one flat vector:
-norms are global over the whole model, as in SAM (Foret et al. 2021) and the TSAM authors' code. Every
-copy, move and restore of the parameters an optimizer makes goes through :func:`snapshot`,
-:func:`restore`, :func:`shift`, :func:`move` and the norms here, so a different parameter layout
-changes this one module: FSDP2-sharded parameters (``DTensor``) are dispatched to
-:mod:`tiltedsam.sharded` (local shards, one all-reduce per global number, noise equal to the
-unsharded draw), after one type check of a list's first tensor.
+The tensor functions treat a list of tensors (one per parameter) as one flat vector: norms are global
+over the whole model, as in SAM (Foret et al. 2021) and the TSAM authors' code. Every copy, move and
+restore of the parameters goes through here, so FSDP2-sharded parameters (``DTensor``) need one
+dispatch to :mod:`tiltedsam.sharded`, after one type check of a list's first tensor.
 """
 
 from __future__ import annotations

@@ -102,12 +102,9 @@ PERTURBED = Request(Point.PERTURBED)
 class Evaluation:
     """One loss/gradient evaluation requested by the optimizer in :meth:`PerturbationOptimizer.manual_step`.
 
-    When the loop body runs, the parameters are already at the point to evaluate and their ``.grad``
-    are cleared. Compute the loss, call ``backward()`` (scaled, accumulated over micro-batches, as
-    you like), then :meth:`record` the (unscaled) loss value.
-
-    ``request`` says what is evaluated (:class:`Request`); ``label`` and ``batch_fraction`` are its
-    (``batch_fraction < 1`` for the direction-only evaluations of sub-batch ascent, ``ascent_fraction``);
+    When the loop body runs, the parameters are at the point to evaluate and their ``.grad`` are
+    cleared. Compute the loss, call ``backward()`` (scaled or accumulated as you like), then
+    :meth:`record` the (unscaled) loss. ``label`` and ``batch_fraction`` are the :class:`Request`'s;
     :meth:`batch` slices the batch. A ``step(closure)`` closure that takes one argument receives this object.
     """
 
@@ -381,8 +378,7 @@ class PerturbationOptimizer(Optimizer):
     @property
     def grad_evals_per_step(self) -> int | float:
         """Gradient evaluations one :meth:`step` costs, in full-batch equivalents (closure calls weighted by
-        their :attr:`Evaluation.batch_fraction`), averaged over steps. Budgets use it; it may be fractional
-        for TSAM's cheap variants (sub-batch or lazy ascent)."""
+        their :attr:`Evaluation.batch_fraction`), averaged over steps; fractional for some cheap variants."""
         return self.evaluations_for(**self.hyperparameters)
 
     @property

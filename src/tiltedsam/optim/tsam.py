@@ -35,10 +35,9 @@ def build_sampler(sampler: str | Sampler = "ascent", sampler_options: dict[str, 
                   **ascent: Any) -> Sampler:
     """The sampler TSAM builds from its arguments.
 
-    ``ascent`` holds TSAM's top-level ascent settings (:data:`ASCENT_SETTINGS`); they configure the
-    ``"ascent"`` sampler. With another sampler each of them must keep its default: one that differs is
-    rejected with a ``ValueError`` naming it (it would otherwise be ignored; the other samplers take their
-    own settings in ``sampler_options``, e.g. the naive sampler's ``radius`` and ``noise``)."""
+    ``ascent`` holds TSAM's top-level ascent settings (:data:`ASCENT_SETTINGS`), which configure the
+    ``"ascent"`` sampler. With another sampler (whose settings go in ``sampler_options``) one that
+    differs from its default would be ignored, so it raises a ``ValueError`` naming it."""
     unknown = set(ascent) - set(ASCENT_SETTINGS)
     if unknown:
         raise TypeError(f"unknown TSAM settings {sorted(unknown)}")
