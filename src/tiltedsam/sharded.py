@@ -157,11 +157,9 @@ def shard_like(full: Tensor, like: Tensor) -> Tensor:
 
 @torch.no_grad()
 def normal_shards(params: Sequence[Tensor], generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
-    r"""``N(0, I)`` noise for every parameter, drawn at full size (the same numbers as an unsharded run
-    from the same generator state), of which each rank keeps its shard; and the global L2 norm of the
-    full draw (computed locally, the way :func:`torch.nn.utils.get_total_norm` does: no collective).
-
-    Returns ``(noise, norm)``: ``noise[i]`` is laid out like ``params[i]``.
+    r"""``(noise, norm)``: ``N(0, I)`` noise for every parameter, drawn at full size (the numbers of an
+    unsharded run), laid out like ``params[i]`` (this rank's shard), and the global L2 norm of the full
+    draw (computed locally, as :func:`torch.nn.utils.get_total_norm` does: no collective).
     """
     device = generator.device
     noise: list[Tensor] = []
@@ -177,12 +175,9 @@ def normal_shards(params: Sequence[Tensor], generator: torch.Generator) -> tuple
 
 @torch.no_grad()
 def filter_norms(params: Sequence[Tensor]) -> list[Tensor]:
-    r"""Per-filter norms for filter-wise noise, broadcastable against each parameter's *local* shard.
-
-    A filter is one slice along dimension 0 of a parameter with two or more dimensions (one output
-    unit), or the whole tensor otherwise. Rows sharded along dimension 0 are whole on their rank; every
-    other case (vectors, scalars, other shard dimensions) sums local squares and reduces them with one
-    all-reduce per shard-group set for all parameters together.
+    r"""Per-filter norms (see :func:`tiltedsam.functional.filter_norms`), broadcastable against each
+    parameter's *local* shard. Rows sharded along dimension 0 are whole on their rank; every other case
+    sums local squares with one all-reduce per shard-group set for all parameters together.
     """
     from torch.distributed.tensor import Shard
 

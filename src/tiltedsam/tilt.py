@@ -340,9 +340,8 @@ def largest_tilt_at_least(
 class TiltedGradientAccumulator:
     r"""Streaming tilted average of gradients: ``sum_j w_j g_j`` with ``w = softmax(tilt * L)``.
 
-    Gradients arrive one sample at a time (Algorithm 1's ``s`` perturbations); only one running
-    weighted sum is kept, so memory does not grow with ``s``. It is an online log-sum-exp: with
-    ``a_j = tilt * L_j`` and ``m`` the largest ``a`` so far,
+    Gradients arrive one sample at a time; only one running weighted sum is kept, so memory does not
+    grow with ``s``. An online log-sum-exp: with ``a_j = tilt * L_j`` and ``m`` the largest ``a`` so far,
 
     .. math:: S = \sum_j e^{a_j - m},\qquad G = \sum_j e^{a_j - m} g_j,\qquad \text{result} = G / S
 

@@ -191,8 +191,7 @@ def closure_takes_evaluation(closure: Callable[..., Any]) -> bool:
     return first is not None and (first.default is inspect.Parameter.empty or first.name == "evaluation")
 
 
-#: Ranges of the base optimizers' numeric settings (torch.optim's own, plus finiteness, which torch
-#: does not check: ``SGD(lr=nan)`` and ``momentum=nan`` are accepted there and give NaN parameters).
+#: Ranges of the base optimizers' numeric settings (torch.optim's own; torch does not check finiteness).
 #: A numeric setting not listed here must still be finite; tuples (``betas``) are checked per entry.
 BASE_SETTING_RANGES: dict[str, dict[str, Any]] = {
     "lr": {"low": 0.0},
@@ -435,10 +434,7 @@ class PerturbationOptimizer(Optimizer):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        """Base optimizer state, own hyper-parameters, step count and the noise generator state.
-
-        Holds no copy of the weights (the snapshot lives only inside a step).
-        """
+        """Base optimizer state, own hyper-parameters, step count and the noise generator state."""
         if self._generator is not None:
             gen_state = {"device_type": self._generator.device.type, "state": self._generator.get_state()}
         elif self._pending_generator_state is not None:
@@ -531,13 +527,10 @@ class PerturbationOptimizer(Optimizer):
 
     def _program(self, params: list[Tensor],
                  origin: list[Tensor] | None) -> Generator[Request, Any, tuple[list[Tensor | None] | None, StepDiagnostics]]:
-        """One step of the optimizer: move ``params`` (``origin`` is the snapshot of theta, ``None`` when
-        :attr:`moves_parameters` is False), ``yield`` a :class:`Request` for each evaluation at the current
-        parameters and receive its loss (the gradient is then in ``.grad``).
-
-        Returns the combined gradient to write to ``.grad`` (``None``: keep the last evaluation's) and the
-        step's diagnostics. The driver restores theta afterwards, so a program need not (but may, between
-        evaluations, with :func:`tiltedsam.functional.restore`)."""
+        """One step: move ``params`` (``origin``: the snapshot of theta, ``None`` when :attr:`moves_parameters`
+        is False), ``yield`` a :class:`Request` per evaluation and receive its loss (the gradient is then in
+        ``.grad``). Returns the combined gradient (``None``: keep the last evaluation's) and the diagnostics;
+        the driver restores theta afterwards."""
         raise NotImplementedError
 
     def manual_step(self, apply: bool = True) -> Iterator[Evaluation]:

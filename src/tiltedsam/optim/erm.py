@@ -19,9 +19,8 @@ class ERM(PerturbationOptimizer):
     Exists so that the harness, the registry and the shared tests treat every optimizer alike
     (closure calls, ``manual_step``, diagnostics, ``state_dict`` format). One evaluation per step.
 
-    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` before the base optimizer steps
-    (parameters and its state untouched); ``nonfinite="ignore"`` is not offered: with one point there
-    is no other gradient to step with.
+    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` before the base optimizer steps;
+    there is no ``nonfinite="ignore"``: with one point there is no other gradient to step with.
     """
 
     def __init__(

@@ -35,9 +35,8 @@ class PGN(PerturbationOptimizer):
             {0.3, 0.5, 0.7, 0.9}).
         normalize_clean: normalise the clean gradient in the combination.
 
-    A NaN/inf loss at either point raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters
-    restored, no step). ``nonfinite="ignore"`` is not offered: the update is a fixed mixture of both
-    gradients, and dropping one would silently turn PGN into SAM or ERM for that step.
+    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no step);
+    there is no ``nonfinite="ignore"``: dropping a gradient would silently turn PGN into SAM or ERM.
     """
 
     def __init__(

@@ -52,9 +52,8 @@ class RSAM(PerturbationOptimizer):
             schedule by assigning :attr:`noise_scale` between steps.
         grad_weight: ``lambda >= 0``, weight of the noisy gradient in ``v`` (2 in the authors' code).
 
-    A NaN/inf loss at either point raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters
-    restored, no step). ``nonfinite="ignore"`` is not offered: the update is the gradient at one point
-    and the noisy point sets its direction, so neither can be dropped.
+    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no step);
+    there is no ``nonfinite="ignore"``: neither point can be dropped.
     """
 
     def __init__(

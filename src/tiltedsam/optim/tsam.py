@@ -71,11 +71,9 @@ class TSAM(PerturbationOptimizer):
        does not grow with ``s``): ``g = sum_j w_j g_j / sum_j w_j``;
     3. restore ``theta`` bit-exactly, write ``g`` to ``.grad`` and let the base optimizer step.
 
-    With the default ``"ascent"`` sampler (Algorithm 2) each sample costs two evaluations (at
-    ``theta + delta_j`` and at ``theta + eps_j``), so :meth:`step` calls the closure ``2 s`` times.
-    Cheaper ways to draw the samples (``ascent_direction="shared"``: ``s + 1``; ``ascent_fraction=f``:
-    ``s (1 + f)``; ``refresh_every=k``: ``s (1 + 1/k)`` on average) are documented on
-    :class:`~tiltedsam.optim.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
+    With the default ``"ascent"`` sampler (Algorithm 2) :meth:`step` calls the closure ``2 s`` times;
+    the cheaper variants are documented on :class:`~tiltedsam.optim.samplers.AscentSampler`, and
+    :attr:`grad_evals_per_step` reports their cost.
     ``tilt = 0`` weights the samples uniformly; ``tilt = inf`` keeps the gradient of the largest loss
     (whatever ``sample_tilt``). With ``num_samples=1, noise_radius=0`` the update is exactly SAM's.
 

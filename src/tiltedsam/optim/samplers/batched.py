@@ -49,10 +49,8 @@ RANDOMNESS = ("error", "different", "same")
 
 
 class BatchedAscentSampler(AscentSampler):
-    """:class:`AscentSampler` whose ``s`` samples TSAM's :meth:`~tiltedsam.optim.TSAM.step_batched` computes in
-    one ``vmap`` pass per stage (:meth:`evaluate_all`, bound to a model, inputs and loss for one step); unbound,
-    TSAM draws with it as with the ordinary loop sampler.
-
+    """:class:`AscentSampler` whose ``s`` samples :meth:`~tiltedsam.optim.TSAM.step_batched` computes in one
+    ``vmap`` pass per stage (:meth:`evaluate_all`, bound for one step); unbound, it draws as the loop sampler.
     Its :meth:`config` is the ascent sampler's: batching changes how the step is computed, not what it is.
     """
 

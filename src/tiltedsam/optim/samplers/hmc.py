@@ -129,10 +129,9 @@ class HMCSampler(Sampler):
     those of the point the chain ends on: on rejection the start point's, whose gradient is kept
     (one parameter-sized copy) so nothing is evaluated twice.
 
-    **Cost:** ``1 + num_transitions * num_steps`` loss/gradient evaluations per sample, so a TSAM
-    step makes ``num_samples * (1 + num_transitions * num_steps)``; with the defaults (``N = 1``,
-    one transition) that is ``2 s``, the same as Algorithm 2. Memory: the perturbation, the
-    momentum and, with ``accept=True``, a copy of the start point and of its gradient.
+    **Cost:** ``1 + num_transitions * num_steps`` evaluations per sample (``2 s`` per TSAM step with
+    the defaults, as Algorithm 2). Memory: ``eps``, the momentum and, with ``accept=True``, a copy of
+    the start point and of its gradient.
 
     **Integrator.** ``"leapfrog"`` (default) costs the same evaluations as Eq. 11's ``"euler"`` and
     is reversible, which makes the Metropolis test exact; ``"euler"`` (Eq. 11 as printed) is not, so
