@@ -179,34 +179,27 @@ def filter_norms(params: Sequence[Tensor]) -> list[Tensor]:
     parameter's *local* shard. Rows sharded along dimension 0 are whole on their rank; every other case
     sums local squares with one all-reduce per shard-group set for all parameters together.
     """
+    import torch.distributed as dist
     from torch.distributed.tensor import Shard
 
     squares: list[Tensor] = []
-    needs_reduction: list[bool] = []
-    for p in params:
+    by_groups: dict[tuple[Any, ...], list[int]] = {}  # filters split across ranks, by shard-group set
+    for i, p in enumerate(params):
         shard = local(p)
         rows = shard.reshape(shard.shape[0], -1) if p.dim() >= 2 else shard.reshape(1, -1)
         squares.append(torch.linalg.vector_norm(rows, 2, dim=1, dtype=torch.float64).square())
         rows_whole = p.dim() >= 2 and all(not isinstance(pl, Shard) or pl.dim == 0
                                           for pl in (p.placements if is_dtensor(p) else ()))
-        needs_reduction.append(is_dtensor(p) and bool(_shard_groups(p)) and not rows_whole)
-    pending = [i for i, need in enumerate(needs_reduction) if need]
-    if pending:
-        # one flat buffer per shard-group set: one all-reduce for all of them
-        by_groups: dict[tuple[Any, ...], list[int]] = {}
-        for i in pending:
-            by_groups.setdefault(_shard_groups(params[i]), []).append(i)
-        import torch.distributed as dist
-
-        for groups, members in by_groups.items():
-            flat = torch.cat([squares[i] for i in members])
-            for group in groups:
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-            for i, piece in zip(members, torch.split(flat, [squares[i].numel() for i in members])):
-                squares[i] = piece
+        if is_dtensor(p) and _shard_groups(p) and not rows_whole:
+            by_groups.setdefault(_shard_groups(p), []).append(i)
+    for groups, members in by_groups.items():  # one flat buffer, so one all-reduce, per shard-group set
+        flat = torch.cat([squares[i] for i in members])
+        for group in groups:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        for i, piece in zip(members, torch.split(flat, [squares[i].numel() for i in members])):
+            squares[i] = piece
     result = []
     for p, sq in zip(params, squares):
-        shard = local(p)
-        norms = sq.sqrt().to(shard.dtype)
+        norms = sq.sqrt().to(local(p).dtype)
         result.append(norms.reshape((-1,) + (1,) * (p.dim() - 1)) if p.dim() >= 2 else norms.reshape(()))
     return result
