@@ -441,16 +441,10 @@ class PerturbationOptimizer(Optimizer):
             gen_state = dict(self._pending_generator_state)
         else:
             gen_state = None
-        return {
-            "format": _STATE_FORMAT,
-            "optimizer": type(self).__name__,
-            "base_optimizer": self.base_optimizer.state_dict(),
-            "hyperparameters": dict(self.hyperparameters),
-            "seed": self.seed,
-            "generator": gen_state,
-            "step_count": self.step_count,
-            "extra": self._extra_state_dict(),
-        }
+        return {"format": _STATE_FORMAT, "optimizer": type(self).__name__,
+                "base_optimizer": self.base_optimizer.state_dict(), "hyperparameters": dict(self.hyperparameters),
+                "seed": self.seed, "generator": gen_state, "step_count": self.step_count,
+                "extra": self._extra_state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or state_dict.get("format") != _STATE_FORMAT:

@@ -92,10 +92,6 @@ class ESAM2(PerturbationOptimizer):
                 f"ESAM2: every step size gave a non-finite loss ({losses}); no step was taken and the parameters "
                 "keep their values from before this step"
             )
-        return best_grads, StepDiagnostics(
-            objective=losses[best],
-            losses=losses,
-            weights=[1.0 if k == best else 0.0 for k in range(len(losses))],
-            effective_sample_size=1.0,
-            extra={"clean_loss": clean_loss, "chosen_index": best, "chosen_step_size": self.step_sizes[best]},
-        )
+        weights = [1.0 if k == best else 0.0 for k in range(len(losses))]
+        extra = {"clean_loss": clean_loss, "chosen_index": best, "chosen_step_size": self.step_sizes[best]}
+        return best_grads, StepDiagnostics(losses[best], losses, weights, effective_sample_size=1.0, extra=extra)

@@ -83,10 +83,5 @@ class PGN(PerturbationOptimizer):
                 else:  # (1 - alpha) g1 + alpha g2: exactly g1 at alpha = 0 and g2 at alpha = 1
                     combined.append(g1.mul_(clean_weight).add_(g2, alpha=alpha))
         objective = clean_loss + alpha * self.rho * clean_norm
-        return combined, StepDiagnostics(
-            objective=objective,
-            losses=[clean_loss, perturbed_loss],
-            weights=[1.0 - alpha, alpha],
-            effective_sample_size=float("nan"),
-            extra={"clean_loss": clean_loss, "perturbed_loss": perturbed_loss, "clean_grad_norm": clean_norm},
-        )
+        extra = {"clean_loss": clean_loss, "perturbed_loss": perturbed_loss, "clean_grad_norm": clean_norm}
+        return combined, StepDiagnostics(objective, [clean_loss, perturbed_loss], [1.0 - alpha, alpha], extra=extra)

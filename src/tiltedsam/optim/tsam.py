@@ -178,17 +178,9 @@ class TSAM(PerturbationOptimizer):
                 f"sample_tilt={sample_tilt!r} given, but the {self.sampler.name!r} sampler draws eps from mu, not from "
                 "exp(delta L): its samples are weighted by exp(t L) (delta = 0, Eq. 75); leave sample_tilt unset or 0"
             )
-        hyper = {
-            "tilt": AUTO_TILT if auto else tilt,
-            "num_samples": num_samples,
-            "rho": rho,
-            "sample_tilt": sample_tilt,
-            "nonfinite": nonfinite,
-            "sampler": self.sampler.config(),
-            "target_ess": self._auto.target_ess,
-            "max_tilt": max_tilt,
-            "tilt_smoothing": self._auto.smoothing,
-        }
+        hyper = {"tilt": AUTO_TILT if auto else tilt, "num_samples": num_samples, "rho": rho,
+                 "sample_tilt": sample_tilt, "nonfinite": nonfinite, "sampler": self.sampler.config(),
+                 "target_ess": self._auto.target_ess, "max_tilt": max_tilt, "tilt_smoothing": self._auto.smoothing}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, nonfinite=nonfinite, **base_kwargs)
 
     #: a sample with a non-finite loss can get weight zero (the others still estimate the tilted mean)
