@@ -1,13 +1,10 @@
 r"""The layer below the optimizers and their samplers: parameter-vector operations and the one check
 of a hyper-parameter.
 
-The tensor functions act on lists of tensors (one per parameter) and treat the list as one flat vector:
-norms are global over the whole model, as in SAM (Foret et al. 2021) and the TSAM authors' code. Every
-copy, move and restore of the parameters an optimizer makes goes through :func:`snapshot`,
-:func:`restore`, :func:`shift`, :func:`move` and the norms here, so a different parameter layout
-changes this one module: FSDP2-sharded parameters (``DTensor``) are dispatched to
-:mod:`tiltedsam.sharded` (local shards, one all-reduce per global number, noise equal to the
-unsharded draw), after one type check of a list's first tensor.
+The tensor functions treat a list of tensors (one per parameter) as one flat vector: norms are global
+over the whole model, as in SAM (Foret et al. 2021) and the TSAM authors' code. Every copy, move and
+restore of the parameters goes through here, so FSDP2-sharded parameters (``DTensor``) need one
+dispatch to :mod:`tiltedsam.sharded`, after one type check of a list's first tensor.
 """
 
 from __future__ import annotations
@@ -102,10 +99,7 @@ def draw_noise(
 
     Drawn from ``generator`` (on its own device, then moved), so runs are reproducible. Sharded
     parameters get the same numbers as unsharded ones (each rank draws at full size and keeps its shard).
-
-    The clipping factor stays a tensor on the parameters' device (computed in float64, then applied
-    in the parameters' dtype, as a Python float was before): no value is copied to the host, so on a
-    GPU a draw does not wait for the device.
+    The clipping factor stays a float64 tensor on the device: a draw never waits for the device.
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
@@ -113,8 +107,7 @@ def draw_noise(
     if sharded.is_sharded(params):  # full-size draws (as unsharded), local shards kept; norm of the full draw
         noise, full_norm = sharded.normal_shards(params, generator)
     else:
-        noise = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype).to(p.device) for p in params]
-        full_norm = None
+        noise, full_norm = standard_normal_like(params, generator), None
     if radius == 0 or not noise:
         return [torch.zeros_like(p) for p in params]
     norm = (global_norm(noise) if full_norm is None else full_norm).to(torch.float64)

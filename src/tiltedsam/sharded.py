@@ -1,34 +1,16 @@
 r"""Parameter-list operations that work alike for plain tensors and for sharded ``DTensor`` s (FSDP2).
 
-Under ``torch.distributed.fsdp.fully_shard`` every parameter (and its ``.grad``) is a
-:class:`~torch.distributed.tensor.DTensor`: each rank holds one shard (``Shard(0)`` on a 1-D mesh,
-``(Replicate(), Shard(0))`` for HSDP). A perturbation optimizer then needs three things:
+* **local moves**: the snapshot, the moves to ``theta + eps`` and the bit-exact restore act on the local
+  shards only (:func:`snapshot`, :func:`restore`, :func:`add_`, unwrapping with ``to_local()``);
+* **global numbers**: :func:`global_norm` and :func:`global_dot` sum the local parts of all tensors and
+  all-reduce that one number once per mesh dimension the tensors are sharded over;
+* **the same noise**: :func:`normal_shards` draws every parameter's noise at its full shape in the
+  unsharded order and keeps this rank's slice, so a sharded run draws bit for bit the unsharded noise
+  and every rank's generator stays in the same state.
 
-* **local moves** — the snapshot of ``theta``, the moves to ``theta + eps`` and the bit-exact restore
-  act on the local shards only (:func:`snapshot`, :func:`restore`, :func:`add_`), so the snapshot
-  costs ``1/N`` of a parameter copy per rank. (``torch._foreach_copy_`` has no DTensor sharding rule;
-  these helpers unwrap with ``to_local()``, which shares the parameter's storage.)
-* **global numbers** — a norm or an inner product over the whole model is the sum of the ranks'
-  local sums of squares: :func:`global_norm` and :func:`global_dot` add the local parts of all
-  tensors first and all-reduce that one number once per mesh dimension the tensors are sharded
-  over (one collective per call for FSDP2), never once per parameter.
-* **the same noise** — :func:`normal_shards` draws every parameter's noise at its *full* (global)
-  shape from the optimizer's generator, in the same order as an unsharded run, and keeps this rank's
-  slice. So a sharded and an unsharded run from the same seed draw the same perturbation (bit for
-  bit), and every rank's generator stays in the same state (it is replicated state in a checkpoint).
-  The norm of the full draw is computed locally the way :func:`torch.nn.utils.get_total_norm`
-  computes it, so the noise's clipping factor needs no collective and equals the unsharded one.
-  Cost: each rank draws ``N`` times its share of random numbers (compute, not memory: one full
-  parameter at a time is alive).
-
-Plain tensors and replicated ``DTensor`` s (every rank holds everything, as under DDP) contribute
-their local values without communication.
-
-This module sits beside :mod:`tiltedsam.functional` (below the optimizers), which dispatches to it:
-a parameter list is read as sharded when its first tensor is a DTensor (:func:`is_sharded`, one type
-check per call, so plain tensors pay nothing else). ``fully_shard`` on the root module turns every
-parameter into a DTensor; a list that mixes plain tensors into a sharded list is handled here too
-(plain entries count as replicated), as long as a DTensor comes first.
+Plain tensors and replicated ``DTensor`` s contribute their local values without communication.
+:mod:`tiltedsam.functional` dispatches here when a list's first tensor is a DTensor (:func:`is_sharded`).
+The full picture is in ``docs/distributed.md`` ("What makes FSDP2 correct").
 """
 
 from __future__ import annotations
@@ -142,13 +124,9 @@ def global_norm(tensors: Sequence[Tensor | None]) -> Tensor:
     present = [t for t in tensors if t is not None]
     if not present:
         return torch.zeros(())
+    parts = [(torch.linalg.vector_norm(local(t), 2, dtype=torch.float64).square().reshape(1), t) for t in present]
     first = local(present[0])
-    parts = []
-    for t in present:
-        shard = local(t)
-        parts.append((torch.linalg.vector_norm(shard, 2, dtype=torch.float64).square().reshape(1), t))
-    total = _reduced_sum(parts)
-    return total.sqrt().reshape(()).to(first.device, first.dtype)
+    return _reduced_sum(parts).sqrt().reshape(()).to(first.device, first.dtype)
 
 
 def global_dot(first: Sequence[Tensor | None], second: Sequence[Tensor | None]) -> float:
@@ -179,11 +157,9 @@ def shard_like(full: Tensor, like: Tensor) -> Tensor:
 
 @torch.no_grad()
 def normal_shards(params: Sequence[Tensor], generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
-    r"""``N(0, I)`` noise for every parameter, drawn at full size (the same numbers as an unsharded run
-    from the same generator state), of which each rank keeps its shard; and the global L2 norm of the
-    full draw (computed locally, the way :func:`torch.nn.utils.get_total_norm` does: no collective).
-
-    Returns ``(noise, norm)``: ``noise[i]`` is laid out like ``params[i]``.
+    r"""``(noise, norm)``: ``N(0, I)`` noise for every parameter, drawn at full size (the numbers of an
+    unsharded run), laid out like ``params[i]`` (this rank's shard), and the global L2 norm of the full
+    draw (computed locally, as :func:`torch.nn.utils.get_total_norm` does: no collective).
     """
     device = generator.device
     noise: list[Tensor] = []
@@ -199,41 +175,31 @@ def normal_shards(params: Sequence[Tensor], generator: torch.Generator) -> tuple
 
 @torch.no_grad()
 def filter_norms(params: Sequence[Tensor]) -> list[Tensor]:
-    r"""Per-filter norms for filter-wise noise, broadcastable against each parameter's *local* shard.
-
-    A filter is one slice along dimension 0 of a parameter with two or more dimensions (one output
-    unit), or the whole tensor otherwise. Rows sharded along dimension 0 are whole on their rank; every
-    other case (vectors, scalars, other shard dimensions) sums local squares and reduces them with one
-    all-reduce per shard-group set for all parameters together.
+    r"""Per-filter norms (see :func:`tiltedsam.functional.filter_norms`), broadcastable against each
+    parameter's *local* shard. Rows sharded along dimension 0 are whole on their rank; every other case
+    sums local squares with one all-reduce per shard-group set for all parameters together.
     """
+    import torch.distributed as dist
     from torch.distributed.tensor import Shard
 
     squares: list[Tensor] = []
-    needs_reduction: list[bool] = []
-    for p in params:
+    by_groups: dict[tuple[Any, ...], list[int]] = {}  # filters split across ranks, by shard-group set
+    for i, p in enumerate(params):
         shard = local(p)
         rows = shard.reshape(shard.shape[0], -1) if p.dim() >= 2 else shard.reshape(1, -1)
         squares.append(torch.linalg.vector_norm(rows, 2, dim=1, dtype=torch.float64).square())
         rows_whole = p.dim() >= 2 and all(not isinstance(pl, Shard) or pl.dim == 0
                                           for pl in (p.placements if is_dtensor(p) else ()))
-        needs_reduction.append(is_dtensor(p) and bool(_shard_groups(p)) and not rows_whole)
-    pending = [i for i, need in enumerate(needs_reduction) if need]
-    if pending:
-        # one flat buffer per shard-group set: one all-reduce for all of them
-        by_groups: dict[tuple[Any, ...], list[int]] = {}
-        for i in pending:
-            by_groups.setdefault(_shard_groups(params[i]), []).append(i)
-        import torch.distributed as dist
-
-        for groups, members in by_groups.items():
-            flat = torch.cat([squares[i] for i in members])
-            for group in groups:
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-            for i, piece in zip(members, torch.split(flat, [squares[i].numel() for i in members])):
-                squares[i] = piece
+        if is_dtensor(p) and _shard_groups(p) and not rows_whole:
+            by_groups.setdefault(_shard_groups(p), []).append(i)
+    for groups, members in by_groups.items():  # one flat buffer, so one all-reduce, per shard-group set
+        flat = torch.cat([squares[i] for i in members])
+        for group in groups:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        for i, piece in zip(members, torch.split(flat, [squares[i].numel() for i in members])):
+            squares[i] = piece
     result = []
     for p, sq in zip(params, squares):
-        shard = local(p)
-        norms = sq.sqrt().to(shard.dtype)
+        norms = sq.sqrt().to(local(p).dtype)
         result.append(norms.reshape((-1,) + (1,) * (p.dim() - 1)) if p.dim() >= 2 else norms.reshape(()))
     return result

@@ -14,7 +14,6 @@ passed, in which case those entries get weight zero (and an all-non-finite input
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
@@ -143,12 +142,10 @@ def tilted_mean(
 
     .. math:: \hat L^t = \frac1t \log \frac1n \sum_j e^{t L_j}
 
-    with ``t = 0`` the mean and ``t = inf`` the max. Computed as
-    ``c + log1p(mean(expm1(t (L - c)))) / t`` with ``c = max L``: no term exceeds one (no overflow for
-    any ``t``), and for small ``t`` the ``expm1``/``log1p`` pair keeps the answer accurate instead of
-    cancelling to ``c``; when ``t`` times the spread of the losses is below ``1e-8`` the second-order
-    expansion ``mean + (t/2) var`` (Eq. 59) is used, exact to double precision there. Differentiable: its gradient is the tilted average of the per-sample
-    gradients (Lemma 1, Eq. 4).
+    with ``t = 0`` the mean and ``t = inf`` the max. Computed as ``c + log1p(mean(expm1(t (L - c)))) / t``
+    with ``c = max L`` (no overflow for any ``t``, no cancellation for small ``t``); when ``t`` times the
+    spread of the losses is below ``1e-8``, as ``mean + (t/2) var`` (Eq. 59), exact to double precision
+    there. Its gradient is the tilted average of the per-sample gradients (Lemma 1, Eq. 4).
     """
     tilt = check_tilt(tilt)
     values = _as_tensor(losses)
@@ -271,11 +268,10 @@ def effective_sample_size_at_tilt(
         \mathrm{ESS}(\tau) = \frac{(\sum_j e^{\tau L_j})^2}{\sum_j e^{2\tau L_j}}
         = \exp\big(2\,\mathrm{LSE}(\tau L) - \mathrm{LSE}(2\tau L)\big)
 
-    (Kish's ESS of the weights of Eq. 4, computed by log-sum-exp with the losses shifted by their
-    maximum). ``ESS(0) = n``; ``ESS(inf)`` is the number of losses tied at the maximum. It never
-    increases with ``tau``: ``d/dtau sum_j w_j^2 = 2 sum_j w_j^2 (L_j - sum_k w_k L_k) >= 0``, a
-    covariance under ``w`` of ``w_j`` with ``L_j``, and ``w_j`` increases with ``L_j``. It is strictly
-    decreasing unless all losses are tied (then it is ``n`` for every ``tau``).
+    (Kish's ESS of the weights of Eq. 4, by log-sum-exp of the losses shifted by their maximum).
+    ``ESS(0) = n``; ``ESS(inf)`` is the number of losses tied at the maximum. It is non-increasing in
+    ``tau`` (``d/dtau sum_j w_j^2 = 2 sum_j w_j^2 (L_j - sum_k w_k L_k) >= 0``), strictly unless all
+    losses are tied.
     """
     tilt = check_tilt(tilt)
     values = _finite_losses(losses, nonfinite)
@@ -295,28 +291,19 @@ def tilt_for_ess(
 
     .. math:: \tau^\star = \sup\{\tau \in [0, \tau_{\max}] : \mathrm{ESS}(\tau) \ge \alpha n\}
 
-    with ``ESS`` of :func:`effective_sample_size_at_tilt` (the adaptive tempering rule of sequential
-    Monte Carlo, Jasra et al. 2011, applied to the weights of Eq. 4), ``alpha = target_ess`` and ``n`` the
-    number of (finite) losses. Because ``ESS`` is continuous and non-increasing in ``tau``:
-
-    * if ``ESS(max_tilt) >= alpha n`` (all losses tied, ``n = 1``, ``alpha <= 1/n``, or a spread too
-      small for the cap to matter) the answer is ``max_tilt``: the cap;
-    * otherwise ``ESS`` crosses ``alpha n`` exactly once on ``(0, max_tilt)`` and a bisection finds the
-      crossing to relative precision ``rel_tol`` (``alpha < 1`` puts it strictly above ``0``;
-      ``alpha = 1`` gives ``0``).
-
-    For Gaussian losses with standard deviation ``sigma_L`` and large ``n`` it approaches the closed form
-    ``sqrt(ln(1/alpha)) / sigma_L`` (``E[e^{tau L}]^2 / E[e^{2 tau L}] = e^{-tau^2 sigma_L^2}``): nearly
-    tied losses ask for a large tilt, which is why the cap is needed. The bisection runs on the losses
-    shifted by their maximum, so the result depends only on their gaps (adding a constant to every loss
-    changes nothing) and scales as ``1 / spread``.
+    with ``ESS`` of :func:`effective_sample_size_at_tilt` (adaptive tempering of sequential Monte Carlo,
+    Jasra et al. 2011, applied to the weights of Eq. 4), ``alpha = target_ess``, ``n`` the number of
+    finite losses. ``ESS`` is continuous and non-increasing in ``tau``, so the answer is the cap when
+    ``ESS(max_tilt) >= alpha n`` (tied losses, ``n = 1``, ``alpha <= 1/n``), else the one crossing on
+    ``(0, max_tilt)``, bisected to relative precision ``rel_tol`` (``alpha = 1`` gives ``0``).
+    For Gaussian losses of standard deviation ``sigma_L`` and large ``n`` it approaches
+    ``sqrt(ln(1/alpha)) / sigma_L``: nearly tied losses ask for a large tilt, hence the cap. Only the
+    gaps to the largest loss matter, so the result scales as ``1 / spread``.
     """
     alpha = float(target_ess)
     if not (0.0 < alpha <= 1.0):
         raise ValueError(f"target_ess must be a fraction in (0, 1], got {target_ess!r}")
-    max_tilt = check_tilt(max_tilt, "max_tilt")
-    if math.isinf(max_tilt):
-        raise ValueError("max_tilt must be finite (tied losses would otherwise ask for tilt = inf)")
+    max_tilt = AutoTilt.check_cap(max_tilt)
     if not (rel_tol > 0):
         raise ValueError(f"rel_tol must be > 0, got {rel_tol!r}")
     values = _finite_losses(losses, nonfinite)
@@ -333,10 +320,8 @@ def largest_tilt_at_least(
 ) -> float:
     """``sup{tau in [0, max_tilt] : log_ess(tau) >= log_target}`` for a non-increasing ``log_ess``, by bisection.
 
-    ``max_tilt`` if ``log_ess(max_tilt) >= log_target``; ``0`` if ``log_ess`` is already below the target
-    just above ``0``; else the crossing to relative precision ``rel_tol`` (the returned ``tau`` always
-    satisfies ``log_ess(tau) >= log_target``). Shared by :func:`tilt_for_ess` (sample weights) and the
-    toy's population ESS (quadrature weights).
+    ``max_tilt`` if it qualifies, else the crossing to relative precision ``rel_tol`` (the returned ``tau``
+    always satisfies ``log_ess(tau) >= log_target``). Shared by :func:`tilt_for_ess` and the toy.
     """
     if log_ess(max_tilt) >= log_target:
         return max_tilt
@@ -352,18 +337,11 @@ def largest_tilt_at_least(
     return low
 
 
-@dataclass
-class _Running:
-    shift: float  # the largest tilted log-weight seen so far (the log-sum-exp shift)
-    total: float  # sum_j exp(a_j - shift)
-
-
 class TiltedGradientAccumulator:
     r"""Streaming tilted average of gradients: ``sum_j w_j g_j`` with ``w = softmax(tilt * L)``.
 
-    Gradients arrive one sample at a time (Algorithm 1's ``s`` perturbations); only one running
-    weighted sum is kept, so memory does not grow with ``s``. It is an online log-sum-exp: with
-    ``a_j = tilt * L_j`` and ``m`` the largest ``a`` so far,
+    Gradients arrive one sample at a time; only one running weighted sum is kept, so memory does not
+    grow with ``s``. An online log-sum-exp: with ``a_j = tilt * L_j`` and ``m`` the largest ``a`` so far,
 
     .. math:: S = \sum_j e^{a_j - m},\qquad G = \sum_j e^{a_j - m} g_j,\qquad \text{result} = G / S
 
@@ -381,8 +359,9 @@ class TiltedGradientAccumulator:
             raise ValueError(f"nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
         self.nonfinite = nonfinite
         self.losses: list[float] = []  # every loss offered, in arrival order (skipped ones included)
-        self._sum: list[Tensor | None] | None = None
-        self._running: _Running | None = None
+        self._sum: list[Tensor | None] | None = None  # G; None until a finite loss arrives
+        self._shift = 0.0  # m: the largest tilted log-weight so far
+        self._total = 0.0  # S = sum_j exp(a_j - m)
 
     def __len__(self) -> int:
         return len(self.losses)
@@ -404,34 +383,27 @@ class TiltedGradientAccumulator:
                 )
             return
         a = self._log_weight(loss)
-        if self._sum is None:
-            self._sum = [None if g is None else g.detach().clone() for g in grads]
-            self._running = _Running(shift=a, total=1.0)
-            return
-        if len(grads) != len(self._sum):
+        if self._sum is not None and len(grads) != len(self._sum):
             raise ValueError(f"expected {len(self._sum)} gradient tensors, got {len(grads)}")
-        run = self._running
-        assert run is not None
+        if self._sum is None or (math.isinf(self.tilt) and a > self._shift):  # first, or a new hard max
+            self._sum = [None if g is None else g.detach().clone() for g in grads]
+            self._shift, self._total = a, 1.0
+            return
         if math.isinf(self.tilt):
-            if a < run.shift:
-                return
-            if a > run.shift:  # a new maximum replaces the running sum
-                for i, g in enumerate(grads):
-                    self._sum[i] = None if g is None else g.detach().clone()
-                self._running = _Running(shift=a, total=1.0)
+            if a < self._shift:
                 return
             weight = 1.0
-        elif a > run.shift:
-            rescale = math.exp(run.shift - a)
+        elif a > self._shift:
+            rescale = math.exp(self._shift - a)
             for acc in self._sum:
                 if acc is not None:
                     acc.mul_(rescale)
-            run.total *= rescale
-            run.shift = a
+            self._total *= rescale
+            self._shift = a
             weight = 1.0
         else:
-            weight = math.exp(a - run.shift)
-        run.total += weight
+            weight = math.exp(a - self._shift)
+        self._total += weight
         for i, g in enumerate(grads):
             if g is None:
                 continue
@@ -450,15 +422,15 @@ class TiltedGradientAccumulator:
 
         Finalises the accumulator: the running sums are divided in place, so call it once.
         """
-        if self._sum is None or self._running is None:
+        if self._sum is None:
             if self.losses:
                 raise NonFiniteLossError(f"every loss was non-finite: {self.losses}")
             raise ValueError("no sample was added; nothing to average")
-        if self._running.total != 1.0:  # one effective sample is returned exactly, without a division
+        if self._total != 1.0:  # one effective sample is returned exactly, without a division
             for g in self._sum:
                 if g is not None:
-                    g.div_(self._running.total)
-            self._running.total = 1.0
+                    g.div_(self._total)
+            self._total = 1.0
         return list(self._sum)
 
     def weights(self) -> Tensor:
@@ -506,7 +478,7 @@ class AutoTilt:
         """``max_tilt``, checked: ``>= 0`` and finite (nearly tied losses would ask for an infinite tilt)."""
         max_tilt = check_tilt(max_tilt, "max_tilt")
         if math.isinf(max_tilt):
-            raise ValueError("max_tilt must be finite (nearly tied losses would ask tilt='auto' for an infinite tilt)")
+            raise ValueError("max_tilt must be finite (nearly tied losses would ask for an infinite tilt)")
         return max_tilt
 
     def next_tilt(self, cap: float) -> float:

@@ -1,22 +1,13 @@
 """The driver every perturbation-based optimizer (ERM, SAM, TSAM, the baselines) is built on.
 
-A perturbation optimizer wraps a *base* optimizer (SGD, Adam, ...) and shares its ``param_groups``,
-so LR schedulers and ``zero_grad`` behave as usual. One step, for every optimizer, is run here by
-:meth:`PerturbationOptimizer.manual_step`:
-
-1. snapshot the trainable parameters ``theta`` (one copy; skipped by optimizers that never move them);
-2. run the optimizer's step program, :meth:`~PerturbationOptimizer._program`: a generator that moves the
-   parameters and ``yield``s a :class:`Request` (where it is and how much of the batch to use) whenever
-   it needs the loss and gradient there; the driver clears ``.grad``, hands an :class:`Evaluation` to the
-   caller (``step``'s closure or the user's own loop), and sends the loss back;
-3. restore ``theta`` bit-exactly from the snapshot (``try/finally``: also when a loss is non-finite or the
-   caller leaves the loop early), write the combined gradient the program returned to ``.grad``, record
-   the step's :class:`StepDiagnostics` in :attr:`~PerturbationOptimizer.last_step` and let the base
-   optimizer step.
-
-:meth:`~PerturbationOptimizer.step` (``closure``) and :meth:`~PerturbationOptimizer.manual_step` (mixed
-precision with a ``GradScaler``, gradient accumulation, Lightning manual optimisation) are the same
-driver, so they give the same update by construction.
+A perturbation optimizer wraps a *base* optimizer (SGD, Adam, ...) and shares its ``param_groups``.
+One step of every optimizer is :meth:`PerturbationOptimizer.manual_step`: snapshot ``theta``; run the
+optimizer's step program (:meth:`~PerturbationOptimizer._program`), a generator that moves the
+parameters and ``yield``s a :class:`Request` whenever it needs the loss and gradient there, which the
+caller answers through an :class:`Evaluation`; restore ``theta`` bit-exactly (also when a loss is
+non-finite or the loop is left early); write the combined gradient to ``.grad``, record
+:class:`StepDiagnostics` and let the base optimizer step. :meth:`~PerturbationOptimizer.step` runs the
+same driver with a closure, so both give the same update by construction.
 """
 
 from __future__ import annotations
@@ -111,12 +102,9 @@ PERTURBED = Request(Point.PERTURBED)
 class Evaluation:
     """One loss/gradient evaluation requested by the optimizer in :meth:`PerturbationOptimizer.manual_step`.
 
-    When the loop body runs, the parameters are already at the point to evaluate and their ``.grad``
-    are cleared. Compute the loss, call ``backward()`` (scaled, accumulated over micro-batches, as
-    you like), then :meth:`record` the (unscaled) loss value.
-
-    ``request`` says what is evaluated (:class:`Request`); ``label`` and ``batch_fraction`` are its
-    (``batch_fraction < 1`` for the direction-only evaluations of sub-batch ascent, ``ascent_fraction``);
+    When the loop body runs, the parameters are at the point to evaluate and their ``.grad`` are
+    cleared. Compute the loss, call ``backward()`` (scaled or accumulated as you like), then
+    :meth:`record` the (unscaled) loss. ``label`` and ``batch_fraction`` are the :class:`Request`'s;
     :meth:`batch` slices the batch. A ``step(closure)`` closure that takes one argument receives this object.
     """
 
@@ -164,18 +152,19 @@ class StepDiagnostics:
         return cls(objective=loss, losses=[loss], weights=[1.0], effective_sample_size=1.0, extra=extra)
 
 
+def _hyperparameter(name: str) -> property:
+    """A read-only property for the optimizer's own setting ``name`` (kept in ``hyperparameters``)."""
+    return property(lambda self: self.hyperparameters[name])
+
+
 def _is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 @contextlib.contextmanager
 def frozen_batchnorm_stats(model: nn.Module | None) -> Iterator[None]:
-    """Context in which BatchNorm layers of ``model`` use batch statistics but do not update their
-    running mean/variance or ``num_batches_tracked`` (in train mode). Exact: the buffers are untouched.
-
-    Implemented by clearing ``track_running_stats`` for the duration, which makes the layer normalise
-    with the batch statistics and skip the buffer update, then restoring it.
-    """
+    """Context in which BatchNorm layers of ``model`` use batch statistics but leave their running
+    statistics untouched (in train mode), by clearing ``track_running_stats`` for the duration."""
     if model is None:
         yield
         return
@@ -202,8 +191,7 @@ def closure_takes_evaluation(closure: Callable[..., Any]) -> bool:
     return first is not None and (first.default is inspect.Parameter.empty or first.name == "evaluation")
 
 
-#: Ranges of the base optimizers' numeric settings (torch.optim's own, plus finiteness, which torch
-#: does not check: ``SGD(lr=nan)`` and ``momentum=nan`` are accepted there and give NaN parameters).
+#: Ranges of the base optimizers' numeric settings (torch.optim's own; torch does not check finiteness).
 #: A numeric setting not listed here must still be finite; tuples (``betas``) are checked per entry.
 BASE_SETTING_RANGES: dict[str, dict[str, Any]] = {
     "lr": {"low": 0.0},
@@ -257,16 +245,11 @@ class PerturbationOptimizer(Optimizer):
         distributed: ``None`` (automatic: average the losses that enter the update across ranks and
             share the noise seed whenever ``torch.distributed`` is initialised), ``True``, ``False``
             or a :class:`~tiltedsam.optim.distributed.DistributedSync` (process group, m-sharpness).
-        nonfinite: what a step does when a loss it evaluates is NaN or infinite. ``"raise"`` (the
-            default, every optimizer): raise :class:`~tiltedsam.tilt.NonFiniteLossError` naming the
-            evaluation; the parameters are first restored to their values before the step (bit-exact),
-            the base optimizer does not step and its state (momentum, Adam moments) is untouched, so a
-            diverging run fails loudly instead of training on NaN. ``"ignore"`` is accepted only by
-            optimizers that combine several candidate points and can drop one (TSAM: the sample gets
-            weight zero; ESAM2: the step size is never chosen); the step still raises when no usable
-            point is left. A single-point update (ERM, SAM, RSAM) or a fixed mixture (PGN) has nothing
-            to fall back on, so there ``"ignore"`` is rejected rather than silently stepping on NaN.
-            Only loss values are checked (one number per evaluation, already on the host), not gradients.
+        nonfinite: what a step does when a loss it evaluates is NaN or infinite. ``"raise"`` (default):
+            raise :class:`~tiltedsam.tilt.NonFiniteLossError` naming the evaluation, with the parameters
+            restored bit-exactly and the base optimizer (and its state) untouched. ``"ignore"``, only where
+            a candidate point can be dropped (TSAM: weight zero; ESAM2: never chosen); the step still
+            raises when no usable point is left. Only loss values are checked, not gradients.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``, ``betas``,
             ``eps``, ...). Every numeric one must be finite and in the base optimizer's range
             (:data:`BASE_SETTING_RANGES`), also inside param groups: a ``ValueError`` names it otherwise.
@@ -292,10 +275,8 @@ class PerturbationOptimizer(Optimizer):
         if nonfinite not in self.nonfinite_policies:
             reason = ("" if nonfinite not in NONFINITE_POLICIES else
                       f": {type(self).__name__} updates from points it cannot drop, so there is nothing to ignore")
-            raise ValueError(
-                f"nonfinite must be one of {list(self.nonfinite_policies)} for {type(self).__name__}, "
-                f"got {nonfinite!r}{reason}"
-            )
+            raise ValueError(f"nonfinite must be one of {list(self.nonfinite_policies)} for {type(self).__name__}, "
+                             f"got {nonfinite!r}{reason}")
         self.nonfinite = nonfinite
         check_param_group(base_kwargs)  # names the keyword exactly (torch would say "Invalid learning rate")
         if model is not None and not isinstance(model, nn.Module):
@@ -355,12 +336,17 @@ class PerturbationOptimizer(Optimizer):
         return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in plumbing}
 
+    #: the gradient evaluations per step of an optimizer whose cost does not depend on its settings
+    fixed_evaluations: int | None = None
+
     @classmethod
     def evaluations_for(cls, **settings: Any) -> int | float:
         """Gradient evaluations one step of this optimizer with ``settings`` (its own, defaults filled in)
         costs, without building it: what budgets and the registry use (see :attr:`grad_evals_per_step`)."""
-        raise NotImplementedError
-    # ------------------------------------------------------------------ plumbing
+        if cls.fixed_evaluations is None:
+            raise NotImplementedError
+        return cls.fixed_evaluations
+
     def _link_base(self) -> None:
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
@@ -391,8 +377,7 @@ class PerturbationOptimizer(Optimizer):
     @property
     def grad_evals_per_step(self) -> int | float:
         """Gradient evaluations one :meth:`step` costs, in full-batch equivalents (closure calls weighted by
-        their :attr:`Evaluation.batch_fraction`), averaged over steps. Budgets use it; it may be fractional
-        for TSAM's cheap variants (sub-batch or lazy ascent)."""
+        their :attr:`Evaluation.batch_fraction`), averaged over steps; fractional for some cheap variants."""
         return self.evaluations_for(**self.hyperparameters)
 
     @property
@@ -448,28 +433,18 @@ class PerturbationOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Base optimizer state, own hyper-parameters, step count and the noise generator state.
-
-        Holds no copy of the weights (the snapshot lives only inside a step).
-        """
+        """Base optimizer state, own hyper-parameters, step count and the noise generator state."""
         if self._generator is not None:
             gen_state = {"device_type": self._generator.device.type, "state": self._generator.get_state()}
         elif self._pending_generator_state is not None:
             gen_state = dict(self._pending_generator_state)
         else:
             gen_state = None
-        return {
-            "format": _STATE_FORMAT,
-            "optimizer": type(self).__name__,
-            "base_optimizer": self.base_optimizer.state_dict(),
-            "hyperparameters": dict(self.hyperparameters),
-            "seed": self.seed,
-            "generator": gen_state,
-            "step_count": self.step_count,
-            "extra": self._extra_state_dict(),
-        }
+        return {"format": _STATE_FORMAT, "optimizer": type(self).__name__,
+                "base_optimizer": self.base_optimizer.state_dict(), "hyperparameters": dict(self.hyperparameters),
+                "seed": self.seed, "generator": gen_state, "step_count": self.step_count,
+                "extra": self._extra_state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or state_dict.get("format") != _STATE_FORMAT:
@@ -500,7 +475,6 @@ class PerturbationOptimizer(Optimizer):
     def _load_extra_state_dict(self, extra: dict[str, Any]) -> None:
         pass
 
-    # ------------------------------------------------------------------ helpers for the step programs
     @staticmethod
     def _grads(params: list[Tensor]) -> list[Tensor | None]:
         return [p.grad for p in params]
@@ -517,23 +491,18 @@ class PerturbationOptimizer(Optimizer):
                 p.grad.copy_(g)
 
     def _loss_value(self, loss: Tensor | float, *, check: bool = True) -> float:
-        """A loss whose value enters the update or the step's objective: under ``torch.distributed``
-        it is averaged across ranks (one scalar all-reduce), so every rank computes the same weights.
-
-        A non-finite value raises :class:`~tiltedsam.tilt.NonFiniteLossError` (``check=False``: the
-        caller applies the ``nonfinite`` policy itself, e.g. TSAM's accumulator). The check is on the
-        averaged value, so every rank raises together (a NaN on one rank makes the average NaN)."""
+        """A loss whose value enters the update or the objective, averaged across ranks under
+        ``torch.distributed``; non-finite raises (``check=False``: the caller applies ``nonfinite``).
+        The check is on the average, so every rank raises together."""
         value = self.distributed.average_loss(loss)
         if check and not math.isfinite(value):
             self._raise_nonfinite(value)
         return value
 
     def _local_loss_value(self, loss: Tensor | float, *, check: bool = True) -> float:
-        """A loss that is only logged (never changes the update): this rank's value, no communication.
-
-        Checked like :meth:`_loss_value` in a single process; under ``torch.distributed`` it is not
-        (one rank raising alone would leave the others waiting in a collective): a NaN there reaches
-        the gradients and so the next averaged loss of the same step, which raises on every rank."""
+        """A loss that is only logged: this rank's value, no communication. Not checked under
+        ``torch.distributed`` (one rank raising alone would leave the others waiting in a collective);
+        a NaN there reaches the next averaged loss of the step, which raises on every rank."""
         value = float(scalar_loss_value(loss))
         if check and not math.isfinite(value) and not self.distributed.is_active():
             self._raise_nonfinite(value)
@@ -550,16 +519,12 @@ class PerturbationOptimizer(Optimizer):
             "check the data, or clip gradients"
         )
 
-    # ------------------------------------------------------------------ the step program and its driver
     def _program(self, params: list[Tensor],
                  origin: list[Tensor] | None) -> Generator[Request, Any, tuple[list[Tensor | None] | None, StepDiagnostics]]:
-        """One step of the optimizer: move ``params`` (``origin`` is the snapshot of theta, ``None`` when
-        :attr:`moves_parameters` is False), ``yield`` a :class:`Request` for each evaluation at the current
-        parameters and receive its loss (the gradient is then in ``.grad``).
-
-        Returns the combined gradient to write to ``.grad`` (``None``: keep the last evaluation's) and the
-        step's diagnostics. The driver restores theta afterwards, so a program need not (but may, between
-        evaluations, with :func:`tiltedsam.functional.restore`)."""
+        """One step: move ``params`` (``origin``: the snapshot of theta, ``None`` when :attr:`moves_parameters`
+        is False), ``yield`` a :class:`Request` per evaluation and receive its loss (the gradient is then in
+        ``.grad``). Returns the combined gradient (``None``: keep the last evaluation's) and the diagnostics;
+        the driver restores theta afterwards."""
         raise NotImplementedError
 
     def manual_step(self, apply: bool = True) -> Iterator[Evaluation]:
@@ -613,8 +578,7 @@ class PerturbationOptimizer(Optimizer):
             self.base_step()
 
     def _check_some_gradient(self, params: list[Tensor], evaluation: Evaluation) -> None:
-        """After an evaluation at least one parameter must have a gradient: a closure that forgets
-        ``loss.backward()`` would otherwise make every optimizer silently skip its update."""
+        """A closure that forgets ``loss.backward()`` would otherwise silently skip the update."""
         if all(p.grad is None for p in params):
             raise RuntimeError(
                 f"{type(self).__name__}: evaluation {evaluation.index} ({evaluation.label!r}) left every parameter's "
@@ -660,8 +624,3 @@ class PerturbationOptimizer(Optimizer):
                             "define closure(evaluation) and slice with evaluation.batch(x, y)", stacklevel=3)
                     evaluation.record(closure())
         return torch.tensor(self.last_step.objective)
-
-    @staticmethod
-    def _check_nonnegative(name: str, value: Any, allow_inf: bool = False) -> float:
-        """``check_hyperparameter(name, value, low=0)``: a number ``>= 0``, finite unless ``allow_inf``."""
-        return check_hyperparameter(name, value, low=0.0, allow_inf=allow_inf)

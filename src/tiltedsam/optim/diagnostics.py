@@ -3,14 +3,12 @@
 With ``s`` perturbed losses ``L_j`` and weights ``w_j ∝ exp((t - δ) L_j)`` the effective sample size
 ``ESS = (Σ w)² / Σ w²`` lies in ``[1, s]``. Two ends say the tilt is mis-set for the problem:
 
-* ``ESS ≈ s``: the weights are uniform (the losses are nearly tied relative to ``1 / (t - δ)``), so
-  TSAM is the uniform average of ``s`` noisy SAM gradients and the tilt has no effect; a larger
-  ``t``, ``noise_radius`` or ``rho`` spreads the losses (docs/tuning.md);
-* ``ESS ≈ 1``: one sample takes all the weight, so TSAM follows the single worst of ``s`` noisy
-  points each step at ``s`` times SAM's cost; a smaller ``t`` helps.
+* ``ESS ≈ s``: uniform weights (losses nearly tied relative to ``1 / (t - δ)``): the tilt has no
+  effect; a larger ``t``, ``noise_radius`` or ``rho`` spreads the losses (docs/tuning.md);
+* ``ESS ≈ 1``: one sample takes all the weight, at ``s`` times SAM's cost; a smaller ``t`` helps.
 
 :func:`ess_message` turns a (mean) ESS into such a warning; the harness emits it once per run as a
-:class:`TiltDiagnosticWarning` and stores it in the run's result. Nothing here imports the harness.
+:class:`TiltDiagnosticWarning`.
 """
 
 from __future__ import annotations

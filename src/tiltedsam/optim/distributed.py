@@ -1,37 +1,11 @@
 r"""How the perturbation optimizers cooperate with ``torch.distributed`` (DDP, ``torchrun``).
 
-Under :class:`torch.nn.parallel.DistributedDataParallel` every rank holds the same parameters
-``theta`` and a different shard of the mini-batch; each ``backward()`` all-reduces (averages) the
-gradients across ranks. A perturbation optimizer stays correct on top of that when every rank makes
-the *same* decisions from the *same* numbers:
-
-* **gradients** — DDP already averages every backward, so each gradient the optimizer reads
-  (the ascent gradient and the gradient at ``theta + eps_j``) is the global-batch gradient;
-* **losses** — TSAM weights the samples by ``w_j ~ exp((t - delta) L_j)`` (Algorithm 1). A rank that
-  used its local shard's ``L_j`` would compute its own weights, combine the (identical) averaged
-  gradients differently and drift away from the other ranks. So every loss whose value changes the
-  update (or is returned as the step's objective) is averaged across ranks here:
-  :math:`L_j = \frac1R \sum_r L_j^{(r)}`, the global mini-batch loss when the shards are equal-sized
-  (which ``DistributedSampler`` guarantees, as DDP's gradient average itself assumes);
-* **noise** — the noise ``delta_j`` comes from the optimizer's own generator; its seed is broadcast
-  from rank 0 once (when the generator is first built), so every rank draws the same ``delta_j``
-  even when ``seed=None`` and the ranks' global RNGs differ.
-
-Losses that are only logged (the loss at the noise point, SAM's loss at ``theta``) are *not*
-communicated: they stay rank-local diagnostics and cost no collective.
-
-**m-sharpness** (``DistributedSync(local_ascent=True)``): the evaluations whose gradient only
-chooses the perturbation (SAM's evaluation at ``theta``, the noise-point evaluation of TSAM's ascent
-sampler; their requests are marked ``ascent_only``) run inside ``model.no_sync()``, so
-each rank ascends along its *own* shard's gradient, as in SAM's m-sharpness (Foret et al. 2021,
-Sec. 4.1 with ``m`` = the per-rank batch). The descent gradient is still averaged, the weights are
-still computed from averaged losses, so the ranks stay identical. It needs ``model=`` the DDP module.
-
-Collectives of one TSAM step (ascent sampler, ``s`` samples) in the default mode: ``2 s`` gradient
-synchronisations by DDP (one per backward; each is one all-reduce per 25 MB bucket) plus ``s``
-scalar loss all-reduces; with ``local_ascent=True``: ``s`` gradient synchronisations plus ``s`` loss
-all-reduces. SAM: 2 gradient synchronisations + 1 loss all-reduce (1 + 1 with ``local_ascent``).
-Plus, once per run, one broadcast of the noise seed (TSAM only; SAM draws no noise).
+Every rank must make the same decisions from the same numbers: DDP averages the gradients; every loss
+whose value changes the update (TSAM's weights ``w_j ~ exp((t - delta) L_j)``) or is returned as the
+objective is averaged across ranks here, :math:`L_j = \frac1R \sum_r L_j^{(r)}`; the noise seed is
+broadcast from rank 0 once. Losses that are only logged stay rank-local and cost no collective.
+``DistributedSync(local_ascent=True)`` (m-sharpness) runs the ``ascent_only`` evaluations inside
+``model.no_sync()``. The reasons and the collectives per step are in ``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -86,7 +60,6 @@ class DistributedSync:
             raise ValueError(f"enabled must be None (automatic), True or False, got {self.enabled!r}")
         check_hyperparameter("local_ascent", self.local_ascent, choices=(True, False))
 
-    # ------------------------------------------------------------------ state of the process group
     def is_active(self) -> bool:
         """Whether this optimizer communicates now (initialised, more than one rank, not disabled)."""
         if self.enabled is False:
@@ -101,19 +74,12 @@ class DistributedSync:
             return False
         return dist.get_world_size(self.process_group) > 1
 
-    def world_size(self) -> int:
-        return dist.get_world_size(self.process_group) if self.is_active() else 1
-
-    def rank(self) -> int:
-        return dist.get_rank(self.process_group) if self.is_active() else 0
-
     def _device(self) -> torch.device:
         """Where communication buffers live: NCCL needs CUDA tensors, gloo takes CPU ones."""
         if dist.get_backend(self.process_group) == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
-    # ------------------------------------------------------------------ the collectives
     def average_loss(self, loss: Tensor | float) -> float:
         r"""The global mini-batch loss :math:`\frac1R\sum_r L^{(r)}` as a float (one all-reduce).
 
@@ -143,10 +109,8 @@ class DistributedSync:
             return contextlib.nullcontext()
         no_sync = getattr(model, "no_sync", None)
         if no_sync is None:
-            raise ValueError(
-                "DistributedSync(local_ascent=True) needs the optimizer's model= to be the "
-                f"DistributedDataParallel module (it calls model.no_sync()), got {type(model).__name__}"
-            )
+            raise ValueError("DistributedSync(local_ascent=True) needs the optimizer's model= to be the "
+                             f"DistributedDataParallel module (it calls model.no_sync()), got {type(model).__name__}")
         return no_sync()
 
 
@@ -157,6 +121,4 @@ def resolve_distributed(distributed: DistributedSync | bool | None) -> Distribut
         return distributed
     if distributed is None or isinstance(distributed, bool):
         return DistributedSync(enabled=distributed)
-    raise ValueError(
-        f"distributed must be None (automatic), True, False or a DistributedSync, got {distributed!r}"
-    )
+    raise ValueError(f"distributed must be None (automatic), True, False or a DistributedSync, got {distributed!r}")

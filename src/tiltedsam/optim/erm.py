@@ -19,9 +19,8 @@ class ERM(PerturbationOptimizer):
     Exists so that the harness, the registry and the shared tests treat every optimizer alike
     (closure calls, ``manual_step``, diagnostics, ``state_dict`` format). One evaluation per step.
 
-    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` before the base optimizer steps
-    (parameters and its state untouched); ``nonfinite="ignore"`` is not offered: with one point there
-    is no other gradient to step with.
+    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` before the base optimizer steps;
+    there is no ``nonfinite="ignore"``: with one point there is no other gradient to step with.
     """
 
     def __init__(
@@ -36,10 +35,7 @@ class ERM(PerturbationOptimizer):
         super().__init__(params, base_optimizer, {}, model=model, seed=seed, **base_kwargs)
 
     moves_parameters = False  # evaluated at theta only: no snapshot to take
-
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 1
+    fixed_evaluations = 1
 
     def _program(self, params, origin) -> Generator[Any, Any, tuple[None, StepDiagnostics]]:
         loss = self._loss_value((yield CLEAN))

@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from ..tilt import NonFiniteLossError
 from ..functional import ascent_step, check_hyperparameter, restore
-from .base import CLEAN, Point, PerturbationOptimizer, Request, StepDiagnostics
+from .base import CLEAN, Point, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["ESAM2"]
 
@@ -24,18 +24,14 @@ class ESAM2(PerturbationOptimizer):
         k^* = \arg\max_k L(\theta + \epsilon_k),\quad
         \theta \leftarrow \mathrm{base\_step}\big(\theta, \nabla L(\theta + \epsilon_{k^*})\big)
 
-    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first).
+    with step sizes ``r_k = rho * multipliers[k]``, tried in the given order (ties keep the first): the
+    TSAM paper's SAM variant given TSAM's compute budget. With one multiplier ``1.0`` it is SAM.
     A non-finite loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no
-    step); with ``nonfinite="ignore"`` a step size whose loss is non-finite is never chosen, since the
-    others are still valid candidates, and the step raises only when every candidate (or the clean
-    loss, which sets the direction) is non-finite. The TSAM paper uses it as a SAM variant given
-    TSAM's compute budget ("we try different step sizes along the gradient ascent directions and
-    pick the one incurring the biggest loss"). With one multiplier ``1.0`` the update is exactly SAM's.
+    step); with ``nonfinite="ignore"`` a step size whose loss is non-finite is never chosen, and the
+    step raises only when every candidate (or the clean loss, which sets the direction) is non-finite.
 
-    **Gradient evaluations per step:** ``1 + len(multipliers)`` (one at theta, one per step size;
-    each evaluation returns the gradient too, so the chosen point's gradient is kept, not
-    recomputed). The default five multipliers make 6, TSAM's default budget (``s = 3``, Algorithm 2).
-    Memory: the normalised direction and the best gradient so far (two parameter-sized copies).
+    **Gradient evaluations per step:** ``1 + len(multipliers)`` (the chosen point's gradient is kept,
+    not recomputed): 6 with the default five, TSAM's default budget. Memory: two parameter copies.
 
     Args:
         rho: base ascent radius (``>= 0``).
@@ -56,7 +52,7 @@ class ESAM2(PerturbationOptimizer):
         seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
-        rho = self._check_nonnegative("rho", rho)
+        rho = check_hyperparameter("rho", rho, low=0.0)
         if isinstance(multipliers, (str, bytes)) or not isinstance(multipliers, Sequence) or len(multipliers) == 0:
             raise ValueError(f"multipliers must be a non-empty sequence of numbers > 0, got {multipliers!r}")
         for i, m in enumerate(multipliers):
@@ -64,9 +60,7 @@ class ESAM2(PerturbationOptimizer):
         hyper = {"rho": rho, "multipliers": [float(m) for m in multipliers]}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
+    rho = _hyperparameter("rho")
 
     @property
     def step_sizes(self) -> list[float]:
@@ -98,10 +92,6 @@ class ESAM2(PerturbationOptimizer):
                 f"ESAM2: every step size gave a non-finite loss ({losses}); no step was taken and the parameters "
                 "keep their values from before this step"
             )
-        return best_grads, StepDiagnostics(
-            objective=losses[best],
-            losses=losses,
-            weights=[1.0 if k == best else 0.0 for k in range(len(losses))],
-            effective_sample_size=1.0,
-            extra={"clean_loss": clean_loss, "chosen_index": best, "chosen_step_size": self.step_sizes[best]},
-        )
+        weights = [1.0 if k == best else 0.0 for k in range(len(losses))]
+        extra = {"clean_loss": clean_loss, "chosen_index": best, "chosen_step_size": self.step_sizes[best]}
+        return best_grads, StepDiagnostics(losses[best], losses, weights, effective_sample_size=1.0, extra=extra)

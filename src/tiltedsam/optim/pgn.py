@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..functional import NORM_EPS, ascent_step, check_hyperparameter, global_norm
-from .base import CLEAN, PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
+from .base import CLEAN, PERTURBED, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["PGN"]
 
@@ -35,9 +35,8 @@ class PGN(PerturbationOptimizer):
             {0.3, 0.5, 0.7, 0.9}).
         normalize_clean: normalise the clean gradient in the combination.
 
-    A NaN/inf loss at either point raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters
-    restored, no step). ``nonfinite="ignore"`` is not offered: the update is a fixed mixture of both
-    gradients, and dropping one would silently turn PGN into SAM or ERM for that step.
+    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no step);
+    there is no ``nonfinite="ignore"``: dropping a gradient would silently turn PGN into SAM or ERM.
     """
 
     def __init__(
@@ -52,23 +51,15 @@ class PGN(PerturbationOptimizer):
         seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
-        rho = self._check_nonnegative("rho", rho)
-        alpha = self._check_nonnegative("alpha", alpha)
+        rho = check_hyperparameter("rho", rho, low=0.0)
+        alpha = check_hyperparameter("alpha", alpha, low=0.0)
         check_hyperparameter("normalize_clean", normalize_clean, choices=(True, False))
         hyper = {"rho": rho, "alpha": alpha, "normalize_clean": normalize_clean}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
-
-    @property
-    def alpha(self) -> float:
-        return self.hyperparameters["alpha"]
-
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 2
+    rho = _hyperparameter("rho")
+    alpha = _hyperparameter("alpha")
+    fixed_evaluations = 2
 
     def _program(self, params, origin) -> Generator[Request, Any, tuple[list[Tensor | None], StepDiagnostics]]:
         clean_loss = self._loss_value((yield CLEAN))
@@ -92,10 +83,5 @@ class PGN(PerturbationOptimizer):
                 else:  # (1 - alpha) g1 + alpha g2: exactly g1 at alpha = 0 and g2 at alpha = 1
                     combined.append(g1.mul_(clean_weight).add_(g2, alpha=alpha))
         objective = clean_loss + alpha * self.rho * clean_norm
-        return combined, StepDiagnostics(
-            objective=objective,
-            losses=[clean_loss, perturbed_loss],
-            weights=[1.0 - alpha, alpha],
-            effective_sample_size=float("nan"),
-            extra={"clean_loss": clean_loss, "perturbed_loss": perturbed_loss, "clean_grad_norm": clean_norm},
-        )
+        extra = {"clean_loss": clean_loss, "perturbed_loss": perturbed_loss, "clean_grad_norm": clean_norm}
+        return combined, StepDiagnostics(objective, [clean_loss, perturbed_loss], [1.0 - alpha, alpha], extra=extra)

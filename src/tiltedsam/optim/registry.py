@@ -1,9 +1,8 @@
 """One registry and factory for every optimizer: ``create_optimizer(name, params, **kwargs)``.
 
-An entry is an optimizer class plus the settings it fixes; each class declares its own defaults (its
-constructor's keyword arguments) and its gradient evaluations per step (``evaluations_for``), so budgets
-can be matched across optimizers, here and only here: :func:`equal_compute_steps` gives the number of steps an optimizer (e.g. ``"esam1"``,
-plain SAM) must run to spend what a reference (TSAM) spends in a given number of steps.
+An entry is an optimizer class plus the settings it fixes; each class declares its own defaults and
+gradient evaluations per step (``evaluations_for``), so :func:`equal_compute_steps` can match budgets
+(e.g. how many steps ``"esam1"`` runs to spend what TSAM spends).
 """
 
 from __future__ import annotations

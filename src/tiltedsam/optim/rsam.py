@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..functional import ascent_step, restore, scale_by_filter_norms_, shift, standard_normal_like
-from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
+from ..functional import (ascent_step, check_hyperparameter, restore, scale_by_filter_norms_, shift,
+                          standard_normal_like)
+from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["RSAM", "filterwise_noise"]
 
@@ -51,9 +52,8 @@ class RSAM(PerturbationOptimizer):
             schedule by assigning :attr:`noise_scale` between steps.
         grad_weight: ``lambda >= 0``, weight of the noisy gradient in ``v`` (2 in the authors' code).
 
-    A NaN/inf loss at either point raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters
-    restored, no step). ``nonfinite="ignore"`` is not offered: the update is the gradient at one point
-    and the noisy point sets its direction, so neither can be dropped.
+    A NaN/inf loss raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters restored, no step);
+    there is no ``nonfinite="ignore"``: neither point can be dropped.
     """
 
     def __init__(
@@ -69,27 +69,20 @@ class RSAM(PerturbationOptimizer):
         **base_kwargs: Any,
     ) -> None:
         hyper = {
-            "rho": self._check_nonnegative("rho", rho),
-            "noise_scale": self._check_nonnegative("noise_scale", noise_scale),
-            "grad_weight": self._check_nonnegative("grad_weight", grad_weight),
+            "rho": check_hyperparameter("rho", rho, low=0.0),
+            "noise_scale": check_hyperparameter("noise_scale", noise_scale, low=0.0),
+            "grad_weight": check_hyperparameter("grad_weight", grad_weight, low=0.0),
         }
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
+    rho = _hyperparameter("rho")
 
-    @property
-    def noise_scale(self) -> float:
-        return self.hyperparameters["noise_scale"]
-
+    noise_scale = _hyperparameter("noise_scale")
     @noise_scale.setter
     def noise_scale(self, value: float) -> None:
-        self.hyperparameters["noise_scale"] = self._check_nonnegative("noise_scale", value)
+        self.hyperparameters["noise_scale"] = check_hyperparameter("noise_scale", value, low=0.0)
 
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 2
+    fixed_evaluations = 2
 
     #: the noisy point's gradient enters the ascent direction mixed with the noise: not ascent-only for DDP
     _NOISE = Request(Point.NOISE)

@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from ..functional import ascent_step, check_hyperparameter, global_norm, restore, snapshot
 from ..tilt import NonFiniteLossError
-from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics
+from .base import PERTURBED, Point, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 
 __all__ = ["SAM"]
 
@@ -34,16 +34,13 @@ class SAM(PerturbationOptimizer):
     "rho": 0.1}], rho=0.05)``. A group without them uses the optimizer's values (``rho=``, ...) at each
     step; the norm in the denominator stays global over all groups, each group scaled by its own ``T``.
 
-    **ASAM and davda54/sam.** ``adaptive_eta`` defaults to ``0.01``, the ``eta`` of the ASAM paper
-    (Kwon et al. 2021), so ``T = |theta| + 0.01``. davda54/sam's ``adaptive=True`` uses ``T = |theta|``
-    (no ``eta``): pass ``adaptive_eta=0`` to get exactly that update. With the default the two differ,
-    most for parameters near zero (which davda54/sam never perturbs).
+    **ASAM.** ``adaptive_eta`` defaults to ``0.01``, the ``eta`` of the ASAM paper (Kwon et al. 2021);
+    davda54/sam's ``adaptive=True`` uses ``T = |theta|``: pass ``adaptive_eta=0`` for exactly that update.
 
     **Non-finite losses.** A NaN/inf loss at either point raises
-    :class:`~tiltedsam.tilt.NonFiniteLossError` with the parameters restored and no step taken
-    (``nonfinite="raise"``, the only policy: the update is the gradient at a single point, so there
-    is nothing to fall back on). :meth:`first_step` gets no loss; it raises the same error when the
-    gradient norm is non-finite, before moving the parameters.
+    :class:`~tiltedsam.tilt.NonFiniteLossError` with the parameters restored and no step taken (the only
+    policy: the update is the gradient at one point). :meth:`first_step` raises it when the gradient
+    norm is non-finite, before moving the parameters.
     """
 
     def __init__(
@@ -58,9 +55,9 @@ class SAM(PerturbationOptimizer):
         seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
-        rho = self._check_nonnegative("rho", rho)
+        rho = check_hyperparameter("rho", rho, low=0.0)
         check_hyperparameter("adaptive", adaptive, choices=(True, False))
-        adaptive_eta = self._check_nonnegative("adaptive_eta", adaptive_eta)
+        adaptive_eta = check_hyperparameter("adaptive_eta", adaptive_eta, low=0.0)
         hyper = {"rho": rho, "adaptive": adaptive, "adaptive_eta": adaptive_eta}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, **base_kwargs)
         self._pending: tuple[list[Tensor], list[Tensor]] | None = None
@@ -69,13 +66,8 @@ class SAM(PerturbationOptimizer):
     has_ascent_only_evaluations = True
     _CLEAN = Request(Point.CLEAN, ascent_only=True)
 
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
-
-    @classmethod
-    def evaluations_for(cls, **settings: Any) -> int:
-        return 2
+    rho = _hyperparameter("rho")
+    fixed_evaluations = 2
 
     #: settings a param group may override (davda54/sam style); the rest are optimizer-wide
     group_settings = ("rho", "adaptive", "adaptive_eta")
@@ -87,7 +79,7 @@ class SAM(PerturbationOptimizer):
         where = f" (param group {index})"
         for key in ("rho", "adaptive_eta"):
             if key in own:
-                self._check_nonnegative(key + where, own[key])
+                check_hyperparameter(key + where, own[key], low=0.0)
         if "adaptive" in own:
             check_hyperparameter("adaptive" + where, own["adaptive"], choices=(True, False))
 
@@ -119,11 +111,8 @@ class SAM(PerturbationOptimizer):
     # -------------------------------------------------- davda54/sam-compatible two-call API
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Ascend from theta using the gradient already in ``.grad`` (the caller's first backward).
-
-        Raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters untouched) if that gradient's
-        norm is NaN/inf: this API never sees the loss, and a non-finite ascent would move every parameter.
-        """
+        """Ascend from theta using the gradient already in ``.grad`` (the caller's first backward);
+        a NaN/inf gradient norm raises :class:`~tiltedsam.tilt.NonFiniteLossError` (parameters untouched)."""
         params = self._trainable()
         origin = snapshot(params)
         norm = float(global_norm(self._grads(params)))

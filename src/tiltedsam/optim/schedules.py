@@ -47,15 +47,11 @@ class TiltScheduler:
         tilt: the target ``t``; ``None`` takes the optimizer's current ``tilt``. ``inf`` only with
             ``"constant"`` (a line from 0 to infinity has no middle).
 
-    A TSAM built with an explicit ``sample_tilt`` (``delta``) cannot go below it (``delta <= t``),
-    so a schedule that would is rejected at construction; with ``sample_tilt=None`` (``delta =
-    t / 2``) delta follows the schedule.
+    A schedule that would go below an explicit ``sample_tilt`` (``delta <= t``) is rejected at
+    construction; with ``sample_tilt=None`` (``delta = t / 2``) delta follows the schedule.
 
-    **With ``tilt="auto"``** the schedule moves the *cap* ``max_tilt`` of the target-ESS rule, not ``t``
-    itself (``tilt`` defaults to the optimizer's ``max_tilt``): ``"increase"`` lets the rule tilt more and
-    more (the first step is uniform, as Fig. 4's increasing schedule), ``"decrease"`` the reverse,
-    ``"constant"`` keeps the cap. ``t`` stays the rule's choice, never above the scheduled cap; the
-    optimizer stays in auto mode. :meth:`get_last_tilt` returns the cap.
+    **With ``tilt="auto"``** the schedule moves the *cap* ``max_tilt`` of the target-ESS rule (``tilt``
+    defaults to it), and :meth:`get_last_tilt` returns the cap; ``t`` stays the rule's choice.
     """
 
     def __init__(self, optimizer: Any, kind: str = "constant", total_steps: int = 1, tilt: float | None = None) -> None:

@@ -15,7 +15,7 @@ from ..functional import ascent_step, check_hyperparameter, move, restore, shift
 from ..sharded import is_sharded
 from ..tilt import (DEFAULT_MAX_TILT, DEFAULT_TARGET_ESS, DEFAULT_TILT_SMOOTHING, AutoTilt, TiltedGradientAccumulator,
                     check_tilt, effective_sample_size, tilted_mean)
-from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics
+from .base import PERTURBED, PerturbationOptimizer, Request, StepDiagnostics, _hyperparameter
 from .distributed import scalar_loss_value
 from .samplers import AscentSampler, Sampler, SamplingContext, make_sampler
 from .samplers.base import evaluation_count
@@ -35,10 +35,9 @@ def build_sampler(sampler: str | Sampler = "ascent", sampler_options: dict[str, 
                   **ascent: Any) -> Sampler:
     """The sampler TSAM builds from its arguments.
 
-    ``ascent`` holds TSAM's top-level ascent settings (:data:`ASCENT_SETTINGS`); they configure the
-    ``"ascent"`` sampler. With another sampler each of them must keep its default: one that differs is
-    rejected with a ``ValueError`` naming it (it would otherwise be ignored; the other samplers take their
-    own settings in ``sampler_options``, e.g. the naive sampler's ``radius`` and ``noise``)."""
+    ``ascent`` holds TSAM's top-level ascent settings (:data:`ASCENT_SETTINGS`), which configure the
+    ``"ascent"`` sampler. With another sampler (whose settings go in ``sampler_options``) one that
+    differs from its default would be ignored, so it raises a ``ValueError`` naming it."""
     unknown = set(ascent) - set(ASCENT_SETTINGS)
     if unknown:
         raise TypeError(f"unknown TSAM settings {sorted(unknown)}")
@@ -72,11 +71,9 @@ class TSAM(PerturbationOptimizer):
        does not grow with ``s``): ``g = sum_j w_j g_j / sum_j w_j``;
     3. restore ``theta`` bit-exactly, write ``g`` to ``.grad`` and let the base optimizer step.
 
-    With the default ``"ascent"`` sampler (Algorithm 2) each sample costs two evaluations (at
-    ``theta + delta_j`` and at ``theta + eps_j``), so :meth:`step` calls the closure ``2 s`` times.
-    Cheaper ways to draw the samples (``ascent_direction="shared"``: ``s + 1``; ``ascent_fraction=f``:
-    ``s (1 + f)``; ``refresh_every=k``: ``s (1 + 1/k)`` on average) are documented on
-    :class:`~tiltedsam.optim.samplers.AscentSampler`; :attr:`grad_evals_per_step` reports their cost.
+    With the default ``"ascent"`` sampler (Algorithm 2) :meth:`step` calls the closure ``2 s`` times;
+    the cheaper variants are documented on :class:`~tiltedsam.optim.samplers.AscentSampler`, and
+    :attr:`grad_evals_per_step` reports their cost.
     ``tilt = 0`` weights the samples uniformly; ``tilt = inf`` keeps the gradient of the largest loss
     (whatever ``sample_tilt``). With ``num_samples=1, noise_radius=0`` the update is exactly SAM's.
 
@@ -111,19 +108,15 @@ class TSAM(PerturbationOptimizer):
         max_tilt: with ``tilt="auto"``: the cap on ``t`` (finite, ``>= sample_tilt``).
         tilt_smoothing: with ``tilt="auto"``: the EMA factor ``beta`` in ``[0, 1)`` of ``log tau`` across steps.
 
-    **tilt="auto"**: :class:`~tiltedsam.tilt.AutoTilt` (the adaptive tempering of sequential Monte Carlo)
-    sets the *aggregation* tilt ``tau = t - delta``, whose weights ``exp(tau L_j)`` combine the gradients and
-    whose ESS it controls, from the (under DDP: global) losses of the previous steps, capped at
-    ``tau_max`` (the ``tau`` of ``t = max_tilt``); the first step is uniform. ``t`` follows as ``2 tau``
-    (``sample_tilt=None``), ``tau + delta`` (explicit ``delta``) or ``tau`` (a sampler that draws from ``mu``,
-    ``"naive"``). It needs ``target_ess * s > 1`` (every weighting has ESS >= 1). :attr:`last_step` ``.tilt``
-    is the ``t`` a step used (``.extra`` also holds ``aggregation_tilt`` and ``auto_tilt``, the step's own
-    bisection result); the rule's state is saved in :meth:`state_dict`. A
-    :class:`~tiltedsam.optim.schedules.TiltScheduler` on an auto TSAM schedules the cap ``max_tilt``.
-    Reading :attr:`tilt` gives the ``t`` the next step will use; assigning a number switches the rule off,
-    assigning ``"auto"`` back on.
+    **tilt="auto"** (``docs/adaptive-tilt.md``): :class:`~tiltedsam.tilt.AutoTilt` sets the aggregation
+    tilt ``tau = t - delta`` from the (under DDP: global) losses of the previous steps, capped at the
+    ``tau`` of ``t = max_tilt``; the first step is uniform. ``t`` follows as ``2 tau``
+    (``sample_tilt=None``), ``tau + delta`` (explicit ``delta``) or ``tau`` (``"naive"``). It needs
+    ``target_ess * s > 1``. Reading :attr:`tilt` gives the next step's ``t``; assigning a number switches
+    the rule off, assigning ``"auto"`` back on.
 
-    After each step, :attr:`last_step` holds the per-sample losses, weights and effective sample size.
+    After each step, :attr:`last_step` holds the per-sample losses, weights, effective sample size and
+    the ``t`` used (``.extra``: ``aggregation_tilt`` and, with ``"auto"``, the step's own ``auto_tilt``).
     """
 
     def __init__(
@@ -156,17 +149,15 @@ class TSAM(PerturbationOptimizer):
         self._auto = AutoTilt(target_ess, tilt_smoothing)  # validates both, also when the rule is off
         max_tilt = AutoTilt.check_cap(max_tilt)
         tilt = max_tilt if auto else check_tilt(tilt, "tilt")  # the auto rule's t never exceeds the cap
-        if auto and sample_tilt is not None and check_tilt(sample_tilt, "sample_tilt") > max_tilt:
-            raise ValueError(f"sample_tilt={sample_tilt!r} exceeds max_tilt={max_tilt} (tilt='auto' keeps "
-                             "sample_tilt <= t <= max_tilt)")
         num_samples = check_hyperparameter("num_samples", num_samples, integer=True, low=1)
         if auto:
             _check_ess_target(target_ess, num_samples)
-        rho = self._check_nonnegative("rho", rho)
+        rho = check_hyperparameter("rho", rho, low=0.0)
         if sample_tilt is not None:
             sample_tilt = check_tilt(sample_tilt, "sample_tilt")
             if sample_tilt > tilt:
-                raise ValueError(f"sample_tilt must satisfy 0 <= sample_tilt <= tilt={tilt}, got {sample_tilt!r}")
+                bound = "max_tilt" if auto else "tilt"
+                raise ValueError(f"sample_tilt must satisfy 0 <= sample_tilt <= {bound}={tilt}, got {sample_tilt!r}")
         check_hyperparameter("parallel_samples", parallel_samples, choices=(True, False))
         ascent = dict(noise=noise, noise_radius=noise_radius, noise_std=noise_std, ascent_direction=ascent_direction,
                       ascent_fraction=ascent_fraction, refresh_every=refresh_every)
@@ -187,17 +178,9 @@ class TSAM(PerturbationOptimizer):
                 f"sample_tilt={sample_tilt!r} given, but the {self.sampler.name!r} sampler draws eps from mu, not from "
                 "exp(delta L): its samples are weighted by exp(t L) (delta = 0, Eq. 75); leave sample_tilt unset or 0"
             )
-        hyper = {
-            "tilt": AUTO_TILT if auto else tilt,
-            "num_samples": num_samples,
-            "rho": rho,
-            "sample_tilt": sample_tilt,
-            "nonfinite": nonfinite,
-            "sampler": self.sampler.config(),
-            "target_ess": self._auto.target_ess,
-            "max_tilt": max_tilt,
-            "tilt_smoothing": self._auto.smoothing,
-        }
+        hyper = {"tilt": AUTO_TILT if auto else tilt, "num_samples": num_samples, "rho": rho,
+                 "sample_tilt": sample_tilt, "nonfinite": nonfinite, "sampler": self.sampler.config(),
+                 "target_ess": self._auto.target_ess, "max_tilt": max_tilt, "tilt_smoothing": self._auto.smoothing}
         super().__init__(params, base_optimizer, hyper, model=model, seed=seed, nonfinite=nonfinite, **base_kwargs)
 
     #: a sample with a non-finite loss can get weight zero (the others still estimate the tilted mean)
@@ -206,31 +189,29 @@ class TSAM(PerturbationOptimizer):
     def _describe_evaluation(self) -> str:
         return f"{super()._describe_evaluation()} of sample {getattr(self, '_sample_index', 0)}"
 
-    # ------------------------------------------------------------------ the adaptive tilt
     @property
     def auto_tilt(self) -> bool:
         """Whether ``t`` is chosen by the target-ESS rule (``tilt="auto"``)."""
         return self.hyperparameters["tilt"] == AUTO_TILT
 
-    @property
-    def target_ess(self) -> float:
-        return self.hyperparameters["target_ess"]
+    target_ess = _hyperparameter("target_ess")
+    tilt_smoothing = _hyperparameter("tilt_smoothing")
+    num_samples = _hyperparameter("num_samples")
+    rho = _hyperparameter("rho")
 
-    @property
-    def max_tilt(self) -> float:
-        return self.hyperparameters["max_tilt"]
+    max_tilt = _hyperparameter("max_tilt")
 
     @max_tilt.setter
     def max_tilt(self, value: float) -> None:
         value = AutoTilt.check_cap(value)
-        explicit_delta = self.hyperparameters["sample_tilt"]
-        if self.auto_tilt and explicit_delta is not None and explicit_delta > value:
-            raise ValueError(f"max_tilt={value} is below sample_tilt={explicit_delta}")
+        if self.auto_tilt:
+            self._check_not_below_delta("max_tilt", value)
         self.hyperparameters["max_tilt"] = value
 
-    @property
-    def tilt_smoothing(self) -> float:
-        return self.hyperparameters["tilt_smoothing"]
+    def _check_not_below_delta(self, name: str, value: float) -> None:
+        explicit_delta = self.hyperparameters["sample_tilt"]
+        if explicit_delta is not None and explicit_delta > value:
+            raise ValueError(f"{name}={value} is below sample_tilt={explicit_delta}")
 
     def _tilt_from_aggregation(self, tau: float) -> float:
         """``t`` with aggregation tilt ``tau``: ``tau + delta`` (``2 tau`` when ``delta = t/2``)."""
@@ -258,24 +239,13 @@ class TSAM(PerturbationOptimizer):
     @tilt.setter
     def tilt(self, value: float | str) -> None:
         if value == AUTO_TILT:
-            explicit_delta = self.hyperparameters["sample_tilt"]
-            if explicit_delta is not None and explicit_delta > self.max_tilt:
-                raise ValueError(f"max_tilt={self.max_tilt} is below sample_tilt={explicit_delta}")
+            self._check_not_below_delta("max_tilt", self.max_tilt)
             _check_ess_target(self.target_ess, self.num_samples)
             self.hyperparameters["tilt"] = AUTO_TILT
             return
         value = check_tilt(value, "tilt")
-        if self.hyperparameters["sample_tilt"] is not None and self.hyperparameters["sample_tilt"] > value:
-            raise ValueError(f"tilt={value} is below sample_tilt={self.hyperparameters['sample_tilt']}")
+        self._check_not_below_delta("tilt", value)
         self.hyperparameters["tilt"] = value
-
-    @property
-    def num_samples(self) -> int:
-        return self.hyperparameters["num_samples"]
-
-    @property
-    def rho(self) -> float:
-        return self.hyperparameters["rho"]
 
     @property
     def sample_tilt(self) -> float:
@@ -293,7 +263,6 @@ class TSAM(PerturbationOptimizer):
             return self._auto.next_tilt(self._max_aggregation_tilt())
         return math.inf if math.isinf(self.tilt) else self.tilt - self.sample_tilt
 
-    # ------------------------------------------------------------------ cost and state
     @property
     def has_ascent_only_evaluations(self) -> bool:  # type: ignore[override]
         return self.sampler.has_ascent_only_evaluations
@@ -328,7 +297,6 @@ class TSAM(PerturbationOptimizer):
         self._auto = AutoTilt(self.target_ess, self.tilt_smoothing, log_ema=None if value is None else float(value))
         self.sampler.load_state_dict(extra.get("sampler", {}))
 
-    # ------------------------------------------------------------------ one step
     def step_batched(self, inputs: Any, loss_fn: Callable[[Any], torch.Tensor], *,
                      randomness: str = "error") -> torch.Tensor:
         """EXPERIMENTAL: one step with the ``s`` samples evaluated in batched passes (needs

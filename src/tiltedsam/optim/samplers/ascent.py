@@ -30,40 +30,24 @@ class AscentSampler(Sampler):
         \hat\theta_j = \theta_j + \rho\,\frac{\nabla L(\theta_j)}{\lVert\nabla L(\theta_j)\rVert},\qquad
         \epsilon_j = \hat\theta_j - \theta
 
-    with ``delta_j`` drawn by :func:`~tiltedsam.functional.draw_noise` (``noise`` =
-    ``"gaussian"`` clipped to ``noise_radius`` in the global L2 norm, or ``"uniform"`` in that ball).
-    It is one Euler step of the HMC dynamics of Eq. 11 with zero initial momentum, accepted always.
-    Cost: 2 evaluations per sample (at ``theta + delta_j`` and at ``theta + eps_j``); none at theta.
-    Note ``||eps_j|| <= noise_radius + rho``: the ball of Algorithm 2 is not the ``rho``-ball of Eq. 3.
-    TSAM then estimates the tilted gradient (Eq. 4) by
-    ``g = sum_j w_j grad L(theta + eps_j) / sum_j w_j`` with ``w_j = exp((t - delta) L(theta + eps_j))``;
-    every variant below changes only how ``eps_j`` is drawn, never that average.
+    with ``delta_j`` drawn by :func:`~tiltedsam.functional.draw_noise`: one Euler step of the HMC dynamics
+    of Eq. 11 with zero initial momentum, always accepted. Cost: 2 evaluations per sample (at
+    ``theta + delta_j`` and ``theta + eps_j``). Note ``||eps_j|| <= noise_radius + rho``. The variants
+    change only how ``eps_j`` is drawn, never TSAM's tilted average (Eq. 4); they combine, and their
+    costs (``s = num_samples``, one forward/backward on the whole batch = 1) are in ``docs/cost.md``:
 
-    **Cheaper variants** (combinable; the cost is in gradient-evaluation equivalents, one
-    forward/backward on the whole mini-batch = 1, with ``s = num_samples``):
-
-    * ``direction="shared"``: one gradient at ``theta`` sets the ascent direction of every sample,
-      ``eps_j = delta_j + rho g(theta) / ||g(theta)||``. The evaluation at ``theta`` (label ``"clean"``)
-      also yields the clean mini-batch loss, for free (``last_step.extra["clean_loss"]``).
-      Cost ``s + 1`` instead of ``2 s``. The samples differ only by their noise ``delta_j``.
-    * ``ascent_fraction=f`` (sub-batch ascent, ``0 < f <= 1``): the evaluations that only choose the
-      ascent direction (``"noise"``, ``"clean"``) use the first ``ceil(f B)`` examples of the mini-batch
-      of ``B`` (the loaders shuffle, so it is a random sub-batch; cf. m-sharpness, Foret et al. 2021,
-      Andriushchenko & Flammarion 2022). The direction becomes ``grad L_S(theta_j) / ||grad L_S(theta_j)||``
-      for the sub-batch ``S``; the gradients that enter the update still use the whole batch. The
-      optimizer tells the closure which fraction to use (:class:`~tiltedsam.optim.base.Evaluation`,
-      ``evaluation.batch(x, y)``). Cost ``s (1 + f)`` (per sample) or ``s + f`` (shared).
-    * ``refresh_every=k`` (lazy ascent, ``k >= 1``): the ascent directions are computed on every ``k``-th
-      step only (the first step always); in between, ``eps_j = delta_j + rho d_j`` reuses the last
-      normalised directions ``d_j`` (per sample, or the shared one) with fresh noise ``delta_j``.
-      Cost averaged over steps ``s (1 + f / k)`` (per sample) or ``s + f / k`` (shared); a refresh
-      step costs what the eager variant costs, the others ``s``. The directions and the step counter
-      are saved in the optimizer's ``state_dict``. Memory: the per-sample lazy variant holds ``s``
-      directions (``s`` copies of the parameters) between steps, the shared one a single copy.
-      A direction with a non-finite norm is not kept (the next step refreshes).
+    * ``direction="shared"``: one gradient at ``theta`` (label ``"clean"``, whose loss is logged as
+      ``last_step.extra["clean_loss"]``) sets every sample's direction; cost ``s + 1``.
+    * ``ascent_fraction=f``: the direction-only evaluations (``"noise"``, ``"clean"``) use the first
+      ``ceil(f B)`` examples of the batch (``evaluation.batch(x, y)``; the loaders shuffle), the gradients
+      that enter the update the whole batch; cost ``s (1 + f)`` or ``s + f`` (shared).
+    * ``refresh_every=k`` (lazy): the directions are computed on every ``k``-th step only (the first
+      always) and reused in between with fresh noise; cost ``s (1 + f / k)`` or ``s + f / k`` on
+      average. The directions (``s`` parameter copies, one if shared) and the step counter are saved
+      in the optimizer's ``state_dict``; a direction with a non-finite norm is not kept.
 
     Args:
-        noise, noise_radius, noise_std: the noise ``delta_j`` (see above).
+        noise, noise_radius, noise_std: the noise ``delta_j`` (as TSAM's arguments of the same names).
         direction: ``"per_sample"`` (Algorithm 2) or ``"shared"``.
         ascent_fraction: ``f``, the fraction of the mini-batch used by the direction-only evaluations.
         refresh_every: ``k``, recompute the directions every ``k`` steps (1 = every step).
@@ -105,11 +89,6 @@ class AscentSampler(Sampler):
             return None
         return draw_noise(params, self.noise, self.noise_radius, generator, std=self.noise_std)
 
-    # ------------------------------------------------------------------ cost
-    def evaluations_per_sample(self) -> int:
-        """Closure calls of one eager draw with its own direction (2); see :meth:`evaluations_per_step`."""
-        return 2 if self.direction == "per_sample" else 1
-
     def _step_cost(self, num_samples: int, refresh: bool) -> float:
         ascent = (num_samples if self.direction == "per_sample" else 1) * self.ascent_fraction
         return num_samples + (ascent if refresh else 0.0)
@@ -140,7 +119,6 @@ class AscentSampler(Sampler):
         else:
             self.steps_since_refresh += 1
 
-    # ------------------------------------------------------------------ state
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "noise": self.noise, "noise_radius": self.noise_radius, "noise_std": self.noise_std,
                 "direction": self.direction, "ascent_fraction": self.ascent_fraction,
@@ -149,12 +127,14 @@ class AscentSampler(Sampler):
     def state_dict(self) -> dict[str, Any]:
         if self.refresh_every == 1:
             return {}
-        directions = None if self.directions is None else [
-            [None if d is None else d.detach().clone() for d in sample] for sample in self.directions]
-        return {"steps_since_refresh": self.steps_since_refresh, "directions": directions}
+        return {"steps_since_refresh": self.steps_since_refresh, "directions": _copied(self.directions)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_since_refresh = int(state.get("steps_since_refresh", 0))
-        directions = state.get("directions")
-        self.directions = None if directions is None else [
-            [None if d is None else d.detach().clone() for d in sample] for sample in directions]
+        self.directions = _copied(state.get("directions"))
+
+
+def _copied(directions: list[list[Tensor | None]] | None) -> list[list[Tensor | None]] | None:
+    if directions is None:
+        return None
+    return [[None if d is None else d.detach().clone() for d in sample] for sample in directions]

@@ -1,14 +1,10 @@
 """How TSAM draws its perturbations: the sampler strategy interface.
 
-TSAM's default sampler, Algorithm 2 and its cheaper variants (:class:`~.ascent.AscentSampler`), is
-written inline in TSAM's step program (:mod:`tiltedsam.optim.tsam`); the sampler object holds its
-settings, cost and the state kept between steps. Another strategy (HMC, naive) turns the current
-parameters ``theta`` into one perturbed point ``theta + eps_j`` in :meth:`Sampler.draw`, a generator in
-the same style as the optimizers' step program: it moves ``ctx.params`` and ``yield``s a
-:class:`~tiltedsam.optim.base.Request` whenever it needs the loss and gradient at the current
-parameters, then receives the loss; after the evaluation the gradient is in ``p.grad``.
-
-When :meth:`Sampler.draw` starts, the parameters equal ``ctx.origin`` (the snapshot of theta).
+TSAM's default sampler (:class:`~.ascent.AscentSampler`) is drawn inline in TSAM's step program; the
+object holds its settings, cost and state. Another strategy (HMC, naive) moves from ``theta``
+(``ctx.origin``) to one point ``theta + eps_j`` in :meth:`Sampler.draw`, a generator like the
+optimizers' step program: it ``yield``s a :class:`~tiltedsam.optim.base.Request` whenever it needs the
+loss and gradient at the current parameters and receives the loss (the gradient is then in ``p.grad``).
 """
 
 from __future__ import annotations

@@ -1,45 +1,34 @@
 r"""EXPERIMENTAL: Algorithm 2 with the ``s`` perturbations evaluated in one batched pass (``torch.func``).
 
-The loop evaluates TSAM's ``s`` samples one after the other: ``2 s`` forward/backward passes at
-batch ``B``. The samples are independent given ``theta``, so both stages of Algorithm 2 can run for
-all ``s`` at once: the parameters get a leading dimension of size ``s`` (``theta + delta_j``
-stacked), and ``torch.func.vmap(torch.func.grad_and_value(...))`` over that dimension evaluates the
-model once per stage (a convolution with stacked weights becomes a grouped convolution). Two
-passes instead of ``2 s``; on a GPU at small batch one pass may leave the device mostly idle, so
-batching may pay there. On a CPU it does not (see ``benchmarks/README.md``). Whether this stays in
-the library waits for the GPU measurement of ``benchmarks/gpu_check.sh``.
+The ``s`` samples are independent given ``theta``, so both stages of Algorithm 2 can run for all of
+them at once: the parameters get a leading dimension of size ``s`` and
+``torch.func.vmap(torch.func.grad(...))`` evaluates the model once per stage (two passes instead of
+``2 s``). Batching may pay on a GPU at small batch; on a CPU it does not (``benchmarks/README.md``).
 
-**API.** A closure cannot be vmapped (it runs ``backward()`` on the live parameters), so the batched
-path takes the model's inputs and a loss of the model's output instead::
+**API.** A closure cannot be vmapped, so the batched path takes the model's inputs and a loss of its
+output::
 
     opt = TSAM(model.parameters(), model=model, parallel_samples=True, lr=0.1)
     opt.step_batched(x, lambda output: F.cross_entropy(output, y))
 
-``TSAM.step`` / ``manual_step`` keep working with ``parallel_samples=True`` (they evaluate in a loop).
-
-**Same update as the loop** up to float rounding: the noise is drawn in the same order from the same
-generator, the ascent, the tilted weights and the combined gradient are computed as in
-:class:`~tiltedsam.samplers.AscentSampler` and TSAM. Tested on CPU against the loop for an MLP and a
-CNN with BatchNorm.
+``TSAM.step`` / ``manual_step`` keep working (they evaluate in a loop). The update equals the loop's up
+to float rounding: the noise is drawn in the same order from the same generator (tested on CPU for an
+MLP and a CNN with BatchNorm).
 
 **Supported models:** any module whose forward is a function of its parameters, buffers and inputs
-(``torch.func.functional_call``), which covers the harness's MLP, CNN and ResNets.
+(``torch.func.functional_call``).
 
-* BatchNorm in train mode: the loop updates the running statistics once per step, in the first
-  evaluation (at ``theta + delta_1``, with ``model=`` given to TSAM). The batched path runs the first
-  stage with the buffers stacked ``s`` times (each sample updates its own copy) and copies sample 1's
-  back: the same statistics. The second stage uses batch statistics without updating the buffers.
-* Random layers (dropout): ``randomness="error"`` (default) refuses with a ``ValueError``;
-  ``"different"`` draws independent masks per sample (valid, but not the loop's draws, so not equal
-  to it); ``"same"`` shares one mask across the samples.
-* Not supported: ``torch.distributed`` (the gradient all-reduce lives in DDP's backward hooks, which a
-  functional call bypasses), modules with data-dependent Python control flow, samplers other than
-  ``"ascent"``.
+* BatchNorm in train mode: the first stage runs with the buffers stacked ``s`` times and copies sample
+  1's back (the loop updates them in its first evaluation only); the second stage uses batch
+  statistics without updating the buffers.
+* Dropout: ``randomness="error"`` (default) refuses with a ``ValueError``; ``"different"`` draws
+  independent masks per sample (not the loop's draws); ``"same"`` shares one mask across the samples.
+* Not supported: ``torch.distributed`` (DDP's all-reduce lives in its backward hooks, which a
+  functional call bypasses), data-dependent control flow, samplers other than ``"ascent"``.
 
-**Memory:** ``s`` times the activations of one evaluation (all samples are in flight at once), plus
-``s`` stacked parameter copies (the perturbed points) and ``s`` stacked gradients per stage, against
-two parameter copies for the loop (see TSAM). At ``s = 3`` on the CIFAR ResNet18 (11.2 M parameters,
-43 MiB) that is ~0.5 GiB of parameter-sized tensors plus 3x the activations of batch 64.
+**Memory:** ``s`` times the activations of one evaluation, plus ``s`` stacked parameter copies and
+``s`` stacked gradients per stage (at ``s = 3`` on the CIFAR ResNet18, ~0.5 GiB plus 3x the
+activations of batch 64).
 """
 
 from __future__ import annotations
@@ -60,10 +49,8 @@ RANDOMNESS = ("error", "different", "same")
 
 
 class BatchedAscentSampler(AscentSampler):
-    """:class:`AscentSampler` whose ``s`` samples TSAM's :meth:`~tiltedsam.optim.TSAM.step_batched` computes in
-    one ``vmap`` pass per stage (:meth:`evaluate_all`, bound to a model, inputs and loss for one step); unbound,
-    TSAM draws with it as with the ordinary loop sampler.
-
+    """:class:`AscentSampler` whose ``s`` samples :meth:`~tiltedsam.optim.TSAM.step_batched` computes in one
+    ``vmap`` pass per stage (:meth:`evaluate_all`, bound for one step); unbound, it draws as the loop sampler.
     Its :meth:`config` is the ascent sampler's: batching changes how the step is computed, not what it is.
     """
 
@@ -79,7 +66,6 @@ class BatchedAscentSampler(AscentSampler):
     def unbind(self) -> None:
         self.batch = None
 
-    # ------------------------------------------------------------------ the batched computation
     def evaluate_all(self, ctx: SamplingContext, count: int) -> list[tuple[float, list[Tensor | None]]]:
         """The loss and gradient at each of ``count`` points ``theta + eps_j`` of Algorithm 2, in two
         batched passes: ``(L_j, grad L(theta + eps_j))`` in sample order (losses as floats, one host read)."""

@@ -76,15 +76,10 @@ def _billiard_2d(position: list[float], velocity: list[float], momentum: list[fl
 def _drift(eps: list[Tensor], momentum: list[Tensor], scale: float, radius: float) -> int:
     r"""Move ``eps <- eps + scale * p`` inside the ball ``||eps|| <= radius``, reflecting off its sphere.
 
-    When the straight move would leave the ball, ``eps`` stops where it meets the sphere, the
-    momentum's normal component is flipped (``p <- p - 2 (p.n) n``, ``n = eps / radius``) and the
-    rest of the move continues along the reflected momentum. Reflection keeps ``||p||`` and, as in
-    reflective HMC (Afshar & Domke 2015), the map stays volume-preserving and reversible, so the
-    Metropolis test stays exact.
-
-    The whole path stays in the plane spanned by ``eps`` and ``p`` (every normal ``eps / radius``
-    lies in it), so it is computed in 2-D coordinates of that plane and mapped back with two
-    vector operations, however often it reflects. Returns the number of reflections.
+    At the sphere the momentum's normal component flips (``p <- p - 2 (p.n) n``, ``n = eps / radius``)
+    and the move continues: reflective HMC (Afshar & Domke 2015), volume-preserving and reversible.
+    The path stays in the plane spanned by ``eps`` and ``p``, so it is computed in 2-D coordinates of
+    that plane and mapped back with two vector operations. Returns the number of reflections.
     """
     eps_sq = global_dot(eps, eps)
     cross = global_dot(eps, momentum)
@@ -134,22 +129,17 @@ class HMCSampler(Sampler):
     those of the point the chain ends on: on rejection the start point's, whose gradient is kept
     (one parameter-sized copy) so nothing is evaluated twice.
 
-    **Cost:** ``1 + num_transitions * num_steps`` loss/gradient evaluations per sample, so a TSAM
-    step makes ``num_samples * (1 + num_transitions * num_steps)``; with the defaults (``N = 1``,
-    one transition) that is ``2 s``, the same as Algorithm 2. Memory: the perturbation, the
-    momentum and, with ``accept=True``, a copy of the start point and of its gradient.
+    **Cost:** ``1 + num_transitions * num_steps`` evaluations per sample (``2 s`` per TSAM step with
+    the defaults, as Algorithm 2). Memory: ``eps``, the momentum and, with ``accept=True``, a copy of
+    the start point and of its gradient.
 
-    **Integrator.** ``"leapfrog"`` (default) costs the same evaluations as Eq. 11's ``"euler"``
-    (the gradient at each new point is needed anyway, for the acceptance test and the next step)
-    and is reversible, which is what makes the Metropolis test exact. ``"euler"`` is Eq. 11 as
-    printed; it is not reversible, so with ``accept=True`` its samples follow the target only up to
-    an ``O(beta)`` error.
+    **Integrator.** ``"leapfrog"`` (default) costs the same evaluations as Eq. 11's ``"euler"`` and
+    is reversible, which makes the Metropolis test exact; ``"euler"`` (Eq. 11 as printed) is not, so
+    with ``accept=True`` its samples follow the target only up to an ``O(beta)`` error.
 
-    **Ball constraint.** ``eps`` never leaves the ball: a position update that would cross the
-    sphere ``||eps|| = radius`` is reflected off it (the momentum's normal component flips; see
-    :func:`_drift`). Reflection keeps the Hamiltonian map volume-preserving and reversible, so with
-    ``accept=True`` and the leapfrog integrator the chain leaves the target density restricted to
-    the ball exactly invariant; no candidate is wasted by leaving the ball.
+    **Ball constraint.** A position update that would cross the sphere ``||eps|| = radius`` is
+    reflected off it (:func:`_drift`), which keeps the map volume-preserving and reversible: with
+    ``accept=True`` and leapfrog the target restricted to the ball is exactly invariant.
 
     **Special cases.** ``accept=False`` accepts every candidate, as in the paper's main runs. With
     ``num_steps=1``, ``momentum="zero"`` and ``accept=False``, a sample is one gradient-ascent step
