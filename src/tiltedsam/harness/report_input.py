@@ -183,7 +183,8 @@ def _legacy_epochs(connection: sqlite3.Connection, runs: list[dict[str, Any]],
 
 
 def failed_runs_checked(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
-    """:func:`tiltedsam.harness.sweep.failed_runs`, reading an unreadable setting as ``{}``."""
+    """Runs that failed or were interrupted: label, seed, setting (``{}`` when unreadable), status and
+    the error's last line."""
     out = []
     for r in connection.execute("SELECT run_key, label, seed, setting, status, error FROM runs "
                                 "WHERE status IN ('failed', 'interrupted') ORDER BY rowid"):

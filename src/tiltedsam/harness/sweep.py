@@ -653,6 +653,30 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise SweepInterrupted(signum)
 
 
+def _catch_signals() -> dict[int, Any]:
+    """SIGINT/SIGTERM raise :class:`SweepInterrupted` (main thread only); returns the previous handlers."""
+    if not _in_main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(handlers: dict[int, Any]) -> None:
+    for signum, previous in handlers.items():
+        signal.signal(signum, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt, handlers: dict[int, Any], db_file: str, owner: str,
+                 *cleanups: Callable[[], Any]) -> SweepInterrupted:
+    """Clean up after a SIGINT/SIGTERM or Ctrl-C: ignore further signals, run ``cleanups``, mark the
+    runs ``owner`` holds ``interrupted``; returns the :class:`SweepInterrupted` to raise."""
+    for signum in handlers:  # a second signal must not interrupt the clean-up
+        signal.signal(signum, signal.SIG_IGN)
+    for cleanup in cleanups:
+        cleanup()
+    interrupted = _mark_interrupted(db_file, owner)
+    return SweepInterrupted(exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT, interrupted)
+
+
 # ---------------------------------------------------------------------- the sweep
 @dataclass
 class _Plan:
@@ -752,10 +776,7 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     owner = _owner_id()
     heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
     heartbeat.start()
-    handlers: dict[int, Any] = {}
-    if _in_main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handlers[signum] = signal.signal(signum, _raise_interrupt)
+    handlers = _catch_signals()
     workers: list[_Worker] = []
     connection = None
     try:
@@ -777,20 +798,14 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
         else:
             _run_on_workers(sweep, plan, owner, claim, progress, workers, connection)
     except KeyboardInterrupt as exc:  # SweepInterrupted (SIGINT/SIGTERM) or a plain Ctrl-C
-        for signum in handlers:  # a second signal must not interrupt the clean-up
-            signal.signal(signum, signal.SIG_IGN)
-        _stop_workers(workers)
-        heartbeat.stop()
-        interrupted = _mark_interrupted(plan.db_file, owner)
-        signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
-        raise SweepInterrupted(signum, interrupted) from None
+        raise _interrupted(exc, handlers, plan.db_file, owner, lambda: _stop_workers(workers),
+                           heartbeat.stop) from None
     finally:
         _stop_workers(workers, grace=1.0)
         heartbeat.stop()
         if connection is not None:
             connection.close()
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        _restore_signals(handlers)
         progress.bar.close()
     counts = progress.counts
     counts["elsewhere"] = max(0, len(plan.todo) - counts["done"] - counts["failed"]) if max_runs is None else 0
@@ -887,16 +902,9 @@ def _decode(text: str) -> Any:
 
 def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
     """Runs that failed or were interrupted: label, seed, setting, status and the error's last line."""
-    out = []
-    for r in connection.execute("SELECT run_key, label, seed, setting, status, error FROM runs "
-                                "WHERE status IN ('failed', 'interrupted') ORDER BY rowid"):
-        if only_keys is not None and r["run_key"] not in only_keys:
-            continue
-        lines = [line.strip() for line in (r["error"] or "").strip().splitlines() if line.strip()]
-        out.append({"run_key": r["run_key"], "label": r["label"], "seed": r["seed"],
-                    "setting": _decode(r["setting"]), "status": r["status"],
-                    "error": lines[-1] if lines else ""})
-    return out
+    from .report_input import failed_runs_checked
+
+    return failed_runs_checked(connection, only_keys)
 
 
 def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:

@@ -28,7 +28,6 @@ checkpoint and takes a run that had finished its ``result.json`` as done without
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import uuid
 from pathlib import Path
@@ -101,8 +100,7 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
     each epoch (tests use it to kill a trial at a chosen point).
     """
     from .common import check_cluster_settings
-    from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
-                         _raise_interrupt)
+    from ..sweep import _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
 
     ray = import_ray()
     check_cluster_settings(sweep)
@@ -135,9 +133,7 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
         progress = progress_of(sweep, plan, claimed)
         heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
         heartbeat.start()
-        if _in_main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                handlers[signum] = signal.signal(signum, _raise_interrupt)
+        handlers = _catch_signals()
         device = "cuda" if sweep.gpus_per_run else None
         task = ray.remote(num_cpus=sweep.cpus_per_run, num_gpus=sweep.gpus_per_run, max_retries=sweep.max_retries,
                           retry_exceptions=False)(_ray_trial)
@@ -155,20 +151,18 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
                 status = record_outcome(connection, key, owner, outcome)
                 progress.finished(key, status)
     except KeyboardInterrupt as exc:
-        for signum in handlers:  # a second signal must not interrupt the clean-up
-            signal.signal(signum, signal.SIG_IGN)
-        for ref in refs:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished or gone: nothing to cancel
-                pass
-        if heartbeat is not None:
-            heartbeat.stop()
-        if started_ray:
-            ray.shutdown()
-        interrupted = _mark_interrupted(plan.db_file, owner)
-        signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
-        raise SweepInterrupted(signum, interrupted) from None
+        def stop() -> None:
+            for ref in refs:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone: nothing to cancel
+                    pass
+            if heartbeat is not None:
+                heartbeat.stop()
+            if started_ray:
+                ray.shutdown()
+
+        raise _interrupted(exc, handlers, plan.db_file, owner, stop) from None
     finally:
         if heartbeat is not None:
             heartbeat.stop()
@@ -176,8 +170,7 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             connection.close()
         if started_ray and ray.is_initialized():
             ray.shutdown()
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        _restore_signals(handlers)
         if progress is not None:
             progress.bar.close()
     return progress.counts
