@@ -1,15 +1,10 @@
 """The main job: ERM vs SAM vs ESAM1 vs TSAM on MNIST-5k with 20% label noise (``tiltedsam compare``).
 
-The comparison is a sweep (:mod:`tiltedsam.harness.sweep`) with one setting per optimizer and
-several seeds:
-
-* ``sgd`` (ERM), ``sam`` (rho 0.05) and ``tsam`` (a fixed t calibrated to ESS ≈ s/2, s = 3, rho 0.05;
-  the Algorithm 2 sampler, so 2 s = 6 gradient evaluations per step) train for the same number of epochs;
-* ``esam1`` is SAM given TSAM's gradient-evaluation budget: 3x as many steps (epochs).
-
-Every run is evaluated on the validation and test splits after each epoch; the report shows the
-test accuracy after the last epoch *and* at the best-validation epoch. The validation split carries
-the same label noise as the training split (as it would in practice) unless ``clean_validation``.
+A sweep with one setting per optimizer and several seeds: ``sgd`` (ERM), ``sam`` (rho 0.05) and
+``tsam`` (t calibrated to ESS ≈ s/2, s = 3, rho 0.05: 6 gradient evaluations per step) train for the
+same epochs; ``esam1`` is SAM with TSAM's gradient-evaluation budget (3x the steps). The report shows
+test accuracy after the last and at the best-validation epoch; the validation split carries the
+training split's label noise unless ``clean_validation``.
 """
 
 from __future__ import annotations
@@ -98,10 +93,9 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
 
 
 def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
-    """One paragraph from the paired intervals of :func:`tiltedsam.harness.report.build_report`'s
-    summary: for each measure, ``target`` against the reference (and every other optimizer against
-    the reference), e.g. "TSAM − SAM = +1.40 points, 95% CI [+0.20, +2.60]: TSAM is better (Holm p 0.01)",
-    and "not detected" with the minimal detectable effect when the Holm-adjusted p is not below 0.05."""
+    """One paragraph from the paired intervals of a :func:`tiltedsam.harness.report.build_report`
+    summary, per measure and optimizer against the reference, e.g. "TSAM − SAM = +1.40 points, 95% CI
+    [+0.20, +2.60]: TSAM is better (Holm p 0.01)", or "not detected" with the minimal detectable effect."""
     from .report import MEASURES
 
     if target not in summary:

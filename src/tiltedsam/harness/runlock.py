@@ -157,13 +157,9 @@ def verify_held(run_dir: str | os.PathLike[str]) -> None:
 
 def holding_run_directory(check: Any) -> Any:
     """Decorator factory for ``train(config, *, world=None, ...)``: ``check(config, stop_after_epochs)``
-    validates the config, then ``config.run.out_dir`` is created and its :class:`RunDirectoryLock` held
-    for the whole call (main process only). ``check`` is passed in so this module stays below the
-    training loop it guards.
-
-    A call that fails before anything was written into a run directory it created removes that
-    (empty) directory again, so a failed ``train`` leaves no empty run directory behind.
-    """
+    validates the config (every rank), then the main process creates ``config.run.out_dir`` and holds
+    its :class:`RunDirectoryLock` for the call; a run directory it created that stays empty is removed
+    again. ``check`` is passed in so this module stays below the training loop it guards."""
     import functools
 
     def decorate(train: Any) -> Any:
@@ -175,10 +171,10 @@ def holding_run_directory(check: Any) -> Any:
 def _held_call(train: Any, check: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
     from .config import ConfigError
 
+    check(config, kwargs.get("stop_after_epochs"))  # nothing is created for an invalid config
     world = kwargs.get("world")
     if world is not None and not world.is_main:
         return train(config, *args, **kwargs)
-    check(config, kwargs.get("stop_after_epochs"))  # nothing is created for an invalid config
     run_dir = Path(config.run.out_dir)
     created = not run_dir.exists()
     try:

@@ -1,22 +1,18 @@
 """Grid sweeps over optimizers x hyper-parameters x seeds, indexed in an SQLite database.
 
-A sweep config (:class:`SweepConfig`; TOML/YAML/JSON, example and keys in docs/harness.md) names
-optimizer labels (registry names, or ``[variants]`` of fixed overrides), seeds, a ``base`` run
-config and axes (``grid`` for every label, ``per_optimizer`` for one; short names in
-:data:`AXIS_ALIASES`). :func:`expand_grid` resolves and checks every point before anything is written.
+A sweep config (:class:`SweepConfig`; keys in docs/harness.md) names optimizer labels (registry
+names or ``[variants]``), seeds, a ``base`` run config and axes (``grid``, ``per_optimizer``; short
+names in :data:`AXIS_ALIASES`); :func:`expand_grid` checks every point before anything is written.
+The WAL database is an index: ``meta`` and ``runs`` (run key, run directory, status, lease owner,
+heartbeat, error); epochs and results live in the run directories (:mod:`.rundir`). Schema-2
+databases (which also copied results and epochs) are read and run as they are.
 
-The database (WAL) is an index: ``meta`` (schema version) and ``runs`` (one row per grid point: run
-key, run directory, status pending/running/done/failed/interrupted, lease owner and heartbeat,
-error). A run's epochs and result live in its run directory only (:mod:`.rundir`). Schema-2
-databases, which also copied results and epochs, are read and run as they are.
-
-Runs are claimed in one ``BEGIN IMMEDIATE`` transaction (owner = host:pid:nonce), so each is trained
-by one process even with several sweeps on one database; SQLite's WAL mode needs those processes on
-one host and a local disk (clusters use ``--engine ray``/``slurm``, :mod:`.engines`). Heartbeats
-refresh every ``lease_seconds / 4`` and a stale lease (or a dead owner on this host) may be claimed
-again, resuming from the checkpoint. SIGINT/SIGTERM terminate the workers, mark the runs in flight
-``interrupted`` and raise :class:`SweepInterrupted` (exit 130/143); workers die with their parent,
-even on ``kill -9``.
+A run is claimed in one ``BEGIN IMMEDIATE`` transaction (owner host:pid:nonce), so one process
+trains it even with several sweeps on one database (on one host and a local disk; clusters use
+:mod:`.engines`). A lease without a heartbeat (every ``lease_seconds / 4``) for ``lease_seconds``,
+or of a dead owner, may be claimed again (resuming). SIGINT/SIGTERM stop the workers, mark the runs
+in flight ``interrupted`` and raise :class:`SweepInterrupted` (exit 130/143); workers die with
+their parent, even on ``kill -9``.
 """
 
 from __future__ import annotations
@@ -77,8 +73,7 @@ class SweepError(RuntimeError):
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """A sweep stopped by SIGINT/SIGTERM (or Ctrl-C): workers terminated, runs in flight marked
-    ``interrupted``. ``exit_code`` is the shell convention 128 + signal number (130, 143)."""
+    """A sweep stopped by SIGINT/SIGTERM (or Ctrl-C); ``exit_code`` = 128 + signal number."""
 
     def __init__(self, signum: int = signal.SIGINT, interrupted: int = 0) -> None:
         self.signum = int(signum)
@@ -199,12 +194,8 @@ def _axis_key(axis: str) -> str:
 
 
 def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
-    """Every (label, setting, seed) of the sweep as a resolved, checked run config.
-
-    With ``check`` every point is also checked as far as possible without data (device,
-    optimizer settings, budget: :func:`tiltedsam.harness.train.check_run`), so that an invalid
-    sweep fails before anything is written.
-    """
+    """Every (label, setting, seed) of the sweep as a resolved run config; with ``check`` each is also
+    checked without data (:func:`tiltedsam.harness.train.check_run`) before anything is written."""
     from .train import check_run
 
     _check_sweep_limits(sweep)  # again: the Python API may have changed the fields after construction
@@ -257,10 +248,8 @@ _RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, st
 
 
 def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
-    """Open ``path`` (``mode``: ``rw`` an existing database, ``rwc`` create it, ``ro`` read only; a read-only
-    database in a folder this process cannot write is opened ``immutable``, since SQLite could not
-    create the WAL index there). A database that vanished (its sweep directory deleted) is an error,
-    never silently recreated as an empty stub."""
+    """Open ``path`` (``mode`` ``rw``, ``rwc`` to create, ``ro``: ``immutable`` in a folder this process
+    cannot write). A database that vanished is an error, never recreated as an empty stub."""
     from .sweep_safety import sqlite_uri
 
     try:
@@ -280,8 +269,8 @@ def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
 
 
 def _migrate_v1(connection: sqlite3.Connection) -> None:
-    """Schema 1 -> 2: the ``interrupted`` status and the lease columns (``owner``, ``heartbeat``).
-    SQLite cannot change a CHECK constraint in place: new table, copy, drop, rename, in one transaction."""
+    """Schema 1 -> 2 (``interrupted`` status, lease columns): new table, copy, drop, rename, in one
+    transaction (SQLite cannot change a CHECK constraint in place)."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute(_RUNS_TABLE_V2.replace("CREATE TABLE runs", "CREATE TABLE runs_v2"))
@@ -297,13 +286,9 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
 
 
 def open_database(path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> sqlite3.Connection:
-    """Open a sweep database; with ``create`` make it if missing; ``read_only`` for readers (a report:
-    works in a read-only results folder). Raises :class:`SweepError` when it is missing (and not
-    created) or was written with another schema version.
-
-    Creating (and migrating) happens under an OS lock on the sibling file ``sweep.db.lock``, so that
-    two sweeps that start together on a new database do not both try to create its tables.
-    """
+    """Open a sweep database (``create`` it if missing; ``read_only`` for reports). Raises
+    :class:`SweepError` when it is missing or of another schema version. Creating and migrating hold
+    an OS lock on ``sweep.db.lock``, so two sweeps starting together create the tables once."""
     from .sweep_safety import creation_lock
 
     file = database_path(path)
@@ -395,13 +380,11 @@ def _owner_is_dead(owner: str | None) -> bool:
 
 def claim_run(connection: sqlite3.Connection, owner: str, candidates: list[str], *, since: float,
               retry_failed: bool = True, lease_seconds: float = 60.0) -> str | None:
-    """Atomically claim the first claimable run of ``candidates`` (in their order) for ``owner``.
+    """Claim the first claimable run of ``candidates`` for ``owner``; its key, or ``None``.
 
-    Claimable: ``pending`` or ``interrupted``; ``failed`` before ``since`` (when ``retry_failed``);
-    ``running`` under a stale lease (no heartbeat for ``lease_seconds``, or an owner process of
-    this host that is gone). The claim (status ``running``, owner, heartbeat, attempts + 1) happens
-    in the same ``BEGIN IMMEDIATE`` transaction as the check, so no two processes claim one run.
-    Returns the run key, or ``None`` when nothing is left to claim.
+    Claimable: ``pending``, ``interrupted``, ``failed`` before ``since`` (with ``retry_failed``), or
+    ``running`` under a stale lease (no heartbeat for ``lease_seconds``, or a dead owner on this
+    host). Check and claim share one ``BEGIN IMMEDIATE`` transaction: no two processes claim one run.
     """
     now = time.time()
     connection.execute("BEGIN IMMEDIATE")
@@ -483,9 +466,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _hold_run(connection: sqlite3.Connection, key: str, run_dir: str, owner: str) -> RunDirectoryLock:
-    """Take the run directory's OS lock for ``owner`` (the authority over who trains a run: a lease can
-    look stale while its owner lives). When another live process holds it, the run's row is given
-    back to that holder (its heartbeats then match again) and :class:`RunDirectoryBusy` is raised."""
+    """Take the run directory's OS lock (the authority: a lease can look stale while its owner lives).
+    When another process holds it, the row goes back to that holder and :class:`RunDirectoryBusy` is raised."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     lock = RunDirectoryLock(run_dir, owner=owner)
     try:
@@ -500,10 +482,8 @@ def _hold_run(connection: sqlite3.Connection, key: str, run_dir: str, owner: str
 
 def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None,
                 device: str | None = None) -> tuple[str, str]:
-    """Train one grid point (resuming from its checkpoint if a crash left one) and mark it done or
-    failed; its epochs and result are in its run directory. ``owner`` is the lease holder that
-    claimed the run; without one the run is claimed here first (whatever its status). ``device``
-    (this worker's device, :func:`.engines.local.worker_devices`) replaces the config's ``run.device``."""
+    """Train one grid point (resuming from its checkpoint) and mark it done or failed. Without ``owner``
+    (the lease holder) the run is claimed here first; ``device`` replaces the config's ``run.device``."""
     import torch
 
     from .train import train
@@ -534,7 +514,6 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
             connection.execute("UPDATE runs SET status='failed', finished=?, error=?, owner=? WHERE run_key=?",
                                (time.time(), _error_text(exc), owner, key))
             return key, "failed"
-        # train() verified the lock before writing result.json; the run directory's lock made this process the run's only writer: the row is ours
         connection.execute("UPDATE runs SET status='done', finished=?, owner=? WHERE run_key=?",
                            (time.time(), owner, key))
         return key, "done"
@@ -546,11 +525,8 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
 
 # ---------------------------------------------------------------------- worker processes
 def _die_with_parent(parent_pid: int) -> None:
-    """Make this worker exit when the sweep process dies, even by ``kill -9``.
-
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill us when the parent exits.
-    Everywhere: a daemon thread polls ``os.getppid()`` (we are reparented when the parent dies).
-    """
+    """Exit when the sweep process dies, even by ``kill -9``: ``prctl(PR_SET_PDEATHSIG)`` on Linux, and
+    everywhere a daemon thread that polls ``os.getppid()``."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -573,11 +549,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, parent_pid: int,
                  device: str | None = None) -> None:
-    """A sweep worker: run the keys the parent sends until it sends ``None``.
-
-    SIGINT is ignored (Ctrl-C reaches the whole process group; the parent decides and terminates
-    the workers with SIGTERM, whose default action ends the process at once, without a traceback).
-    """
+    """Run the keys the parent sends until ``None``. SIGINT is ignored: the parent decides, and stops
+    the workers with SIGTERM (which ends them without a traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     _quiet_worker()
@@ -593,10 +566,8 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
 
 
 def _quiet_worker() -> None:
-    """A worker's warnings as one ``warning: ...`` line each, and no ``multiprocessing`` semaphore of its
-    own: tqdm would create one for its write lock, and a worker stopped by SIGTERM (Ctrl-C of the
-    sweep) cannot unlink it, so the resource tracker reported it as leaked. A thread lock suffices
-    (a worker draws no bars of its own: progress is off with several workers)."""
+    """Warnings as one ``warning: ...`` line each, and a thread lock for tqdm instead of a
+    ``multiprocessing`` semaphore, which a worker stopped by SIGTERM would leak."""
     from .. import _warning_lines
 
     _warning_lines.install()
@@ -680,9 +651,8 @@ def _interrupted(exc: KeyboardInterrupt, handlers: dict[int, Any], db_file: str,
 # ---------------------------------------------------------------------- the sweep
 @dataclass
 class _Plan:
-    """What this sweep process will run: the claimable keys (longest first), their expected cost in
-    gradient evaluations, how many runs it may start, the torch threads per run, and the device the
-    runs ask for (``run.device``: the local engine spreads its workers over it)."""
+    """The claimable keys (longest first), their cost in gradient evaluations, how many runs to start,
+    torch threads per run, and the runs' ``run.device`` (spread over the workers)."""
 
     db_file: str
     todo: list[str]
@@ -729,10 +699,8 @@ def _plan(sweep: SweepConfig, points: list[GridPoint], retry_failed: bool, max_r
 
 
 class _Progress:
-    """One bar over the whole sweep, advanced by each finished run's expected gradient evaluations
-    (so the ETA does not take the first, longest runs as typical), and one printed line per
-    finished run. The bar is absent when stderr is not a terminal (logs get the lines only); its
-    total is this process's share at most: with another sweep on the same database it may end early."""
+    """One bar over the sweep, advanced by each finished run's expected gradient evaluations (a fair
+    ETA), and one line per finished run; no bar when stderr is not a terminal."""
 
     def __init__(self, sweep: SweepConfig, plan: _Plan) -> None:
         from tqdm.auto import tqdm
@@ -756,16 +724,13 @@ class _Progress:
 
 
 def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | None = None) -> dict[str, int]:
-    """Run every grid point of ``sweep`` that is not done yet; returns counts by final status.
+    """Run every grid point of ``sweep`` not done yet; returns counts ``done``, ``failed`` (trained
+    here), ``skipped`` (done before) and ``elsewhere`` (left to another process on the database).
 
-    Counts: ``done`` and ``failed`` (runs this call trained), ``skipped`` (already done before),
-    ``elsewhere`` (left to another sweep process working on the same database). The whole sweep is
-    checked (:func:`expand_grid`) before anything is written. ``max_runs`` stops after that many
-    runs were started (for tests and partial runs). With ``workers > 1`` the runs go to that many
-    spawned worker processes, each using ``threads_per_worker`` torch threads (default:
-    :func:`tiltedsam._threads.choose_threads` for that many processes). SIGINT/SIGTERM (in the main
-    thread) raise :class:`SweepInterrupted` after the workers are stopped and the runs in flight are
-    marked ``interrupted``.
+    The sweep is checked (:func:`expand_grid`) before anything is written; ``max_runs`` stops after
+    that many runs started. ``workers > 1`` spawns that many processes with ``threads_per_worker``
+    threads each (default :func:`tiltedsam._threads.choose_threads`). SIGINT/SIGTERM raise
+    :class:`SweepInterrupted` once the workers stopped and the runs in flight are ``interrupted``.
     """
     points = expand_grid(sweep)  # checks the whole sweep before anything is written
     from .filesystems import warn_if_network_filesystem
@@ -814,10 +779,8 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
 
 def _run_on_workers(sweep: SweepConfig, plan: _Plan, owner: str, claim: Callable[[], str | None],
                     progress: _Progress, workers: list[_Worker], connection: sqlite3.Connection) -> None:
-    """Hand claimed runs to ``sweep.workers`` spawned processes (appended to ``workers``) until
-    nothing is left to claim and every worker is idle; a worker that dies fails its run and is
-    replaced (on the same device) while runs remain. On a machine with several GPUs each worker
-    gets its own (:func:`.engines.local.worker_devices`)."""
+    """Hand claimed runs to ``sweep.workers`` spawned processes (one GPU each where there are several)
+    until nothing is left; a worker that dies fails its run and is replaced while runs remain."""
     from .engines.local import worker_devices
 
     context = get_context("spawn")
@@ -908,8 +871,7 @@ def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = Non
 
 
 def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:
-    """The run's ``result.json``; for a schema-2 database whose run directory lacks it, the copy the
-    database kept; None when neither exists."""
+    """The run's ``result.json``, else a schema-2 database's copy, else None."""
     from .rundir import read_result
 
     if (Path(row["run_dir"]) / "result.json").is_file():
@@ -919,8 +881,7 @@ def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:
 
 
 def iter_results(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
-    """Finished runs: label, optimizer, seed, setting, config, run_dir and result (read from the run
-    directory) as Python objects."""
+    """Finished runs: label, optimizer, seed, setting, config, run_dir and result, decoded."""
     for r in connection.execute("SELECT * FROM runs WHERE status='done' ORDER BY rowid"):
         result = _run_result(r)
         if result is None:  # its run directory was removed: nothing left to report

@@ -1,21 +1,10 @@
-"""One training run: :func:`train`, built from steps that each do one thing.
-
-    setup          config -> run directory (fresh, or resumed from its checkpoint) -> data splits ->
-                   model -> optimizer (by registry name) -> budget in steps     (:func:`_start_run`)
-    one epoch      shuffle (own generator) -> optimizer.step(closure) per batch  (:func:`_train_epoch`)
-    evaluate       loss at θ on a fixed training subset, val and test -> a metrics row
-                                                                               (:func:`_evaluate_epoch`)
-    record         metrics.csv, then the checkpoint, atomically                 (:func:`_record_epoch`)
-    write result   result.json: final-epoch and best-validation-epoch test accuracy, time, gradient
-                   evaluations                                                  (:func:`_finish_run`)
-
-The run directory's files and their formats live in :mod:`.rundir`; a run's data comes from
-:func:`.rundata.load_run_data`. ``resume=True`` continues from the checkpoint and reproduces an
-uninterrupted run exactly: model, optimizer (with its noise generator), the global RNGs and the
-shuffling generator are all restored, and the epochs so far are read back from ``metrics.csv``.
-
-Distributed training slots in through :class:`World` (rank, world size, a sampler for the training
-split, a reduction for metrics, main-process-only output); this module itself runs one process.
+"""One training run, :func:`train`: setup (run directory, data, model, optimizer, budget:
+:func:`_start_run`), epochs of ``optimizer.step(closure)`` (:func:`_train_epoch`), evaluation (loss
+at θ on a fixed training subset, val, test: :func:`_evaluate_epoch`), metrics.csv then the checkpoint
+(:func:`_record_epoch`), result.json (:func:`_finish_run`). File formats live in :mod:`.rundir`,
+data in :mod:`.rundata`. ``resume=True`` reproduces an uninterrupted run exactly (model, optimizer,
+global RNGs and the shuffling generator are restored; epochs are read back from ``metrics.csv``).
+Distributed training slots in through :class:`World`; this module itself runs one process.
 """
 
 from __future__ import annotations
@@ -63,11 +52,8 @@ class RunInterrupted(RuntimeError):
 
 
 class RunDiverged(RuntimeError):
-    """Raised by :func:`train` when the training loss (or the evaluated model) is no longer finite.
-
-    The run stops at once: no checkpoint or result of the diverged state is written (the last
-    checkpoint, of the last finite epoch, stays), and the sweep marks the run ``failed``.
-    """
+    """Raised by :func:`train` when the training loss (or the model) is no longer finite; nothing of
+    the diverged state is written (the last finite epoch's checkpoint stays)."""
 
 
 #: refuse models whose parameters alone would take more than this fraction of the machine's memory
@@ -76,11 +62,8 @@ MAX_MODEL_BYTES_FRACTION = 0.5
 
 @dataclass
 class World:
-    """The process group a run lives in. One process: rank 0 of 1.
-
-    A distributed launcher replaces :meth:`train_sampler` (a ``DistributedSampler``) and
-    :meth:`reduce_mean` (an all-reduce); only the main process writes files and shows progress.
-    """
+    """The process group a run lives in; here one process, rank 0 of 1 (a distributed launcher
+    overrides the hooks; only the main process writes files and shows progress)."""
 
     rank: int = 0
     world_size: int = 1
@@ -155,8 +138,7 @@ def optimizer_settings(config: RunConfig) -> dict[str, Any]:
 
 
 def base_optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
-    """``lr``, ``weight_decay`` and, for base optimizers that have one (SGD), ``momentum``: Adam and
-    AdamW take no ``momentum`` (their ``betas`` go in ``optimizer.settings``)."""
+    """``lr``, ``weight_decay`` and ``momentum`` where the base optimizer takes one (not Adam/AdamW)."""
     import inspect
 
     from ..optim.registry import resolve_base_optimizer
@@ -199,9 +181,8 @@ def _registry_name(name: str) -> str:
 
 
 def check_optimizer_settings(config: RunConfig) -> None:
-    """Unknown keys of ``optimizer.settings`` are named (not left to a ``TypeError`` of the base
-    optimizer's ``__init__``), and bad values give :class:`ConfigError`: the optimizer is built
-    once on a one-element dummy parameter."""
+    """:class:`ConfigError` naming unknown ``optimizer.settings`` keys, or bad values (the optimizer is
+    built once on a one-element dummy parameter)."""
     import inspect
 
     from ..optim.registry import REGISTRY, create_optimizer, resolve_base_optimizer
@@ -240,22 +221,18 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
     budget, ``stop_after_epochs``. Raises :class:`ConfigError` naming the key."""
     if stop_after_epochs is not None and (isinstance(stop_after_epochs, bool) or stop_after_epochs < 1):
         raise ConfigError(f"stop_after_epochs = {stop_after_epochs!r} is invalid; allowed: an integer >= 1")
+    from .models import check_model_options
+
     check_device(config.run.device)
-    _check_model_options(config)
+    try:
+        check_model_options(config.model.name, config.model.options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     check_optimizer_settings(config)
     try:
         resolve_budget(config, steps_per_epoch=1)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"budget: {' '.join(str(exc).split())}") from None
-
-
-def _check_model_options(config: RunConfig) -> None:
-    from .models import check_model_options
-
-    try:
-        check_model_options(config.model.name, config.model.options)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _check_model_size(config: RunConfig, data: Any) -> None:
@@ -281,14 +258,11 @@ def _check_model_size(config: RunConfig, data: Any) -> None:
 
 
 def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
-    """Turn ``config.budget`` into a number of steps.
-
-    ``epochs``: ``amount * steps_per_epoch``; ``steps``: ``amount``; ``grad_evals``: the largest
-    number of steps whose gradient evaluations fit in ``amount``. When the budget is another
-    optimizer's (``budget.match_optimizer``, or the registry entry's own ``budget_reference``:
-    ESAM1 gets TSAM's), the amount counts that optimizer's steps, converted by
-    :func:`tiltedsam.optim.registry.equal_compute_steps`: SAM matched to TSAM (``s`` samples, 2
-    evaluations each) runs ``2 s / 2 = s`` times as many steps.
+    """``config.budget`` in steps: ``epochs`` -> ``amount * steps_per_epoch``, ``steps`` -> ``amount``,
+    ``grad_evals`` -> the most steps whose evaluations fit in ``amount``. Another optimizer's budget
+    (``budget.match_optimizer`` or the entry's ``budget_reference``) counts that optimizer's steps,
+    converted by :func:`tiltedsam.optim.registry.equal_compute_steps` (SAM matched to TSAM with ``s``
+    samples runs ``s`` times as many steps).
     """
     from ..optim.registry import REGISTRY, equal_compute_steps, grad_evals_per_step
 
@@ -424,19 +398,16 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
     Args:
         resume: continue from ``out_dir/checkpoint.pt`` if it exists (its config must match).
-        stop_after_epochs: stop (raise :class:`RunInterrupted`) once this many epochs are done in
-            total, after writing the checkpoint; simulates an interruption.
+        stop_after_epochs: raise :class:`RunInterrupted` once this many epochs are done and
+            checkpointed (simulates an interruption).
         on_epoch: called with each new metrics row once it is on disk (main process only).
 
-    Raises :class:`ConfigError` for a config that cannot run here (device, optimizer settings,
-    model size), :class:`CheckpointError` for a checkpoint that is corrupt, not plain data or of
-    another config, and :class:`RunDiverged` when the training loss stops being finite (whether or
-    not the optimizer itself raises :class:`tiltedsam.tilt.NonFiniteLossError`).
+    Raises :class:`ConfigError` for a config that cannot run here, :class:`CheckpointError` for a
+    corrupt checkpoint or one of another config, :class:`RunDiverged` for a non-finite training loss.
     """
     from tqdm.auto import tqdm
 
     world = world or World()
-    check_run(config, stop_after_epochs)
     run = _start_run(config, world, resume)
     # disable=None: no bar when stderr is not a terminal (a redirected log gets no carriage-return flood)
     run.progress = tqdm(total=run.budget.total_steps, initial=run.step, desc=config.display_label, unit="step",
@@ -459,8 +430,8 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
 # ---------------------------------------------------------------------- setup
 def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume: bool) -> dict[str, Any] | None:
-    """Create the run directory; return its checkpoint when resuming (checked to be of ``config``),
-    else None. A fresh run refuses a directory that already holds one."""
+    """Create the run directory; its checkpoint (of ``config``) when resuming, else None. A fresh run
+    refuses a directory that already holds one."""
     run_dir = Path(config.run.out_dir)
     if world.is_main:
         try:
@@ -485,8 +456,8 @@ def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume:
 
 
 def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
-    """Build data, model, optimizer, loader and budget (seeded, so the same config builds the same
-    run), restore them from the checkpoint when resuming, and write the run's start files."""
+    """Build data, model, optimizer, loader and budget (seeded), restore them when resuming, and write
+    the run's start files."""
     from .._threads import configure_threads
     from ..optim.registry import create_optimizer
     from .models import build_model
@@ -531,10 +502,8 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
 
 
 def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
-    """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint; the epochs so far from
-    metrics.csv (written before the checkpoint, so it holds at least ``epoch`` rows)."""
-    # structure checked against this run (a valid checksum is not enough), then restored; the world
-    # loads the weights (a sharded run's from its torch.distributed.checkpoint folder)
+    """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint (its structure checked
+    against this run); the epochs so far from metrics.csv (written before the checkpoint)."""
     check_resume_state(checkpoint, run.run_dir / CHECKPOINT_NAME, run.budget, run.model, run.optimizer,
                        _restore_rng_states, run.loader_generator, run.tilt_scheduler,
                        load_training_state=lambda: run.world.load_training_state(
