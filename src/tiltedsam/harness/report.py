@@ -583,5 +583,4 @@ def run_report(run_dir: str | Path) -> str:
     return (f"# Run {result['label']} (seed {result['seed']}, key {result['run_key']})\n\n"
             f"Final test accuracy {100 * result['final_test_acc']:.2f}%; best-val epoch {result['best_val_epoch']} "
             f"with test accuracy {100 * result['best_val_test_acc']:.2f}%; {result['grad_evals']} gradient "
-            f"evaluations in "
-            f"{result['train_seconds']:.1f} s ({result['budget']}).\n\n{table}\n")
+            f"evaluations in {result['train_seconds']:.1f} s ({result['budget']}).\n\n{table}\n")

@@ -189,10 +189,6 @@ class GridPoint:
         return run_key(self.config)
 
 
-def _axis_key(axis: str) -> str:
-    return AXIS_ALIASES.get(axis, axis)
-
-
 def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
     """Every (label, setting, seed) of the sweep as a resolved run config; with ``check`` each is also
     checked without data (:func:`tiltedsam.harness.train.check_run`) before anything is written."""
@@ -204,7 +200,7 @@ def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
     seen: set[str] = set()
     for label in sweep.optimizers:
         variant = dict(sweep.variants.get(label) or builtin_variant(label))
-        axes = {_axis_key(k): v for k, v in {**sweep.grid, **(sweep.per_optimizer.get(label) or {})}.items()}
+        axes = {AXIS_ALIASES.get(k, k): v for k, v in {**sweep.grid, **(sweep.per_optimizer.get(label) or {})}.items()}
         names = list(axes)
         for values in itertools.product(*(axes[n] for n in names)):
             setting = dict(zip(names, values))
@@ -502,7 +498,7 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         config = from_dict(RunConfig, json.loads(row["config"]))
         if num_threads and not config.run.num_threads:  # run.* is not part of the run key
             config.run.num_threads = num_threads
-        if device:  # run.* is not part of the run key either
+        if device:
             config.run.device = device
         try:
             lock = _hold_run(connection, key, config.run.out_dir, owner)

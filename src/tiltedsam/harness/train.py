@@ -133,10 +133,6 @@ class Budget:
         return value if isinstance(value, int) else round(value, 6)
 
 
-def optimizer_settings(config: RunConfig) -> dict[str, Any]:
-    return dict(config.optimizer.settings)
-
-
 def base_optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
     """``lr``, ``weight_decay`` and ``momentum`` where the base optimizer takes one (not Adam/AdamW)."""
     import inspect
@@ -210,7 +206,7 @@ def check_optimizer_settings(config: RunConfig) -> None:
     dummy = torch.zeros(1, requires_grad=True)
     try:
         create_optimizer(name, [dummy], base_optimizer=config.optimizer.base, seed=config.seed,
-                         **base_optimizer_kwargs(config), **optimizer_settings(config))
+                         **base_optimizer_kwargs(config), **config.optimizer.settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {name!r} rejects its settings {config.optimizer.settings}: "
                           f"{' '.join(str(exc).split())}") from None
@@ -266,7 +262,7 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     """
     from ..optim.registry import REGISTRY, equal_compute_steps, grad_evals_per_step
 
-    budget, name, settings = config.budget, config.optimizer.name, optimizer_settings(config)
+    budget, name, settings = config.budget, config.optimizer.name, dict(config.optimizer.settings)
     own_evals = grad_evals_per_step(name, **settings)
     reference = budget.match_optimizer or REGISTRY[_registry_name(name)].budget_reference
     if reference is not None:
@@ -476,7 +472,7 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
     net = world.wrap_model(model)  # DDP under torch.distributed; `model` itself is saved and evaluated
     optimizer = create_optimizer(
         config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
-        seed=config.seed, **base_optimizer_kwargs(config), **optimizer_settings(config))
+        seed=config.seed, **base_optimizer_kwargs(config), **config.optimizer.settings)
     loader_generator = torch.Generator().manual_seed(config.seed)
     train_sampler = world.train_sampler(data.train, loader_generator)
     if getattr(model, "length_bucketing", False) and world.world_size == 1:
