@@ -426,17 +426,11 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
 # ---------------------------------------------------------------------- setup
 def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume: bool) -> dict[str, Any] | None:
-    """Create the run directory; its checkpoint (of ``config``) when resuming, else None. A fresh run
-    refuses a directory that already holds one."""
-    run_dir = Path(config.run.out_dir)
-    if world.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
-                              f"{exc.strerror or exc}") from None
-        if resume:  # leftovers of a write that a killed process never finished
-            remove_stale_temporaries(run_dir)
+    """The run directory's checkpoint (of ``config``) when resuming, else None; a fresh run refuses a
+    directory that already holds one."""
+    run_dir = Path(config.run.out_dir)  # created (and locked) by the main process's train wrapper
+    if world.is_main and resume:  # leftovers of a write that a killed process never finished
+        remove_stale_temporaries(run_dir)
     if resume and (run_dir / CHECKPOINT_NAME).is_file():
         checkpoint = load_checkpoint(run_dir, map_location=device)
         saved = from_dict(RunConfig, checkpoint["config"])
