@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import apply_overrides
+from .._limits import check_seed_count
+from .config import apply_overrides, from_dict
 from .sweep import SweepConfig, expand_grid, run_sweep
 
 __all__ = ["COMPARE_LABELS", "compare_config", "run_compare", "verdict", "DEFAULT_EPOCHS",
@@ -57,8 +58,6 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
     (e.g. ``base.data.limit=1000``)."""
     epochs = epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     seeds = seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS)
-    from .._limits import check_seed_count
-
     check_seed_count("--seeds", seeds)  # before list(range(seeds)) below
     labels = list(COMPARE_LABELS)  # registry names: expand_grid names any this installation lacks
     base: dict[str, Any] = {
@@ -87,8 +86,6 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
         "workers": workers or min(DEFAULT_WORKERS, cpus), "threads_per_worker": 0, "progress": progress,
         "base": base, "variants": {label: variants[label] for label in labels},
     }
-    from .config import from_dict
-
     return from_dict(SweepConfig, apply_overrides(data, list(overrides)))
 
 

@@ -119,8 +119,7 @@ class Report:
 def _by_axis(runs: list[dict[str, Any]], axis: str) -> dict[str, list[tuple[Any, list[dict[str, Any]]]]]:
     """For each label whose runs vary ``axis`` (or set it): value -> runs of the best setting at that value."""
     out: dict[str, list[tuple[Any, list[dict[str, Any]]]]] = {}
-    labels = sorted({r["label"] for r in runs})
-    for label in labels:
+    for label in sorted({r["label"] for r in runs}):
         mine = [r for r in runs if r["label"] == label]
         values = {json.dumps(_axis_value(r, axis)) for r in mine}
         if any(v == "null" for v in values):

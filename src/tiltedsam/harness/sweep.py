@@ -35,11 +35,15 @@ from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import _json
+from .. import _json, _limits, _warning_lines
 from .._atomic import atomic_write
+from .._version import __version__
+from .config import (MAX_SEED, ConfigError, RunConfig, _nonfinite_from_strings, apply_overrides, check_name,
+                     from_dict, read_mapping, run_key, to_dict)
+from .report_input import failed_runs_checked
+from .rundir import read_result
 from .runlock import RunDirectoryBusy, RunDirectoryLock, read_owner
-from .config import (MAX_SEED, ConfigError, RunConfig, apply_overrides, check_name, from_dict, read_mapping,
-                     run_key, to_dict)
+from .sweep_safety import creation_lock, sqlite_uri
 
 __all__ = ["SCHEMA_VERSION", "SweepConfig", "SweepError", "SweepInterrupted", "GridPoint", "expand_grid",
            "open_database", "run_sweep", "load_sweep_config", "AXIS_ALIASES", "database_path", "claim_run",
@@ -82,9 +86,6 @@ class SweepInterrupted(KeyboardInterrupt):
         name = signal.Signals(self.signum).name
         super().__init__(f"sweep stopped by {name}: {interrupted} run(s) in flight marked interrupted; "
                          "run the same command again to resume")
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "sweep interrupted"
 
 
 @dataclass
@@ -143,8 +144,6 @@ class SweepConfig:
 
 def _check_sweep_limits(sweep: "SweepConfig") -> None:
     """Workers, threads per worker, seeds and grid points under :mod:`tiltedsam._limits` (before any expansion)."""
-    from .. import _limits
-
     try:
         _limits.check_workers("workers", sweep.workers)
         if sweep.threads_per_worker > 0:
@@ -246,8 +245,6 @@ _RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, st
 def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
     """Open ``path`` (``mode`` ``rw``, ``rwc`` to create, ``ro``: ``immutable`` in a folder this process
     cannot write). A database that vanished is an error, never recreated as an empty stub."""
-    from .sweep_safety import sqlite_uri
-
     try:
         connection = sqlite3.connect(sqlite_uri(path, mode), timeout=120, isolation_level=None, uri=True)
     except sqlite3.OperationalError as exc:  # autocommit above; explicit transactions
@@ -285,8 +282,6 @@ def open_database(path: str | os.PathLike[str], create: bool = False, read_only:
     """Open a sweep database (``create`` it if missing; ``read_only`` for reports). Raises
     :class:`SweepError` when it is missing or of another schema version. Creating and migrating hold
     an OS lock on ``sweep.db.lock``, so two sweeps starting together create the tables once."""
-    from .sweep_safety import creation_lock
-
     file = database_path(path)
     if read_only:
         return _open_database(file, create=False, read_only=True)
@@ -297,8 +292,6 @@ def open_database(path: str | os.PathLike[str], create: bool = False, read_only:
 
 
 def _open_database(file: Path, create: bool, read_only: bool) -> sqlite3.Connection:
-    from .._version import __version__
-
     if not file.is_file():
         if not create:
             raise SweepError(f"no sweep database at {str(file)!r}; run `tiltedsam sweep` or `tiltedsam compare` first")
@@ -564,8 +557,6 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
 def _quiet_worker() -> None:
     """Warnings as one ``warning: ...`` line each, and a thread lock for tqdm instead of a
     ``multiprocessing`` semaphore, which a worker stopped by SIGTERM would leak."""
-    from .. import _warning_lines
-
     _warning_lines.install()
     try:
         from tqdm import tqdm
@@ -852,24 +843,13 @@ def _run_line(db_file: str, key: str, status: str, done: int, total: int) -> str
             f"{r.get('threads', '?')} thread(s)")
 
 
-def _decode(text: str) -> Any:
-    """A config or setting column: JSON with ``"inf"``/``"-inf"``/``"nan"`` strings for non-finite floats."""
-    from .config import _nonfinite_from_strings
-
-    return _nonfinite_from_strings(json.loads(text))
-
-
 def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
     """Runs that failed or were interrupted: label, seed, setting, status and the error's last line."""
-    from .report_input import failed_runs_checked
-
     return failed_runs_checked(connection, only_keys)
 
 
 def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:
     """The run's ``result.json``, else a schema-2 database's copy, else None."""
-    from .rundir import read_result
-
     if (Path(row["run_dir"]) / "result.json").is_file():
         return read_result(row["run_dir"])
     legacy = row["result"] if "result" in row.keys() else None
@@ -883,5 +863,6 @@ def iter_results(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
         if result is None:  # its run directory was removed: nothing left to report
             continue
         yield {"run_key": r["run_key"], "label": r["label"], "optimizer": r["optimizer"], "seed": r["seed"],
-               "setting": _decode(r["setting"]), "config": _decode(r["config"]),
+               "setting": _nonfinite_from_strings(json.loads(r["setting"])),
+               "config": _nonfinite_from_strings(json.loads(r["config"])),
                "result": result, "run_dir": r["run_dir"]}
