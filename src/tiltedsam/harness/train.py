@@ -10,6 +10,7 @@ Distributed training slots in through :class:`World`; this module itself runs on
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -28,10 +29,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import _json
 from .._atomic import remove_stale_temporaries
+from .._threads import configure_threads
+from .._version import __version__
+from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
+from ..optim.registry import (ALIASES, REGISTRY, create_optimizer, equal_compute_steps, grad_evals_per_step,
+                              resolve_base_optimizer)
+from ..optim.schedules import TiltScheduler
+from ..tilt import NonFiniteLossError
 from .checkpoint_checks import check_resume_state
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config, to_dict
+from .data import LengthGroupedSampler
 from .dropout import StepRngReplay
+from .models import build_model, check_model_options
 from .tasks import evaluation_loss, summary_metrics, task_metrics, training_loss
 from .rundata import dataset_kwargs, load_run_data
 from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, finite_mean, read_metrics, read_result,
@@ -135,10 +145,6 @@ class Budget:
 
 def base_optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
     """``lr``, ``weight_decay`` and ``momentum`` where the base optimizer takes one (not Adam/AdamW)."""
-    import inspect
-
-    from ..optim.registry import resolve_base_optimizer
-
     kwargs = {"lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}
     if "momentum" in inspect.signature(resolve_base_optimizer(config.optimizer.base).__init__).parameters:
         kwargs["momentum"] = config.optimizer.momentum
@@ -171,18 +177,12 @@ def check_device(requested: str) -> torch.device:
 
 def _registry_name(name: str) -> str:
     """The registry's name for ``name`` (``"erm"`` -> ``"sgd"``): aliases resolve through the registry."""
-    from ..optim.registry import ALIASES
-
     return ALIASES.get(name.lower(), name.lower())
 
 
 def check_optimizer_settings(config: RunConfig) -> None:
     """:class:`ConfigError` naming unknown ``optimizer.settings`` keys, or bad values (the optimizer is
     built once on a one-element dummy parameter)."""
-    import inspect
-
-    from ..optim.registry import REGISTRY, create_optimizer, resolve_base_optimizer
-
     name = config.optimizer.name
     key = _registry_name(name)
     if key not in REGISTRY:
@@ -217,8 +217,6 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
     budget, ``stop_after_epochs``. Raises :class:`ConfigError` naming the key."""
     if stop_after_epochs is not None and (isinstance(stop_after_epochs, bool) or stop_after_epochs < 1):
         raise ConfigError(f"stop_after_epochs = {stop_after_epochs!r} is invalid; allowed: an integer >= 1")
-    from .models import check_model_options
-
     check_device(config.run.device)
     try:
         check_model_options(config.model.name, config.model.options)
@@ -234,8 +232,6 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
 def _check_model_size(config: RunConfig, data: Any) -> None:
     """Build the model on the ``meta`` device (no memory) and refuse it when its parameters alone
     would take more than :data:`MAX_MODEL_BYTES_FRACTION` of the machine's memory."""
-    from .models import build_model
-
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the run's RNG stream is untouched
             model = build_model(config.model.name, data, **config.model.options)
@@ -260,8 +256,6 @@ def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
     converted by :func:`tiltedsam.optim.registry.equal_compute_steps` (SAM matched to TSAM with ``s``
     samples runs ``s`` times as many steps).
     """
-    from ..optim.registry import REGISTRY, equal_compute_steps, grad_evals_per_step
-
     budget, name, settings = config.budget, config.optimizer.name, dict(config.optimizer.settings)
     own_evals = grad_evals_per_step(name, **settings)
     reference = budget.match_optimizer or REGISTRY[_registry_name(name)].budget_reference
@@ -294,8 +288,6 @@ def make_tilt_scheduler(config: RunConfig, optimizer: Any, total_steps: int) -> 
     if not hasattr(optimizer, "tilt"):
         raise ValueError(f"optimizer.tilt_schedule={kind!r} needs an optimizer with a tilt (TSAM), "
                          f"got {config.optimizer.name!r}")
-    from ..optim.schedules import TiltScheduler
-
     return TiltScheduler(optimizer, kind=kind, total_steps=total_steps)
 
 
@@ -448,10 +440,6 @@ def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume:
 def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
     """Build data, model, optimizer, loader and budget (seeded), restore them when resuming, and write
     the run's start files."""
-    from .._threads import configure_threads
-    from ..optim.registry import create_optimizer
-    from .models import build_model
-
     device = world.device(config.run.device)
     # run.num_threads = 0: the shared policy (cores / processes, minus what other work keeps busy)
     threads = configure_threads(config.run.num_threads or None, processes=world.world_size)
@@ -471,8 +459,6 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
     train_sampler = world.train_sampler(data.train, loader_generator)
     if getattr(model, "length_bucketing", False) and world.world_size == 1:
         # length bucketing: batches of similar sentence lengths for a model that trims to the longest
-        from .data import LengthGroupedSampler
-
         lengths = (data.train.inputs != int(data.info.get("pad_index", 0))).sum(1)
         train_sampler = LengthGroupedSampler(lengths, config.batch_size, loader_generator)
     train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size), sampler=train_sampler)
@@ -516,8 +502,6 @@ def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
 
 
 def _write_start_files(run: _Run) -> None:
-    from .._version import __version__
-
     config, budget = run.config, run.budget
     save_config(config, run.run_dir)
     atomic_write_text(run.run_dir / "run.json", _json.dumps({
@@ -565,8 +549,6 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
 def _train_step(run: _Run, inputs: Tensor, targets: Tensor) -> dict[str, Any]:
     """One ``optimizer.step(closure)``; returns the mini-batch loss/accuracy at the step's first point.
     Raises :class:`RunDiverged` on a non-finite loss."""
-    from ..tilt import NonFiniteLossError
-
     first: dict[str, Any] = {}
 
     def closure(evaluation) -> Tensor:
@@ -630,8 +612,6 @@ def _evaluate_epoch(run: _Run, sums: dict[str, Any], epoch_start: float) -> dict
 def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
     """Warn once about a degenerate tilt, append the row to metrics.csv, then write the checkpoint
     (in this order: a crash between the two leaves an extra row that resume drops)."""
-    from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
-
     message = ess_message(row["effective_sample_size"], run.num_samples)
     if message and run.ess_warning is None:  # once per run
         run.ess_warning = f"epoch {run.epoch}: {message}"
@@ -658,8 +638,6 @@ def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, 
 
 def _finish_run(run: _Run) -> dict[str, Any]:
     """The result dict, written to result.json by the main process."""
-    from .._version import __version__
-
     config, budget = run.config, run.budget
     ess = finite_mean([r["effective_sample_size"] for r in run.rows]) if run.num_samples else None
     result = {
