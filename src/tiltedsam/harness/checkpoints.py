@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import atomic_write_with, remove_stale_temporaries
+from .._version import __version__
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "payload_checksum"]
@@ -104,8 +105,6 @@ def payload_checksum(payload: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
     """``torch.save`` plain-data ``payload`` (plus format tag, version and checksum) to ``path`` atomically."""
-    from .._version import __version__
-
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}
     payload["checksum"] = payload_checksum(payload)

@@ -15,6 +15,7 @@ from typing import Any
 
 from .._limits import check_seed_count
 from .config import apply_overrides, from_dict
+from .report import MEASURES, write_report
 from .sweep import SweepConfig, expand_grid, run_sweep
 
 __all__ = ["COMPARE_LABELS", "compare_config", "run_compare", "verdict", "DEFAULT_EPOCHS",
@@ -93,8 +94,6 @@ def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
     """One paragraph from the paired intervals of a :func:`tiltedsam.harness.report.build_report`
     summary, per measure and optimizer against the reference, e.g. "TSAM − SAM = +1.40 points, 95% CI
     [+0.20, +2.60]: TSAM is better (Holm p 0.01)", or "not detected" with the minimal detectable effect."""
-    from .report import MEASURES
-
     if target not in summary:
         return f"{target} has no finished runs."
     reference = summary[target].get("reference")
@@ -131,8 +130,6 @@ def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
 def run_compare(sweep: SweepConfig, reference: str | None = None) -> tuple[str, Path]:
     """Run (or resume) the comparison and write its report; returns (Markdown text, output directory).
     ``reference``: the label of the paired differences (default SAM)."""
-    from .report import write_report
-
     counts = run_sweep(sweep)
     if counts["failed"]:
         raise RuntimeError(f"{counts['failed']} comparison run(s) failed; see the 'error' column of "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._tables import markdown_table
+from .sweep import iter_results, open_database
 from .tasks import TABLE1_GLUE_NUMBERS
 
 __all__ = ["glue_table", "glue_rows"]
@@ -82,8 +83,6 @@ def glue_table(results: list[dict[str, Any]]) -> str:
 
 
 def glue_table_from_database(path: str | Path) -> str:
-    from .sweep import iter_results, open_database
-
     connection = open_database(path)
     try:
         return glue_table(list(iter_results(connection)))

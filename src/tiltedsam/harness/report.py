@@ -23,6 +23,7 @@ from .. import _json
 from .._atomic import atomic_write_with
 from .._tables import csv_text, markdown_table
 from ..optim.diagnostics import ess_message as _ess_message
+from ..optim.registry import REGISTRY
 from .config import atomic_write_text
 from .stats import holm, minimal_detectable_effect, paired_by_seed
 from .report_input import failed_runs_checked, load_checked, skipped_markdown
@@ -141,8 +142,6 @@ def _axis_value(run: dict[str, Any], axis: str) -> Any:
     if name in settings:
         return settings[name]
     if run["optimizer"] == "tsam":  # registry defaults apply
-        from ..optim.registry import REGISTRY
-
         return REGISTRY["tsam"].defaults.get(name)
     return None
 

@@ -18,6 +18,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError, RunConfig, _nonfinite_from_strings, from_dict, to_dict
+from .rundir import read_metrics, read_result
+
 __all__ = ["load_checked", "failed_runs_checked", "skipped_markdown"]
 
 #: result fields the report reads: name -> (kind, low, high); kind "acc" is a fraction in [0, 1]
@@ -60,16 +63,12 @@ def _json(text: Any, what: str) -> Any:
     if not isinstance(text, str):
         raise ValueError(f"{what} is {'NULL' if text is None else type(text).__name__}, not JSON text")
     try:
-        from .config import _nonfinite_from_strings
-
         return _nonfinite_from_strings(json.loads(text))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{what} is not valid JSON ({type(exc).__name__})") from None
 
 
 def _config_problem(config: Any) -> tuple[dict[str, Any] | None, str | None]:
-    from .config import ConfigError, RunConfig, from_dict, to_dict
-
     if not isinstance(config, dict):
         return None, f"config is {type(config).__name__}, not a JSON object"
     missing = [k for k in ("data", "model", "optimizer", "batch_size", "label_smoothing") if k not in config]
@@ -87,8 +86,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _run_result(row: sqlite3.Row) -> Any:
     """The run's ``result.json``, else (schema 2) the database's copy; ValueError naming what cannot be read."""
-    from .rundir import read_result
-
     file = Path(row["run_dir"]) / "result.json"
     if file.is_file():
         try:
@@ -110,8 +107,6 @@ def load_checked(connection: sqlite3.Connection, only_keys: set[str] | None = No
                  ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
     """Finished runs (as :func:`tiltedsam.harness.sweep.iter_results` gives them, of ``only_keys``) and
     their epoch rows, and a line for each row or file skipped."""
-    from .rundir import read_metrics
-
     runs: list[dict[str, Any]] = []
     skipped: list[str] = []
     epochs: dict[str, list[dict[str, Any]]] = defaultdict(list)

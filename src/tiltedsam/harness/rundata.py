@@ -13,7 +13,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .checkpoint_checks import checked_config, load_weights
+from .checkpoints import find_checkpoint, load_checkpoint
 from .config import ConfigError, RunConfig, from_dict
+from .data import DATASETS, load_dataset
+from .models import MODELS, build_model
 
 __all__ = ["dataset_kwargs", "load_run_data", "AnalysisTarget", "load_for_analysis", "stack_dataset"]
 
@@ -22,9 +26,6 @@ def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`~tiltedsam.harness.data.load_dataset` for ``config``, with the
     encoding the model declares in :attr:`ModelSpec.data_options` (``minilm``: ``tokenizer="minilm"``)
     where the data set takes it; a conflicting explicit choice is a :class:`ConfigError`."""
-    from .data import DATASETS
-    from .models import MODELS
-
     d = config.data
     options = dict(d.options)
     spec = MODELS.get(config.model.name)
@@ -44,8 +45,6 @@ def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
 
 def load_run_data(config: RunConfig) -> Any:
     """The :class:`~tiltedsam.harness.data.DataSplits` of ``config`` (its split, noise and options)."""
-    from .data import load_dataset
-
     return load_dataset(config.data.name, **dataset_kwargs(config))
 
 
@@ -77,10 +76,6 @@ class AnalysisTarget:
 
 def load_for_analysis(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> AnalysisTarget:
     """Rebuild the model of a run (directory or checkpoint file) with its weights and data splits."""
-    from .checkpoint_checks import checked_config, load_weights
-    from .checkpoints import find_checkpoint, load_checkpoint
-    from .models import build_model
-
     payload = load_checkpoint(path, map_location=device)
     file = find_checkpoint(path)
     config = checked_config(payload, file, lambda data: from_dict(RunConfig, data))
