@@ -33,15 +33,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
+from ..sweep import SweepError, _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
+from .common import check_cluster_settings, claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
 
 __all__ = ["run_sweep_on_ray", "check_shared_directory", "import_ray"]
 
 
 def import_ray() -> Any:
     """``ray``, or :class:`SweepError` saying how to install it."""
-    from ..sweep import SweepError
-
     try:
         import ray
     except ImportError:
@@ -66,8 +65,6 @@ def check_shared_directory(ray: Any, out_dir: str | os.PathLike[str]) -> None:
     """Raise :class:`SweepError` unless every alive node of the cluster sees ``out_dir``: a token file
     written here must be readable by a task pinned to each node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ..sweep import SweepError
 
     out = Path(out_dir).resolve()
     token = out / f".shared-check-{uuid.uuid4().hex[:12]}"
@@ -99,9 +96,6 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
     (default ``sweep.lease_seconds``). ``epoch_hook(config, metrics_row)`` runs in the task after
     each epoch (tests use it to kill a trial at a chosen point).
     """
-    from .common import check_cluster_settings
-    from ..sweep import _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
-
     ray = import_ray()
     check_cluster_settings(sweep)
     plan = plan_sweep(sweep, retry_failed)
@@ -119,8 +113,6 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             else:
                 ray.init(num_cpus=num_cpus, **init)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            from ..sweep import SweepError
-
             where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
             raise SweepError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
     handlers: dict[int, Any] = {}
@@ -179,8 +171,6 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """:class:`SweepError` unless ``HOST:PORT`` accepts a TCP connection (``ray.init`` would keep
     retrying an unreachable head for minutes)."""
-    from ..sweep import SweepError
-
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise SweepError(f"--address {address!r} is invalid; allowed: auto or HOST:PORT (the head's GCS port, "

@@ -23,7 +23,9 @@ from typing import Any, Callable
 
 from ... import _json
 from ..._atomic import atomic_write
-from .common import claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
+from ..config import ConfigError
+from ..sweep import SweepError, _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
+from .common import check_cluster_settings, claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
 
 __all__ = ["run_sweep_on_slurm", "SlurmTrial", "import_submitit"]
 
@@ -33,8 +35,6 @@ _ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
 
 def import_submitit() -> Any:
     """``submitit``, or :class:`SweepError` saying how to install it."""
-    from ..sweep import SweepError
-
     try:
         import submitit
     except ImportError:
@@ -84,10 +84,6 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
     here (tests), ``"debug"`` in this process. ``partition``/``time_minutes``/``max_parallel``: the
     partition, the time limit per run (default 60 minutes) and how many array tasks run at once.
     ``on_submitted(jobs by run key)`` is called once the jobs are submitted (tests use it)."""
-    from .common import check_cluster_settings
-    from ..config import ConfigError
-    from ..sweep import _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
-
     submitit = import_submitit()
     check_cluster_settings(sweep)
     if time_minutes is not None and time_minutes < 1:
