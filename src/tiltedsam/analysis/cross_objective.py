@@ -46,19 +46,8 @@ from torch import Tensor, nn
 
 from ..functional import NOISE_KINDS, NORM_EPS, draw_noise, global_norm
 from ..tilt import check_tilt, effective_sample_size, tilted_mean, tilted_weights
-from ._common import (
-    ResultMixin,
-    LossFn,
-    as_batches,
-    check_mode,
-    check_nonnegative_float,
-    check_positive_int,
-    mean_gradient,
-    mean_loss,
-    preserved_model_state,
-    progress_bar,
-    trainable_parameters,
-)
+from ._common import (ResultMixin, LossFn, as_batches, check_mode, check_nonnegative_float, check_positive_int,
+                      mean_gradient, mean_loss, preserved_model_state, progress_bar, trainable_parameters)
 from .neighborhood import bootstrap_standard_errors
 
 __all__ = ["cross_objective", "ObjectiveLosses", "cross_objective_table", "CrossObjectiveTable", "OBJECTIVES",
@@ -100,26 +89,11 @@ def _check_noise(noise: str) -> str:
     return noise
 
 
-def cross_objective(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
-    *,
-    rho: float = 0.05,
-    ascent_steps: int = 4,
-    tilt: float = 20.0,
-    radius: float | None = None,
-    noise: str = "uniform",
-    sampler: str = "ball",
-    num_draws: int = 32,
-    antithetic: bool = True,
-    seed: int = 0,
-    mode: str = "eval",
-    params: Sequence[Tensor] | None = None,
-    max_batches: int | None = None,
-    num_bootstrap: int = 200,
-    progress: bool | None = None,
-) -> ObjectiveLosses:
+def cross_objective(model: nn.Module, loss_fn: LossFn, data: Any, *, rho: float = 0.05, ascent_steps: int = 4,
+                    tilt: float = 20.0, radius: float | None = None, noise: str = "uniform", sampler: str = "ball",
+                    num_draws: int = 32, antithetic: bool = True, seed: int = 0, mode: str = "eval",
+                    params: Sequence[Tensor] | None = None, max_batches: int | None = None, num_bootstrap: int = 200,
+                    progress: bool | None = None) -> ObjectiveLosses:
     r"""ERM, SAM and TSAM losses of ``model`` on ``data`` (see the module docstring for the definitions).
 
     Costs one gradient and ``1 + ascent_steps + num_draws`` loss evaluations over ``data`` (plus one
@@ -185,23 +159,13 @@ def cross_objective(
             bar.close()
     flat = losses.flatten()
     tsam = float(tilted_mean(flat, tilt))
-    tsam_se = float(bootstrap_standard_errors(
-        losses, lambda v: tilted_mean(v.flatten(-2), tilt).unsqueeze(-1), num_bootstrap,
-        torch.Generator().manual_seed(seed + 1),
-    )[0])
-    return ObjectiveLosses(
-        erm=erm,
-        sam=sam,
-        tsam=tsam,
-        tsam_se=tsam_se,
-        tsam_expected=float(flat.mean()),
-        tsam_effective_sample_size=float(effective_sample_size(tilted_weights(flat, tilt))),
-        sam_step=sam_step,
-        gradient_norm=gradient_norm,
-        num_loss_evaluations=1 + (ascent_steps if gradient_norm > 0 and rho > 0 else 0) + num_draws,
-        sampler=sampler,
-        seconds=time.perf_counter() - start,
-    )
+    tsam_se = float(bootstrap_standard_errors(losses, lambda v: tilted_mean(v.flatten(-2), tilt).unsqueeze(-1),
+                                              num_bootstrap, torch.Generator().manual_seed(seed + 1))[0])
+    return ObjectiveLosses(erm=erm, sam=sam, tsam=tsam, tsam_se=tsam_se, tsam_expected=float(flat.mean()),
+                           tsam_effective_sample_size=float(effective_sample_size(tilted_weights(flat, tilt))),
+                           sam_step=sam_step, gradient_norm=gradient_norm,
+                           num_loss_evaluations=1 + (ascent_steps if gradient_norm > 0 and rho > 0 else 0) + num_draws,
+                           sampler=sampler, seconds=time.perf_counter() - start)
 
 
 @dataclass
@@ -239,10 +203,8 @@ class CrossObjectiveTable:
         return "\n\n".join(blocks) + "\n"
 
 
-def cross_objective_table(
-    models: Mapping[str, tuple[nn.Module, LossFn, Any, Any]],
-    **settings: Any,
-) -> CrossObjectiveTable:
+def cross_objective_table(models: Mapping[str, tuple[nn.Module, LossFn, Any, Any]],
+                          **settings: Any) -> CrossObjectiveTable:
     """Table 3 for several models: ``models`` maps a label to ``(model, loss_fn, train_data, test_data)``
     (``test_data`` may be ``None``); ``settings`` go to :func:`cross_objective` (same seed for every
     model, so models of one architecture are measured under the same perturbations)."""

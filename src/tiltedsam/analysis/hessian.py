@@ -21,30 +21,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._common import (
-    ResultMixin,
-    LossFn,
-    _scalar_loss,
-    as_batches,
-    call_model,
-    check_mode,
-    check_positive_int,
-    preserved_model_state,
-    progress_bar,
-    trainable_parameters,
-    weighted_batches,
-)
+from ._common import (ResultMixin, LossFn, _scalar_loss, as_batches, call_model, check_mode, check_positive_int,
+                      preserved_model_state, progress_bar, trainable_parameters, weighted_batches)
 
-__all__ = [
-    "HessianOperator",
-    "lanczos",
-    "LanczosResult",
-    "hessian_eigenvalues",
-    "HessianEigenResult",
-    "hessian_trace",
-    "HessianTraceResult",
-    "TRACE_METHODS",
-]
+__all__ = ["HessianOperator", "lanczos", "LanczosResult", "hessian_eigenvalues", "HessianEigenResult", "hessian_trace",
+           "HessianTraceResult", "TRACE_METHODS"]
 
 TRACE_METHODS = ("hutchinson", "hutch++")
 
@@ -116,10 +97,8 @@ class HessianOperator:
             if not used:
                 continue
             with torch.enable_grad():
-                products = torch.autograd.grad(
-                    [g for g, _ in used], self.params, grad_outputs=[v for _, v in used],
-                    retain_graph=self._single_batch, allow_unused=True,
-                )
+                products = torch.autograd.grad([g for g, _ in used], self.params, grad_outputs=[v for _, v in used],
+                                               retain_graph=self._single_batch, allow_unused=True)
             flat = torch.cat([
                 torch.zeros(n, device=self.device, dtype=self.dtype) if h is None else h.reshape(-1)
                 for h, n in zip(products, self.sizes)
@@ -146,19 +125,10 @@ class LanczosResult:
     converged: bool
 
 
-def lanczos(
-    matvec: Callable[[Tensor], Tensor],
-    dim: int,
-    *,
-    num_largest: int,
-    num_smallest: int = 0,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    progress: bool | None = None,
-) -> LanczosResult:
+def lanczos(matvec: Callable[[Tensor], Tensor], dim: int, *, num_largest: int, num_smallest: int = 0,
+            max_iter: int = 100, tol: float = 1e-4, generator: torch.Generator | None = None,
+            dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+            progress: bool | None = None) -> LanczosResult:
     r"""Lanczos tridiagonalisation of a symmetric operator with full re-orthogonalisation.
 
     Builds an orthonormal basis :math:`Q_m` of the Krylov space :math:`\mathcal K_m(H, q_1)` and the
@@ -261,22 +231,10 @@ class HessianEigenResult(ResultMixin):
         return out
 
 
-def hessian_eigenvalues(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
-    k: int = 5,
-    *,
-    smallest: int = 0,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    seed: int = 0,
-    mode: str = "eval",
-    params: Sequence[Tensor] | None = None,
-    max_batches: int | None = None,
-    return_eigenvectors: bool = False,
-    progress: bool | None = None,
-) -> HessianEigenResult:
+def hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Any, k: int = 5, *, smallest: int = 0,
+                        max_iter: int = 100, tol: float = 1e-4, seed: int = 0, mode: str = "eval",
+                        params: Sequence[Tensor] | None = None, max_batches: int | None = None,
+                        return_eigenvectors: bool = False, progress: bool | None = None) -> HessianEigenResult:
     r"""Top-``k`` eigenvalues of the loss Hessian :math:`\nabla^2 L(\theta)` (descending), by Lanczos.
 
     ``smallest=j`` also returns the ``j`` algebraically smallest (most negative) eigenvalues from the
@@ -316,23 +274,13 @@ def hessian_eigenvalues(
         low_values, low_residuals, low_vectors = pairs(bottom)
         operator.release()
     scale = max([abs(v) for v in top_values + low_values] + [torch.finfo(torch.float64).tiny])
-    return HessianEigenResult(
-        eigenvalues=top_values,
-        residuals=top_residuals,
-        relative_residuals=[r / scale for r in top_residuals],
-        smallest_eigenvalues=low_values,
-        smallest_residuals=low_residuals,
-        iterations=m,
-        converged=run.converged,
-        num_hessian_vector_products=operator.num_products,
-        tol=tol,
-        mode=mode,
-        seed=seed,
-        num_parameters=operator.dim,
-        seconds=time.perf_counter() - start,
-        eigenvectors=top_vectors.detach() if return_eigenvectors else None,
-        smallest_eigenvectors=low_vectors.detach() if return_eigenvectors and smallest else None,
-    )
+    return HessianEigenResult(eigenvalues=top_values, residuals=top_residuals,
+                              relative_residuals=[r / scale for r in top_residuals], smallest_eigenvalues=low_values,
+                              smallest_residuals=low_residuals, iterations=m, converged=run.converged,
+                              num_hessian_vector_products=operator.num_products, tol=tol, mode=mode, seed=seed,
+                              num_parameters=operator.dim, seconds=time.perf_counter() - start,
+                              eigenvectors=top_vectors.detach() if return_eigenvectors else None,
+                              smallest_eigenvectors=low_vectors.detach() if return_eigenvectors and smallest else None)
 
 
 @dataclass
@@ -352,19 +300,9 @@ def _rademacher(dim: int, count: int, generator: torch.Generator, dtype: torch.d
     return (signs.to(device, dtype) * 2 - 1)
 
 
-def hessian_trace(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
-    *,
-    num_samples: int = 60,
-    method: str = "hutch++",
-    seed: int = 0,
-    mode: str = "eval",
-    params: Sequence[Tensor] | None = None,
-    max_batches: int | None = None,
-    progress: bool | None = None,
-) -> HessianTraceResult:
+def hessian_trace(model: nn.Module, loss_fn: LossFn, data: Any, *, num_samples: int = 60, method: str = "hutch++",
+                  seed: int = 0, mode: str = "eval", params: Sequence[Tensor] | None = None,
+                  max_batches: int | None = None, progress: bool | None = None) -> HessianTraceResult:
     r"""Trace of the loss Hessian with a standard error, from ``num_samples`` Hessian-vector products.
 
     * ``"hutchinson"``: :math:`\widehat{\mathrm{tr}} = \frac1n \sum_i z_i^\top H z_i` with Rademacher
@@ -418,13 +356,6 @@ def hessian_trace(
         operator.release()
     estimate = exact_part + float(forms.mean())
     standard_error = float(forms.std() / math.sqrt(forms.numel())) if forms.numel() > 1 else math.nan
-    return HessianTraceResult(
-        estimate=estimate,
-        standard_error=standard_error,
-        method=method,
-        num_samples=operator.num_products,
-        mode=mode,
-        seed=seed,
-        num_parameters=operator.dim,
-        seconds=time.perf_counter() - start,
-    )
+    return HessianTraceResult(estimate=estimate, standard_error=standard_error, method=method,
+                              num_samples=operator.num_products, mode=mode, seed=seed, num_parameters=operator.dim,
+                              seconds=time.perf_counter() - start)

@@ -29,15 +29,8 @@ from .cross_objective import CrossObjectiveTable, ObjectiveLosses, cross_objecti
 from .hessian import TRACE_METHODS, hessian_eigenvalues, hessian_trace
 from .neighborhood import _check_sigmas, _check_tilts, neighborhood_loss
 
-__all__ = [
-    "ANALYSES",
-    "REPORT_FORMAT",
-    "ReportSettings",
-    "analyze_models",
-    "render_markdown",
-    "plot_neighborhood_curves",
-    "write_flatness_report",
-]
+__all__ = ["ANALYSES", "REPORT_FORMAT", "ReportSettings", "analyze_models", "render_markdown",
+           "plot_neighborhood_curves", "write_flatness_report"]
 
 ANALYSES = ("neighborhood", "hessian", "trace", "cross_objective")
 REPORT_FORMAT = "tiltedsam.flatness-report/1"
@@ -121,12 +114,8 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def analyze_models(
-    models: Mapping[str, tuple[Any, Any, Any, Any]],
-    settings: ReportSettings | None = None,
-    *,
-    metadata: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
+def analyze_models(models: Mapping[str, tuple[Any, Any, Any, Any]], settings: ReportSettings | None = None, *,
+                   metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Run the selected analyses on every model and return the report as a JSON-ready dict.
 
     ``models`` maps a label to ``(model, loss_fn, train_data, test_data)``; ``test_data`` may be None
@@ -199,12 +188,10 @@ def analyze_models(
             for split in SPLITS:
                 if data[split] is None:
                     continue
-                losses = cross_objective(
-                    model, loss_fn, data[split], rho=settings.sam_rho, ascent_steps=settings.sam_ascent_steps,
-                    tilt=settings.tsam_tilt, radius=settings.tsam_radius, noise=settings.tsam_noise,
-                    sampler=settings.tsam_sampler,
-                    num_draws=settings.cross_draws, **common,
-                )
+                losses = cross_objective(model, loss_fn, data[split], rho=settings.sam_rho,
+                                         ascent_steps=settings.sam_ascent_steps, tilt=settings.tsam_tilt,
+                                         radius=settings.tsam_radius, noise=settings.tsam_noise,
+                                         sampler=settings.tsam_sampler, num_draws=settings.cross_draws, **common)
                 entry_report["cross_objective"][split] = losses.to_dict()
                 timings["cross_objective"] += losses.seconds
             tick("cross_objective")
@@ -360,13 +347,9 @@ def plot_neighborhood_curves(report: Mapping[str, Any], path: str | os.PathLike[
     return _atomic_write(Path(path), buffer.getvalue())
 
 
-def write_flatness_report(
-    models: Mapping[str, tuple[Any, Any, Any, Any]],
-    out_dir: str | os.PathLike[str],
-    settings: ReportSettings | None = None,
-    *,
-    metadata: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
+def write_flatness_report(models: Mapping[str, tuple[Any, Any, Any, Any]], out_dir: str | os.PathLike[str],
+                          settings: ReportSettings | None = None, *,
+                          metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Analyse ``models`` (label -> (model, loss_fn, train_data, test_data)) and write ``report.json``,
     ``report.md`` and ``fig2.png`` into ``out_dir`` (created if needed; each file atomically).
     Returns the report dict, with the written paths under ``"files"``."""

@@ -1,15 +1,9 @@
-"""What a checkpoint must hold before a run resumes from it, and why a checkpoint write failed.
+"""What a checkpoint must hold before a run resumes from it.
 
-The checksum of :mod:`tiltedsam.harness.checkpoints` proves a file is what ``save_checkpoint``
-wrote, not that a *run* wrote it: a payload re-saved through ``save_checkpoint`` with a weight of
-another shape, no ``rng``, ``epoch = "one"`` or ``step = 10**6`` has a valid checksum.
-:func:`check_resume_state` checks the structure against the run being resumed (the model and
-optimizer just built, the budget just resolved) and restores it, turning every failure into one
-:class:`CheckpointError` line naming the file and the entry.
-
-:func:`write_failure` turns the exception of a failed checkpoint write (``torch.save`` reports a
-full disk or a file-size limit as a bare ``RuntimeError`` of its zip writer) into one line naming
-the file and the likely cause; the previous checkpoint is untouched (atomic write).
+A valid checksum (:mod:`.checkpoints`) proves a file is what ``save_checkpoint`` wrote, not that a
+run wrote it (a re-saved payload may hold a weight of another shape, no ``rng``, ``epoch = "one"``).
+:func:`check_resume_state` checks the structure against the run being resumed and restores it;
+every failure is one :class:`CheckpointError` line naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -34,12 +28,10 @@ def check_resume_state(checkpoint: dict[str, Any], file: Path, budget: Any, mode
                        load_training_state: Any = None) -> None:
     """Validate ``checkpoint`` for a run of ``budget`` and restore model, optimizer, scheduler and RNGs.
 
-    Checks: ``epoch`` and ``step`` integers with ``0 <= step <= total_steps`` and ``step`` equal to
-    ``min(epoch * steps_per_epoch, total_steps)`` (what the train loop writes); ``metrics``, where a
-    checkpoint of an older version holds it, a list of ``epoch`` rows (dicts); ``train_seconds`` and
-    ``wall_seconds`` finite numbers >= 0; ``rng`` with the four generators' states; model weights of the right
-    names and shapes (``load_state_dict``). ``load_training_state()``, when given, restores the model and
-    the optimizer instead (a sharded run's checkpoint lives in a ``torch.distributed.checkpoint`` folder).
+    Checks: integers ``epoch``, ``step`` with ``step = min(epoch * steps_per_epoch, total_steps)``; an
+    older version's ``metrics``, a list of ``epoch`` dicts; ``train_seconds``, ``wall_seconds`` finite
+    and >= 0; ``rng`` with four generators' states; weights that load. ``load_training_state()``, when
+    given, restores model and optimizer instead (a sharded run's ``torch.distributed.checkpoint``).
     """
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {str(file)!r} does not fit this run: {what}; not resuming from it "

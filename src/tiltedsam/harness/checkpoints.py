@@ -16,19 +16,13 @@ booleans and ``None``, nothing else::
     ess_warning       the run's tilt diagnostic so far (a string) or None
     finished          True once the budget is spent
 
-The per-epoch metrics are not in the checkpoint: they live in the run directory's ``metrics.csv``
-alone (docs/harness.md, "Storage"); a resumed run keeps its first ``epoch`` rows.
+The per-epoch metrics live in the run directory's ``metrics.csv`` alone (docs/harness.md).
 
 Checkpoints are data, never code: :func:`save_checkpoint` refuses anything else (naming where it
-sits in the payload) and :func:`load_checkpoint` reads with ``torch.load(weights_only=True)``, whose
-unpickler rebuilds only tensors and plain containers, so a file carrying a pickled object with a
-``__reduce__`` (the usual way to run code on unpickling) is refused before anything runs. The
-checksum (over tensor dtypes, shapes and bytes, and every key and value) is verified on load, so
-flipped bytes give a one-line error instead of a run that silently trains from corrupt weights.
-
-It is written to a temporary file next to the target and moved into place with ``os.replace``,
-so a crash leaves either the previous checkpoint or the new one, never a torn file; a temporary
-file left by a killed process is removed by the next save.
+sits) and :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, so a pickled object is
+refused before anything runs; the checksum (tensor dtypes, shapes, bytes, every key and value) is
+verified on load. Writes go to a temporary file moved into place (``os.replace``): a crash leaves
+the previous checkpoint or the new one, and the next save removes a killed process's leftovers.
 """
 
 from __future__ import annotations
@@ -45,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import atomic_write_with, remove_stale_temporaries
+from .._version import __version__
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "payload_checksum"]
@@ -58,12 +53,9 @@ class CheckpointError(ValueError):
 
 
 def _feed(digest: Any, value: Any, where: str) -> None:
-    """Canonical serialisation of ``value`` into ``digest`` (type tag, length-prefixed contents).
-
-    Mappings are fed in the order of their sorted (type, repr) keys, lists and tuples alike (the
-    unpickler may rebuild either), tensors as dtype, shape and raw bytes. Anything else is not
-    checkpoint data: :class:`CheckpointError` naming ``where`` it sits.
-    """
+    """Canonical serialisation of ``value`` into ``digest`` (type tag, length-prefixed contents): dicts
+    by sorted (type, repr) keys, lists and tuples alike, tensors as dtype, shape and raw bytes;
+    anything else is a :class:`CheckpointError` naming ``where`` it sits."""
     def tag(kind: bytes, body: bytes) -> None:
         digest.update(kind + struct.pack("<Q", len(body)) + body)
 
@@ -105,23 +97,14 @@ def _feed(digest: Any, value: Any, where: str) -> None:
 
 
 def payload_checksum(payload: dict[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical serialisation of ``payload`` without its ``checksum`` entry.
-
-    Raises :class:`CheckpointError` when the payload holds anything but plain data.
-    """
+    """SHA-256 (hex) of ``payload`` without its ``checksum`` entry (:class:`CheckpointError` unless plain data)."""
     digest = hashlib.sha256()
     _feed(digest, {k: v for k, v in payload.items() if k != "checksum"}, "payload")
     return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """``torch.save`` ``payload`` (plus the format tag, version and checksum) to ``path`` atomically.
-
-    The payload must be plain data (see the module docstring); temporary files a killed earlier
-    save left next to ``path`` are removed first.
-    """
-    from .._version import __version__
-
+    """``torch.save`` plain-data ``payload`` (plus format tag, version and checksum) to ``path`` atomically."""
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "package_version": __version__, **payload}
     payload["checksum"] = payload_checksum(payload)
@@ -153,7 +136,6 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     format and that its checksum matches (:class:`CheckpointError`, one line naming the file, if not)."""
     file = find_checkpoint(path)
     try:
-        # weights_only: tensors and plain containers only; a pickled object is refused, never built
         with warnings.catch_warnings():  # a foreign pickle's protocol warning would break the one-line error
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             payload = torch.load(file, map_location=map_location, weights_only=True)

@@ -1,15 +1,10 @@
 """The main job: ERM vs SAM vs ESAM1 vs TSAM on MNIST-5k with 20% label noise (``tiltedsam compare``).
 
-The comparison is a sweep (:mod:`tiltedsam.harness.sweep`) with one setting per optimizer and
-several seeds:
-
-* ``sgd`` (ERM), ``sam`` (rho 0.05) and ``tsam`` (a fixed t calibrated to ESS ≈ s/2, s = 3, rho 0.05;
-  the Algorithm 2 sampler, so 2 s = 6 gradient evaluations per step) train for the same number of epochs;
-* ``esam1`` is SAM given TSAM's gradient-evaluation budget: 3x as many steps (epochs).
-
-Every run is evaluated on the validation and test splits after each epoch; the report shows the
-test accuracy after the last epoch *and* at the best-validation epoch. The validation split carries
-the same label noise as the training split (as it would in practice) unless ``clean_validation``.
+A sweep with one setting per optimizer and several seeds: ``sgd`` (ERM), ``sam`` (rho 0.05) and
+``tsam`` (t calibrated to ESS ≈ s/2, s = 3, rho 0.05: 6 gradient evaluations per step) train for the
+same epochs; ``esam1`` is SAM with TSAM's gradient-evaluation budget (3x the steps). The report shows
+test accuracy after the last and at the best-validation epoch; the validation split carries the
+training split's label noise unless ``clean_validation``.
 """
 
 from __future__ import annotations
@@ -18,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import apply_overrides
+from .._limits import check_seed_count
+from .config import apply_overrides, from_dict
+from .report import MEASURES, write_report
 from .sweep import SweepConfig, expand_grid, run_sweep
 
 __all__ = ["COMPARE_LABELS", "compare_config", "run_compare", "verdict", "DEFAULT_EPOCHS",
@@ -62,8 +59,6 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
     (e.g. ``base.data.limit=1000``)."""
     epochs = epochs or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
     seeds = seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS)
-    from .._limits import check_seed_count
-
     check_seed_count("--seeds", seeds)  # before list(range(seeds)) below
     labels = list(COMPARE_LABELS)  # registry names: expand_grid names any this installation lacks
     base: dict[str, Any] = {
@@ -92,18 +87,13 @@ def compare_config(*, quick: bool = False, out_dir: str | None = None, epochs: i
         "workers": workers or min(DEFAULT_WORKERS, cpus), "threads_per_worker": 0, "progress": progress,
         "base": base, "variants": {label: variants[label] for label in labels},
     }
-    from .config import from_dict
-
     return from_dict(SweepConfig, apply_overrides(data, list(overrides)))
 
 
 def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
-    """One paragraph from the paired intervals of :func:`tiltedsam.harness.report.build_report`'s
-    summary: for each measure, ``target`` against the reference (and every other optimizer against
-    the reference), e.g. "TSAM − SAM = +1.40 points, 95% CI [+0.20, +2.60]: TSAM is better (Holm p 0.01)",
-    and "not detected" with the minimal detectable effect when the Holm-adjusted p is not below 0.05."""
-    from .report import MEASURES
-
+    """One paragraph from the paired intervals of a :func:`tiltedsam.harness.report.build_report`
+    summary, per measure and optimizer against the reference, e.g. "TSAM − SAM = +1.40 points, 95% CI
+    [+0.20, +2.60]: TSAM is better (Holm p 0.01)", or "not detected" with the minimal detectable effect."""
     if target not in summary:
         return f"{target} has no finished runs."
     reference = summary[target].get("reference")
@@ -140,8 +130,6 @@ def verdict(summary: dict[str, Any], target: str = "tsam") -> str:
 def run_compare(sweep: SweepConfig, reference: str | None = None) -> tuple[str, Path]:
     """Run (or resume) the comparison and write its report; returns (Markdown text, output directory).
     ``reference``: the label of the paired differences (default SAM)."""
-    from .report import write_report
-
     counts = run_sweep(sweep)
     if counts["failed"]:
         raise RuntimeError(f"{counts['failed']} comparison run(s) failed; see the 'error' column of "

@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .._tables import markdown_table
+from .sweep import iter_results, open_database
 from .tasks import TABLE1_GLUE_NUMBERS
 
 __all__ = ["glue_table", "glue_rows"]
@@ -55,8 +57,7 @@ def glue_table(results: list[dict[str, Any]]) -> str:
     table = glue_rows(results)
     if not table:
         return ""
-    header = ["objective", *(t.upper() for t in _ORDER), "AVG"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for label, tasks in table.items():
         cells, numbers = [], []
         for task in _ORDER:
@@ -74,15 +75,14 @@ def glue_table(results: list[dict[str, Any]]) -> str:
                 cell += f" (F1 {metrics['f1']:.4f})"
             cells.append(cell)
         average = sum(numbers) / len(numbers) if all(math.isfinite(v) for v in numbers) else float("nan")
-        lines.append("| " + " | ".join([label, *cells, f"{average:.4f}" if math.isfinite(average) else "-"]) + " |")
+        rows.append([label, *cells, f"{average:.4f}" if math.isfinite(average) else "-"])
+    header = ["objective", *(t.upper() for t in _ORDER), "AVG"]
     return ("## GLUE (Table 1 layout; test = dev set, best-validation setting and epoch, mean over seeds)\n\n"
-            + "\n".join(lines) + "\n\nAVG = plain mean of the numbers Table 1 shows (CoLA MCC and accuracy, "
+            + markdown_table(header, rows) + "\n\nAVG = plain mean of the numbers Table 1 shows (CoLA MCC and accuracy, "
             "STS-B Pearson and Spearman, one accuracy per other task).\n")
 
 
 def glue_table_from_database(path: str | Path) -> str:
-    from .sweep import iter_results, open_database
-
     connection = open_database(path)
     try:
         return glue_table(list(iter_results(connection)))

@@ -1,11 +1,9 @@
 """Tables and plots from a sweep (or one run directory), in the paper's formats (docs/harness.md).
 
-Per optimizer label the setting (all axes but the seed) with the best mean validation accuracy is
-chosen, as in the paper; its test accuracy is shown after the **final** epoch and at the
-**best-validation** epoch (they differ under label noise, so an equal-compute baseline like ESAM1 is
-only fair with both). Comparisons are paired by seed against a reference (default SAM): 95% t
-intervals from :func:`tiltedsam.harness.stats.paired_by_seed`. Runs are found through the sweep
-index and read from their run directories. Files (:func:`write_report`): ``report.md``,
+Per optimizer label the setting with the best mean validation accuracy is chosen, as in the paper;
+its test accuracy is shown after the **final** and at the **best-validation** epoch (they differ
+under label noise). Comparisons are paired by seed against a reference (default SAM): 95% t
+intervals (:func:`tiltedsam.harness.stats.paired_by_seed`). Files (:func:`write_report`): ``report.md``,
 ``accuracy.csv``, ``cost.csv``, ``accuracy_by_t.csv``, ``accuracy_by_s.csv``, ``runs.csv`` (percent,
 ``\n`` line endings), ``summary.json`` (fractions), ``convergence.png``, ``accuracy_vs_t.png``.
 """
@@ -25,6 +23,7 @@ from .. import _json
 from .._atomic import atomic_write_with
 from .._tables import csv_text, markdown_table
 from ..optim.diagnostics import ess_message as _ess_message
+from ..optim.registry import REGISTRY
 from .config import atomic_write_text
 from .stats import holm, minimal_detectable_effect, paired_by_seed
 from .report_input import failed_runs_checked, load_checked, skipped_markdown
@@ -121,8 +120,7 @@ class Report:
 def _by_axis(runs: list[dict[str, Any]], axis: str) -> dict[str, list[tuple[Any, list[dict[str, Any]]]]]:
     """For each label whose runs vary ``axis`` (or set it): value -> runs of the best setting at that value."""
     out: dict[str, list[tuple[Any, list[dict[str, Any]]]]] = {}
-    labels = sorted({r["label"] for r in runs})
-    for label in labels:
+    for label in sorted({r["label"] for r in runs}):
         mine = [r for r in runs if r["label"] == label]
         values = {json.dumps(_axis_value(r, axis)) for r in mine}
         if any(v == "null" for v in values):
@@ -144,16 +142,13 @@ def _axis_value(run: dict[str, Any], axis: str) -> Any:
     if name in settings:
         return settings[name]
     if run["optimizer"] == "tsam":  # registry defaults apply
-        from ..optim.registry import REGISTRY
-
         return REGISTRY["tsam"].defaults.get(name)
     return None
 
 
 @dataclass
 class _SweepRuns:
-    """What a report reads: the finished runs (from the index and their run directories), each
-    run's epoch rows (its metrics.csv), and the index's status counts, failures and meta."""
+    """What a report reads: finished runs, their epoch rows, the index's status counts, failures and meta."""
 
     runs: list[dict[str, Any]]
     epochs: dict[str, list[dict[str, Any]]]
@@ -164,9 +159,8 @@ class _SweepRuns:
 
 
 def _load(db: str | Path, only_keys: set[str] | None) -> _SweepRuns:
-    """Runs through the sweep index; results from each run directory's result.json, epochs from its
-    metrics.csv (a schema-2 database's own copies only for a run directory that lacks them). Rows
-    and files that cannot be read are named in ``skipped`` and left out (:mod:`.report_input`)."""
+    """The sweep's runs through :mod:`.report_input` (unreadable rows and files named in ``skipped``);
+    ValueError when no run finished."""
     connection = open_database(db, read_only=True)
     try:
         runs, epochs, skipped = load_checked(connection, only_keys)
@@ -188,13 +182,9 @@ def _load(db: str | Path, only_keys: set[str] | None) -> _SweepRuns:
 
 def build_report(db: str | Path, title: str | None = None, only_keys: set[str] | None = None,
                  epilogue: Callable[[dict[str, Any]], str] | None = None, reference: str | None = None) -> Report:
-    """Read a sweep (raises SweepError if its database is missing/of another version) and assemble
-    every table.
-
-    ``only_keys`` restricts the report to those run keys (the current grid of a sweep whose database
-    also holds older runs); ``epilogue(summary)`` returns Markdown appended to the report;
-    ``reference`` is the label the paired differences are taken against (default:
-    :func:`default_reference`).
+    """Read a sweep (SweepError if its database is missing or of another version) and assemble every
+    table. ``only_keys`` restricts the report to those run keys; ``epilogue(summary)`` returns Markdown
+    appended to it; ``reference`` is the label of the paired differences (:func:`default_reference`).
     """
     loaded = _load(db, only_keys)
     runs = loaded.runs
@@ -302,15 +292,12 @@ def _mde(diff: Any) -> float | None:
 
 
 def _holm_verdicts(family: list[dict[str, Any]]) -> None:
-    """Holm-adjust the p-values of the report's paired comparisons (every optimizer against the reference
-    on both accuracy measures: one family) and keep "better"/"worse" only where the adjusted p < 0.05;
-    the rest read "not detected" (with the comparison's minimal detectable effect beside it)."""
-    tested = [d for d in family if d.get("p") is not None]
+    """Holm-adjust the p-values of the report's paired comparisons (one family) and keep
+    "better"/"worse" only where the adjusted p < 0.05; the rest read "not detected"."""
+    tested = [d for d in family if d.get("p") is not None]  # n >= 2: better, worse or inside noise
     for d, adjusted in zip(tested, holm([d["p"] for d in tested])):
         d["holm_p"] = adjusted
-        if d["verdict"] in ("better", "worse") and adjusted >= 0.05:
-            d["verdict"] = "not detected"
-        elif d["verdict"] == "inside noise":
+        if d["verdict"] == "inside noise" or adjusted >= 0.05:
             d["verdict"] = "not detected"
 
 
@@ -392,9 +379,8 @@ def _curves(runs: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]])
     return dict(series)
 
 
-def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference: str,
-              markdown_tables: dict[str, Any], summary: dict[str, Any], plot_by_t: bool,
-              epilogue: Callable[[dict[str, Any]], str] | None) -> str:
+def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference: str, markdown_tables: dict[str, Any],
+              summary: dict[str, Any], plot_by_t: bool, epilogue: Callable[[dict[str, Any]], str] | None) -> str:
     """report.md: the settings line, the tables, the figures, the failed runs and the epilogue."""
     first = loaded.runs[0]["config"]
     noise = first["data"]["label_noise"]
@@ -446,9 +432,8 @@ def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference
 
 
 def _styles(labels: list[str]) -> dict[str, dict[str, Any]]:
-    """A fixed colour, line style, marker and marker offset per label, so overlapping curves stay
-    distinguishable (ESAM1 follows SAM's trajectory exactly until SAM's budget ends: different line
-    style, marker and marker positions make both visible from the first shared point on)."""
+    """A fixed colour, line style, marker and marker offset per label, so overlapping curves (ESAM1
+    follows SAM's exactly until SAM's budget ends) stay distinguishable."""
     lines, markers = ["-", "--", "-.", ":"], ["o", "s", "^", "D", "v", "P"]
     return {label: {"color": f"C{i % 10}", "linestyle": lines[i % len(lines)], "marker": markers[i % len(markers)],
                     "markevery": (i % 3, 3), "linewidth": 2.2 - 0.3 * (i % 4)}
@@ -467,12 +452,23 @@ def _mean_band(ax, x: np.ndarray, values: np.ndarray, label: str, style: dict[st
         ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=line.get_color(), linewidth=0)
 
 
-def _plot_convergence(report: Report, path: Path) -> None:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write_with(path, lambda temporary: fig.savefig(temporary, format="png", dpi=120))
+    _pyplot().close(fig)
+
+
+def _plot_convergence(report: Report, path: Path) -> None:
+    plt = _pyplot()
     clean = any(np.isfinite(np.asarray(s, dtype=float)).any() for series in report.curves.values()
                 for s in series.get("train_loss_at_theta", []) if len(s))
     loss_metric = "train_loss_at_theta" if clean else "train_loss"
@@ -509,18 +505,11 @@ def _plot_convergence(report: Report, path: Path) -> None:
         ax.legend(fontsize=8)
     band = "mean ± std over seeds" if max(seeds, default=1) > 1 else "one seed: no uncertainty band"
     fig.suptitle(f"Convergence, selected setting per optimizer ({band})")
-    fig.tight_layout()
-    atomic_write_with(path, lambda temporary: fig.savefig(temporary, format="png", dpi=120))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_by_t(report: Report, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4.5))
     styles = _styles(list(report.summary))
     all_ts: set[float] = set()
     for label, points in report.by_t.items():
@@ -556,9 +545,7 @@ def _plot_by_t(report: Report, path: Path) -> None:
     ax.set_ylabel("test accuracy (%) at the best-val epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write_with(path, lambda temporary: fig.savefig(temporary, format="png", dpi=120))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_report(db: str | Path, out_dir: str | Path | None = None, title: str | None = None,
@@ -594,5 +581,4 @@ def run_report(run_dir: str | Path) -> str:
     return (f"# Run {result['label']} (seed {result['seed']}, key {result['run_key']})\n\n"
             f"Final test accuracy {100 * result['final_test_acc']:.2f}%; best-val epoch {result['best_val_epoch']} "
             f"with test accuracy {100 * result['best_val_test_acc']:.2f}%; {result['grad_evals']} gradient "
-            f"evaluations in "
-            f"{result['train_seconds']:.1f} s ({result['budget']}).\n\n{table}\n")
+            f"evaluations in {result['train_seconds']:.1f} s ({result['budget']}).\n\n{table}\n")

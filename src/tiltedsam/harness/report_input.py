@@ -1,18 +1,11 @@
-"""Reading a sweep that a user edited or a tool damaged: index rows and run files that cannot be read
-are named and skipped, never averaged and never a traceback.
+"""Reading a sweep that a user edited or a tool damaged: rows and run files that cannot be read are
+named in one line each (run key, label, seed, what is wrong) and skipped, never averaged.
 
-A finished run is used only when its result (the run directory's ``result.json``; for a schema-2
-database whose run directory lacks it, the database's own ``result`` column) is a JSON object of
-the result format whose accuracies are numbers in [0, 1], whose epochs, steps, seconds and gradient
-evaluations are finite and non-negative (epochs and steps integers, ``best_val_epoch`` >= 1,
-``grad_evals_per_step`` > 0), whose index row has a ``setting`` that is a JSON object, a ``config``
-that is a valid run config and a ``run_dir`` that is text. A finished run whose run directory is
-gone (no ``result.json``, no database copy) is named too. The epochs are read from the run
-directory's ``metrics.csv``; a file that cannot be read is named and the run is kept without curves.
-A schema-2 database's own epoch rows (only for a run directory without ``metrics.csv``) must be JSON
-objects; their non-numeric values read as "not measured" (NaN). A failed run whose ``setting``
-cannot be read is listed with an empty setting. Each skipped row or file is described in one line
-(run key, label, seed, what is wrong); the report lists them under "Skipped database rows".
+A finished run is used when its result (``result.json``, else a schema-2 database's ``result``
+column) is a result-format JSON object with accuracies in [0, 1] and finite, non-negative counts
+(:data:`_RESULT_FIELDS`), and its row has a JSON-object ``setting``, a valid run ``config`` and a
+text ``run_dir``. An unreadable ``metrics.csv`` keeps the run without curves; a schema-2 database's
+epoch rows must be JSON objects (non-numbers read as NaN). An unreadable failed run's setting is ``{}``.
 """
 
 from __future__ import annotations
@@ -24,6 +17,9 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from .config import ConfigError, RunConfig, _nonfinite_from_strings, from_dict, to_dict
+from .rundir import read_metrics, read_result
 
 __all__ = ["load_checked", "failed_runs_checked", "skipped_markdown"]
 
@@ -67,16 +63,12 @@ def _json(text: Any, what: str) -> Any:
     if not isinstance(text, str):
         raise ValueError(f"{what} is {'NULL' if text is None else type(text).__name__}, not JSON text")
     try:
-        from .config import _nonfinite_from_strings
-
         return _nonfinite_from_strings(json.loads(text))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{what} is not valid JSON ({type(exc).__name__})") from None
 
 
 def _config_problem(config: Any) -> tuple[dict[str, Any] | None, str | None]:
-    from .config import ConfigError, RunConfig, from_dict, to_dict
-
     if not isinstance(config, dict):
         return None, f"config is {type(config).__name__}, not a JSON object"
     missing = [k for k in ("data", "model", "optimizer", "batch_size", "label_smoothing") if k not in config]
@@ -93,10 +85,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _run_result(row: sqlite3.Row) -> Any:
-    """The run's result: its ``result.json``, else (schema 2) the database's copy; ValueError naming the
-    file or column that cannot be read."""
-    from .rundir import read_result
-
+    """The run's ``result.json``, else (schema 2) the database's copy; ValueError naming what cannot be read."""
     file = Path(row["run_dir"]) / "result.json"
     if file.is_file():
         try:
@@ -116,11 +105,8 @@ def _clean_epoch(row: dict[str, Any]) -> dict[str, Any]:
 
 def load_checked(connection: sqlite3.Connection, only_keys: set[str] | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
-    """Finished runs (as :func:`tiltedsam.harness.sweep.iter_results` gives them) and their epoch rows,
-    without the rows and files that cannot be read; the third value describes each one skipped.
-    ``only_keys`` restricts the runs read to those run keys."""
-    from .rundir import read_metrics
-
+    """Finished runs (as :func:`tiltedsam.harness.sweep.iter_results` gives them, of ``only_keys``) and
+    their epoch rows, and a line for each row or file skipped."""
     runs: list[dict[str, Any]] = []
     skipped: list[str] = []
     epochs: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -183,7 +169,8 @@ def _legacy_epochs(connection: sqlite3.Connection, runs: list[dict[str, Any]],
 
 
 def failed_runs_checked(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
-    """:func:`tiltedsam.harness.sweep.failed_runs`, reading an unreadable setting as ``{}``."""
+    """Runs that failed or were interrupted: label, seed, setting (``{}`` when unreadable), status and
+    the error's last line."""
     out = []
     for r in connection.execute("SELECT run_key, label, seed, setting, status, error FROM runs "
                                 "WHERE status IN ('failed', 'interrupted') ORDER BY rowid"):

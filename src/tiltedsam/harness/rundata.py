@@ -1,9 +1,6 @@
-"""A run's data and trained model, rebuilt from its config: the one place that maps a
-:class:`~tiltedsam.harness.config.RunConfig` to :func:`~tiltedsam.harness.data.load_dataset`.
-
-Training (:mod:`.train`), the flatness analysis (:func:`load_for_analysis`) and anything else that
-needs a run's splits call :func:`load_run_data`, so a run and its analysis see the same examples,
-the same label noise and the same tokenizer.
+"""A run's data and trained model, rebuilt from its config: the one place that maps a run config to
+:func:`~tiltedsam.harness.data.load_dataset`, so that training and analysis see the same examples,
+label noise and tokenizer.
 """
 
 from __future__ import annotations
@@ -16,22 +13,19 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .checkpoint_checks import checked_config, load_weights
+from .checkpoints import find_checkpoint, load_checkpoint
 from .config import ConfigError, RunConfig, from_dict
+from .data import DATASETS, load_dataset
+from .models import MODELS, build_model
 
 __all__ = ["dataset_kwargs", "load_run_data", "AnalysisTarget", "load_for_analysis", "stack_dataset"]
 
 
 def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`~tiltedsam.harness.data.load_dataset` for ``config``.
-
-    A model that needs a particular encoding of its data (``minilm``: WordPiece ids,
-    ``tokenizer="minilm"``) declares it in :attr:`ModelSpec.data_options`; it is filled in here when
-    the data set takes that option and the config leaves it unset. An explicit conflicting choice
-    is a :class:`ConfigError` naming both values.
-    """
-    from .data import DATASETS
-    from .models import MODELS
-
+    """Keyword arguments of :func:`~tiltedsam.harness.data.load_dataset` for ``config``, with the
+    encoding the model declares in :attr:`ModelSpec.data_options` (``minilm``: ``tokenizer="minilm"``)
+    where the data set takes it; a conflicting explicit choice is a :class:`ConfigError`."""
     d = config.data
     options = dict(d.options)
     spec = MODELS.get(config.model.name)
@@ -51,8 +45,6 @@ def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
 
 def load_run_data(config: RunConfig) -> Any:
     """The :class:`~tiltedsam.harness.data.DataSplits` of ``config`` (its split, noise and options)."""
-    from .data import load_dataset
-
     return load_dataset(config.data.name, **dataset_kwargs(config))
 
 
@@ -70,13 +62,9 @@ def stack_dataset(dataset: Any, batch_size: int = 1000) -> tuple[Tensor, Tensor]
 
 @dataclass
 class AnalysisTarget:
-    """A trained model of a harness run with its data, ready for flatness analysis.
-
-    ``loss_fn(outputs, targets)`` is the mean cross-entropy *without* label smoothing (the plain
-    empirical loss the paper's sharpness/flatness measures are defined on; the run's training loss
-    used smoothing ``meta["config"]["label_smoothing"]``). ``train`` holds the training split with
-    the labels the model was trained on (noisy, if the run used label noise); ``test`` the test split.
-    """
+    """A trained model of a harness run with its data, ready for flatness analysis: ``loss_fn`` is the
+    mean cross-entropy without label smoothing (the paper's flatness measures use the plain loss);
+    ``train`` holds the labels the model was trained on (noisy under label noise)."""
 
     label: str
     model: nn.Module
@@ -88,22 +76,16 @@ class AnalysisTarget:
 
 def load_for_analysis(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> AnalysisTarget:
     """Rebuild the model of a run (directory or checkpoint file) with its weights and data splits."""
-    from .checkpoints import find_checkpoint, load_checkpoint
-    from .models import build_model
-
-    from .checkpoint_checks import checked_config, load_weights
-
     payload = load_checkpoint(path, map_location=device)
-    config = checked_config(payload, find_checkpoint(path), lambda data: from_dict(RunConfig, data))
+    file = find_checkpoint(path)
+    config = checked_config(payload, file, lambda data: from_dict(RunConfig, data))
     torch.manual_seed(config.seed)
     data = load_run_data(config)
     model = build_model(config.model.name, data, **config.model.options)
-    load_weights(model, payload, find_checkpoint(path))
+    load_weights(model, payload, file)
     model.to(device).eval()
-    result: dict[str, Any] = {}
-    result_file = find_checkpoint(path).parent / "result.json"
-    if result_file.is_file():
-        result = json.loads(result_file.read_text())
+    result_file = file.parent / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     train = tuple(t.to(device) for t in stack_dataset(data.train))
     test = tuple(t.to(device) for t in stack_dataset(data.test))
     label = f"{config.display_label} (seed {config.seed})"

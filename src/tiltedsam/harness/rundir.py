@@ -1,15 +1,8 @@
-"""The files of one run directory: the single home of a run's epochs and result.
-
-    config.toml, config.json   the resolved run config (written by :func:`.config.save_config`)
-    run.json                   seed, run key, versions, budget, data info (written once at start)
-    metrics.csv                one row per finished epoch (:data:`METRIC_COLUMNS`); accuracies are
-                               fractions in [0, 1]
-    checkpoint.pt              the state to resume from (:mod:`.checkpoints`), no metrics
-    result.json                the run's result (:data:`RESULT_FORMAT`), written once at the end
-
-Everything that needs a run's epochs (resume, the sweep report, ``tiltedsam report RUN_DIR``) reads
-``metrics.csv`` through :func:`read_metrics`; everything that needs its result reads ``result.json``
-through :func:`read_result`. The sweep database only indexes run directories (docs/harness.md).
+"""The files of one run directory, the single home of a run's epochs and result: config.toml and
+config.json (:func:`.config.save_config`), run.json (seed, key, versions, budget, data; at start),
+metrics.csv (one row per epoch, :data:`METRIC_COLUMNS`, accuracies as fractions), checkpoint.pt
+(:mod:`.checkpoints`) and result.json (:data:`RESULT_FORMAT`, at the end). Epochs are read through
+:func:`read_metrics`, results through :func:`read_result`; a sweep database only indexes run directories.
 """
 
 from __future__ import annotations
@@ -42,8 +35,8 @@ _INTEGER_COLUMNS = {"epoch", "step"}
 
 
 def write_metrics(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
-    """``metrics.csv`` from ``rows`` (atomically; ``repr`` of each float, so values round-trip exactly)."""
-    # a task's own metrics (GLUE: val_mcc, test_pearson, ...) follow the fixed columns
+    """``metrics.csv`` from ``rows`` (atomically; floats round-trip), a task's own metrics (GLUE:
+    ``val_mcc``, ...) after the fixed columns."""
     columns = METRIC_COLUMNS + sorted({k for r in rows for k in r if k not in METRIC_COLUMNS and _is_task_column(k)})
     table = [[row.get(column, "") for column in columns] for row in rows]
     atomic_write_text(Path(run_dir) / "metrics.csv", csv_text(columns, table))

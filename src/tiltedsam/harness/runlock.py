@@ -1,9 +1,8 @@
 """One writer per run directory: an OS lock held for the owning process's whole life.
 
-A run directory (``config.toml``, ``checkpoint.pt``, ``metrics.csv``, ``result.json``) must be written
-by one process at a time. A database lease (the sweep's ``owner``/``heartbeat``) is only a hint: a
-clock skew between hosts, or a process stopped with SIGSTOP/Ctrl-Z or a suspended laptop, makes a
-live owner's lease look stale. The run directory lock is the authority::
+A run directory must be written by one process at a time. A sweep's lease is only a hint (clock
+skew, or a process stopped with Ctrl-Z, makes a live owner's lease look stale); this lock is the
+authority::
 
     from tiltedsam.harness.runlock import RunDirectoryLock, RunDirectoryBusy
 
@@ -12,28 +11,18 @@ live owner's lease look stale. The run directory lock is the authority::
         lock.verify()            # before each write: still ours, directory still there
         ...
 
-How: ``flock(LOCK_EX | LOCK_NB)`` on the file ``.tiltedsam.lock`` inside the run directory. The
-kernel releases it when the process dies in any way (``kill -9``, out of memory, power loss of a
-local disk), so there is no stale lock to clean up and no timeout to guess; a stopped process keeps
-it. The lock file holds the owner's text (``host:pid:nonce`` for a sweep worker) for messages and
-for a sweep that has to give a wrongly reclaimed run back to its owner (:func:`read_owner`).
+How: ``flock(LOCK_EX | LOCK_NB)`` on ``.tiltedsam.lock`` in the run directory, released by the
+kernel however the process dies (no stale lock, no timeout; a stopped process keeps it). The file
+holds the owner's text (:func:`read_owner`), for messages and for giving a wrongly reclaimed run back.
 
-Rules:
-
-* :class:`RunDirectoryBusy` (a :class:`RuntimeError`) is raised at once, never waited on, when
-  another live process holds the directory; its message names the directory and the holder.
-* Re-entrant within one process: a nested ``RunDirectoryLock`` of the same directory (the sweep
-  worker takes it, then :func:`tiltedsam.harness.train.train` takes it again) shares the first one's
-  lock; the OS lock is released when the outermost one exits.
-* :meth:`RunDirectoryLock.verify` raises :class:`RunDirectoryLost` when the directory (or the lock
-  file) was deleted or replaced after the lock was taken: writing on would silently create a stub
-  directory without its config.
-* Engines that start a run in another process (a cluster job) take the lock in the process that
-  trains, not in the one that submits.
-* Limits: ``flock`` is advisory (a process that does not ask is not stopped) and, on network file
-  systems, only as reliable as the file system's lock support (NFSv4 and Lustre with ``flock``
-  mounts honour it across hosts; some older NFS set-ups lock only per host). Without ``fcntl``
-  (Windows) the lock is a no-op that always succeeds.
+* :class:`RunDirectoryBusy` is raised at once (never waited on), naming the directory and holder.
+* Re-entrant within one process: a nested lock of the same directory (a sweep worker's, then
+  :func:`tiltedsam.harness.train.train`'s) shares the first; the outermost exit releases it.
+* :meth:`RunDirectoryLock.verify` raises :class:`RunDirectoryLost` when the directory or lock file
+  was deleted or replaced (writing on would create a stub directory without its config).
+* Cluster engines take the lock in the process that trains, not the one that submits.
+* ``flock`` is advisory and, on network file systems, as reliable as their lock support (NFSv4,
+  Lustre with ``flock`` mounts); without ``fcntl`` (Windows) the lock always succeeds.
 """
 
 from __future__ import annotations
@@ -157,13 +146,9 @@ def verify_held(run_dir: str | os.PathLike[str]) -> None:
 
 def holding_run_directory(check: Any) -> Any:
     """Decorator factory for ``train(config, *, world=None, ...)``: ``check(config, stop_after_epochs)``
-    validates the config, then ``config.run.out_dir`` is created and its :class:`RunDirectoryLock` held
-    for the whole call (main process only). ``check`` is passed in so this module stays below the
-    training loop it guards.
-
-    A call that fails before anything was written into a run directory it created removes that
-    (empty) directory again, so a failed ``train`` leaves no empty run directory behind.
-    """
+    validates the config (every rank), then the main process creates ``config.run.out_dir`` and holds
+    its :class:`RunDirectoryLock` for the call; a run directory it created that stays empty is removed
+    again. ``check`` is passed in so this module stays below the training loop it guards."""
     import functools
 
     def decorate(train: Any) -> Any:
@@ -175,10 +160,10 @@ def holding_run_directory(check: Any) -> Any:
 def _held_call(train: Any, check: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
     from .config import ConfigError
 
+    check(config, kwargs.get("stop_after_epochs"))  # nothing is created for an invalid config
     world = kwargs.get("world")
     if world is not None and not world.is_main:
         return train(config, *args, **kwargs)
-    check(config, kwargs.get("stop_after_epochs"))  # nothing is created for an invalid config
     run_dir = Path(config.run.out_dir)
     created = not run_dir.exists()
     try:

@@ -1,27 +1,16 @@
 """Paired per-seed statistics for comparing optimizers.
 
-Two optimizers run on the same seed see the same data order, label noise, initialisation and noise
-stream, so their per-seed results are *paired*: the seed-to-seed spread that both share cancels in
-the difference. Every comparison the project reports uses :func:`paired_difference` on those
-differences instead of comparing two means ± std that overlap for reasons unrelated to the optimizer.
-
-The interval is Student's t interval on the per-seed differences ``d_i = a_i - b_i``:
+Two optimizers run on one seed share data order, label noise, initialisation and noise stream, so
+their per-seed results are *paired* and the shared spread cancels in the difference. Every
+comparison uses :func:`paired_difference`: Student's t interval on ``d_i = a_i - b_i``,
 
 .. math:: \\bar d \\pm t_{1-(1-c)/2,\\,n-1}\\; s_d / \\sqrt n
 
-which is exact when the differences are normal and is the usual choice at 3–10 seeds (a bootstrap
-over so few seeds has far too few distinct resamples to be trusted).
-
-The same module holds the rest of what every study reports, so that one claim is made one way:
-
-- :func:`holm` — Holm's step-down adjustment of the p-values of the comparisons made in one document
-  (family-wise error rate ``alpha``); a "better"/"worse" claim needs its Holm-adjusted p below ``alpha``.
-- :func:`tost` — two one-sided t tests against an equivalence margin ``m`` stated *before* the runs;
-  "no difference larger than ``m``" is claimed only when both one-sided p-values are below ``alpha``,
-  i.e. when the ``1 - 2 alpha`` interval lies inside ``(-m, m)``.
-- :func:`minimal_detectable_effect` — the smallest true mean difference a two-sided paired t test at
-  level ``alpha`` detects with the given power, from the spread of the differences and ``n``; every
-  study prints it so that a null result says how large an effect it could have seen.
+(exact for normal differences; a bootstrap over 3–10 seeds has too few distinct resamples).
+:func:`holm` adjusts the p-values of one document's comparisons (a "better"/"worse" claim needs a
+Holm-adjusted p below ``alpha``); :func:`tost` claims "no difference larger than ``m``" (a margin
+stated before the runs) when the ``1 - 2 alpha`` interval lies inside ``(-m, m)``;
+:func:`minimal_detectable_effect` says how large an effect a null result could have seen.
 """
 
 from __future__ import annotations
@@ -36,10 +25,8 @@ __all__ = ["PairedDifference", "paired_difference", "paired_by_seed", "holm", "E
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean of the paired differences ``a - b`` with its two-sided confidence interval.
-
-    ``low``/``high`` are ``None`` when the interval is undefined (fewer than two pairs).
-    """
+    """Mean of the paired differences ``a - b`` with its two-sided confidence interval (``low``/``high``
+    ``None`` for fewer than two pairs)."""
 
     mean: float
     low: float | None
@@ -129,12 +116,8 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], confi
 
 def paired_by_seed(values: Mapping[int, float], reference: Mapping[int, float],
                    confidence: float = 0.95) -> PairedDifference:
-    """:func:`paired_difference` over the seeds present in both mappings ``seed -> result``.
-
-    Seeds that only one side has cannot be paired; they are left out and listed in the result's
-    ``dropped`` (and in its :meth:`~PairedDifference.text`), so a table never silently rests on fewer
-    seeds than were run. Raises ``ValueError`` when the two share no seed.
-    """
+    """:func:`paired_difference` over the seeds in both mappings ``seed -> result``; the unpaired seeds
+    are listed in ``dropped`` (and :meth:`~PairedDifference.text`). ``ValueError`` when none is shared."""
     seeds = sorted(set(values) & set(reference))
     if not seeds:
         raise ValueError(f"no common seed to pair: {sorted(values)} vs {sorted(reference)}")

@@ -1,22 +1,18 @@
 """Grid sweeps over optimizers x hyper-parameters x seeds, indexed in an SQLite database.
 
-A sweep config (:class:`SweepConfig`; TOML/YAML/JSON, example and keys in docs/harness.md) names
-optimizer labels (registry names, or ``[variants]`` of fixed overrides), seeds, a ``base`` run
-config and axes (``grid`` for every label, ``per_optimizer`` for one; short names in
-:data:`AXIS_ALIASES`). :func:`expand_grid` resolves and checks every point before anything is written.
+A sweep config (:class:`SweepConfig`; keys in docs/harness.md) names optimizer labels (registry
+names or ``[variants]``), seeds, a ``base`` run config and axes (``grid``, ``per_optimizer``; short
+names in :data:`AXIS_ALIASES`); :func:`expand_grid` checks every point before anything is written.
+The WAL database is an index: ``meta`` and ``runs`` (run key, run directory, status, lease owner,
+heartbeat, error); epochs and results live in the run directories (:mod:`.rundir`). Schema-2
+databases (which also copied results and epochs) are read and run as they are.
 
-The database (WAL) is an index: ``meta`` (schema version) and ``runs`` (one row per grid point: run
-key, run directory, status pending/running/done/failed/interrupted, lease owner and heartbeat,
-error). A run's epochs and result live in its run directory only (:mod:`.rundir`). Schema-2
-databases, which also copied results and epochs, are read and run as they are.
-
-Runs are claimed in one ``BEGIN IMMEDIATE`` transaction (owner = host:pid:nonce), so each is trained
-by one process even with several sweeps on one database; SQLite's WAL mode needs those processes on
-one host and a local disk (clusters use ``--engine ray``/``slurm``, :mod:`.engines`). Heartbeats
-refresh every ``lease_seconds / 4`` and a stale lease (or a dead owner on this host) may be claimed
-again, resuming from the checkpoint. SIGINT/SIGTERM terminate the workers, mark the runs in flight
-``interrupted`` and raise :class:`SweepInterrupted` (exit 130/143); workers die with their parent,
-even on ``kill -9``.
+A run is claimed in one ``BEGIN IMMEDIATE`` transaction (owner host:pid:nonce), so one process
+trains it even with several sweeps on one database (on one host and a local disk; clusters use
+:mod:`.engines`). A lease without a heartbeat (every ``lease_seconds / 4``) for ``lease_seconds``,
+or of a dead owner, may be claimed again (resuming). SIGINT/SIGTERM stop the workers, mark the runs
+in flight ``interrupted`` and raise :class:`SweepInterrupted` (exit 130/143); workers die with
+their parent, even on ``kill -9``.
 """
 
 from __future__ import annotations
@@ -39,11 +35,15 @@ from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import _json
+from .. import _json, _limits, _warning_lines
 from .._atomic import atomic_write
+from .._version import __version__
+from .config import (MAX_SEED, ConfigError, RunConfig, _nonfinite_from_strings, apply_overrides, check_name,
+                     from_dict, read_mapping, run_key, to_dict)
+from .report_input import failed_runs_checked
+from .rundir import read_result
 from .runlock import RunDirectoryBusy, RunDirectoryLock, read_owner
-from .config import (MAX_SEED, ConfigError, RunConfig, apply_overrides, check_name, from_dict, read_mapping,
-                     run_key, to_dict)
+from .sweep_safety import creation_lock, sqlite_uri
 
 __all__ = ["SCHEMA_VERSION", "SweepConfig", "SweepError", "SweepInterrupted", "GridPoint", "expand_grid",
            "open_database", "run_sweep", "load_sweep_config", "AXIS_ALIASES", "database_path", "claim_run",
@@ -77,8 +77,7 @@ class SweepError(RuntimeError):
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """A sweep stopped by SIGINT/SIGTERM (or Ctrl-C): workers terminated, runs in flight marked
-    ``interrupted``. ``exit_code`` is the shell convention 128 + signal number (130, 143)."""
+    """A sweep stopped by SIGINT/SIGTERM (or Ctrl-C); ``exit_code`` = 128 + signal number."""
 
     def __init__(self, signum: int = signal.SIGINT, interrupted: int = 0) -> None:
         self.signum = int(signum)
@@ -87,9 +86,6 @@ class SweepInterrupted(KeyboardInterrupt):
         name = signal.Signals(self.signum).name
         super().__init__(f"sweep stopped by {name}: {interrupted} run(s) in flight marked interrupted; "
                          "run the same command again to resume")
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "sweep interrupted"
 
 
 @dataclass
@@ -148,8 +144,6 @@ class SweepConfig:
 
 def _check_sweep_limits(sweep: "SweepConfig") -> None:
     """Workers, threads per worker, seeds and grid points under :mod:`tiltedsam._limits` (before any expansion)."""
-    from .. import _limits
-
     try:
         _limits.check_workers("workers", sweep.workers)
         if sweep.threads_per_worker > 0:
@@ -194,17 +188,9 @@ class GridPoint:
         return run_key(self.config)
 
 
-def _axis_key(axis: str) -> str:
-    return AXIS_ALIASES.get(axis, axis)
-
-
 def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
-    """Every (label, setting, seed) of the sweep as a resolved, checked run config.
-
-    With ``check`` every point is also checked as far as possible without data (device,
-    optimizer settings, budget: :func:`tiltedsam.harness.train.check_run`), so that an invalid
-    sweep fails before anything is written.
-    """
+    """Every (label, setting, seed) of the sweep as a resolved run config; with ``check`` each is also
+    checked without data (:func:`tiltedsam.harness.train.check_run`) before anything is written."""
     from .train import check_run
 
     _check_sweep_limits(sweep)  # again: the Python API may have changed the fields after construction
@@ -213,7 +199,7 @@ def expand_grid(sweep: SweepConfig, check: bool = True) -> list[GridPoint]:
     seen: set[str] = set()
     for label in sweep.optimizers:
         variant = dict(sweep.variants.get(label) or builtin_variant(label))
-        axes = {_axis_key(k): v for k, v in {**sweep.grid, **(sweep.per_optimizer.get(label) or {})}.items()}
+        axes = {AXIS_ALIASES.get(k, k): v for k, v in {**sweep.grid, **(sweep.per_optimizer.get(label) or {})}.items()}
         names = list(axes)
         for values in itertools.product(*(axes[n] for n in names)):
             setting = dict(zip(names, values))
@@ -257,12 +243,8 @@ _RUN_COLUMNS_V1 = "run_key, label, optimizer, seed, setting, config, run_dir, st
 
 
 def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
-    """Open ``path`` (``mode``: ``rw`` an existing database, ``rwc`` create it, ``ro`` read only; a read-only
-    database in a folder this process cannot write is opened ``immutable``, since SQLite could not
-    create the WAL index there). A database that vanished (its sweep directory deleted) is an error,
-    never silently recreated as an empty stub."""
-    from .sweep_safety import sqlite_uri
-
+    """Open ``path`` (``mode`` ``rw``, ``rwc`` to create, ``ro``: ``immutable`` in a folder this process
+    cannot write). A database that vanished is an error, never recreated as an empty stub."""
     try:
         connection = sqlite3.connect(sqlite_uri(path, mode), timeout=120, isolation_level=None, uri=True)
     except sqlite3.OperationalError as exc:  # autocommit above; explicit transactions
@@ -280,8 +262,8 @@ def _connect(path: Path, mode: str = "rw") -> sqlite3.Connection:
 
 
 def _migrate_v1(connection: sqlite3.Connection) -> None:
-    """Schema 1 -> 2: the ``interrupted`` status and the lease columns (``owner``, ``heartbeat``).
-    SQLite cannot change a CHECK constraint in place: new table, copy, drop, rename, in one transaction."""
+    """Schema 1 -> 2 (``interrupted`` status, lease columns): new table, copy, drop, rename, in one
+    transaction (SQLite cannot change a CHECK constraint in place)."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute(_RUNS_TABLE_V2.replace("CREATE TABLE runs", "CREATE TABLE runs_v2"))
@@ -297,15 +279,9 @@ def _migrate_v1(connection: sqlite3.Connection) -> None:
 
 
 def open_database(path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> sqlite3.Connection:
-    """Open a sweep database; with ``create`` make it if missing; ``read_only`` for readers (a report:
-    works in a read-only results folder). Raises :class:`SweepError` when it is missing (and not
-    created) or was written with another schema version.
-
-    Creating (and migrating) happens under an OS lock on the sibling file ``sweep.db.lock``, so that
-    two sweeps that start together on a new database do not both try to create its tables.
-    """
-    from .sweep_safety import creation_lock
-
+    """Open a sweep database (``create`` it if missing; ``read_only`` for reports). Raises
+    :class:`SweepError` when it is missing or of another schema version. Creating and migrating hold
+    an OS lock on ``sweep.db.lock``, so two sweeps starting together create the tables once."""
     file = database_path(path)
     if read_only:
         return _open_database(file, create=False, read_only=True)
@@ -316,8 +292,6 @@ def open_database(path: str | os.PathLike[str], create: bool = False, read_only:
 
 
 def _open_database(file: Path, create: bool, read_only: bool) -> sqlite3.Connection:
-    from .._version import __version__
-
     if not file.is_file():
         if not create:
             raise SweepError(f"no sweep database at {str(file)!r}; run `tiltedsam sweep` or `tiltedsam compare` first")
@@ -395,13 +369,11 @@ def _owner_is_dead(owner: str | None) -> bool:
 
 def claim_run(connection: sqlite3.Connection, owner: str, candidates: list[str], *, since: float,
               retry_failed: bool = True, lease_seconds: float = 60.0) -> str | None:
-    """Atomically claim the first claimable run of ``candidates`` (in their order) for ``owner``.
+    """Claim the first claimable run of ``candidates`` for ``owner``; its key, or ``None``.
 
-    Claimable: ``pending`` or ``interrupted``; ``failed`` before ``since`` (when ``retry_failed``);
-    ``running`` under a stale lease (no heartbeat for ``lease_seconds``, or an owner process of
-    this host that is gone). The claim (status ``running``, owner, heartbeat, attempts + 1) happens
-    in the same ``BEGIN IMMEDIATE`` transaction as the check, so no two processes claim one run.
-    Returns the run key, or ``None`` when nothing is left to claim.
+    Claimable: ``pending``, ``interrupted``, ``failed`` before ``since`` (with ``retry_failed``), or
+    ``running`` under a stale lease (no heartbeat for ``lease_seconds``, or a dead owner on this
+    host). Check and claim share one ``BEGIN IMMEDIATE`` transaction: no two processes claim one run.
     """
     now = time.time()
     connection.execute("BEGIN IMMEDIATE")
@@ -483,9 +455,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _hold_run(connection: sqlite3.Connection, key: str, run_dir: str, owner: str) -> RunDirectoryLock:
-    """Take the run directory's OS lock for ``owner`` (the authority over who trains a run: a lease can
-    look stale while its owner lives). When another live process holds it, the run's row is given
-    back to that holder (its heartbeats then match again) and :class:`RunDirectoryBusy` is raised."""
+    """Take the run directory's OS lock (the authority: a lease can look stale while its owner lives).
+    When another process holds it, the row goes back to that holder and :class:`RunDirectoryBusy` is raised."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     lock = RunDirectoryLock(run_dir, owner=owner)
     try:
@@ -500,10 +471,8 @@ def _hold_run(connection: sqlite3.Connection, key: str, run_dir: str, owner: str
 
 def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None = None,
                 device: str | None = None) -> tuple[str, str]:
-    """Train one grid point (resuming from its checkpoint if a crash left one) and mark it done or
-    failed; its epochs and result are in its run directory. ``owner`` is the lease holder that
-    claimed the run; without one the run is claimed here first (whatever its status). ``device``
-    (this worker's device, :func:`.engines.local.worker_devices`) replaces the config's ``run.device``."""
+    """Train one grid point (resuming from its checkpoint) and mark it done or failed. Without ``owner``
+    (the lease holder) the run is claimed here first; ``device`` replaces the config's ``run.device``."""
     import torch
 
     from .train import train
@@ -522,7 +491,7 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
         config = from_dict(RunConfig, json.loads(row["config"]))
         if num_threads and not config.run.num_threads:  # run.* is not part of the run key
             config.run.num_threads = num_threads
-        if device:  # run.* is not part of the run key either
+        if device:
             config.run.device = device
         try:
             lock = _hold_run(connection, key, config.run.out_dir, owner)
@@ -534,7 +503,6 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
             connection.execute("UPDATE runs SET status='failed', finished=?, error=?, owner=? WHERE run_key=?",
                                (time.time(), _error_text(exc), owner, key))
             return key, "failed"
-        # train() verified the lock before writing result.json; the run directory's lock made this process the run's only writer: the row is ours
         connection.execute("UPDATE runs SET status='done', finished=?, owner=? WHERE run_key=?",
                            (time.time(), owner, key))
         return key, "done"
@@ -546,11 +514,8 @@ def execute_run(db_file: str, key: str, num_threads: int = 0, owner: str | None 
 
 # ---------------------------------------------------------------------- worker processes
 def _die_with_parent(parent_pid: int) -> None:
-    """Make this worker exit when the sweep process dies, even by ``kill -9``.
-
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill us when the parent exits.
-    Everywhere: a daemon thread polls ``os.getppid()`` (we are reparented when the parent dies).
-    """
+    """Exit when the sweep process dies, even by ``kill -9``: ``prctl(PR_SET_PDEATHSIG)`` on Linux, and
+    everywhere a daemon thread that polls ``os.getppid()``."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -573,11 +538,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, parent_pid: int,
                  device: str | None = None) -> None:
-    """A sweep worker: run the keys the parent sends until it sends ``None``.
-
-    SIGINT is ignored (Ctrl-C reaches the whole process group; the parent decides and terminates
-    the workers with SIGTERM, whose default action ends the process at once, without a traceback).
-    """
+    """Run the keys the parent sends until ``None``. SIGINT is ignored: the parent decides, and stops
+    the workers with SIGTERM (which ends them without a traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     _quiet_worker()
@@ -593,12 +555,8 @@ def _worker_main(connection: Any, db_file: str, num_threads: int, owner: str, pa
 
 
 def _quiet_worker() -> None:
-    """A worker's warnings as one ``warning: ...`` line each, and no ``multiprocessing`` semaphore of its
-    own: tqdm would create one for its write lock, and a worker stopped by SIGTERM (Ctrl-C of the
-    sweep) cannot unlink it, so the resource tracker reported it as leaked. A thread lock suffices
-    (a worker draws no bars of its own: progress is off with several workers)."""
-    from .. import _warning_lines
-
+    """Warnings as one ``warning: ...`` line each, and a thread lock for tqdm instead of a
+    ``multiprocessing`` semaphore, which a worker stopped by SIGTERM would leak."""
     _warning_lines.install()
     try:
         from tqdm import tqdm
@@ -653,12 +611,35 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise SweepInterrupted(signum)
 
 
+def _catch_signals() -> dict[int, Any]:
+    """SIGINT/SIGTERM raise :class:`SweepInterrupted` (main thread only); returns the previous handlers."""
+    if not _in_main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(handlers: dict[int, Any]) -> None:
+    for signum, previous in handlers.items():
+        signal.signal(signum, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt, handlers: dict[int, Any], db_file: str, owner: str,
+                 *cleanups: Callable[[], Any]) -> SweepInterrupted:
+    """Clean up after a SIGINT/SIGTERM or Ctrl-C: ignore further signals, run ``cleanups``, mark the
+    runs ``owner`` holds ``interrupted``; returns the :class:`SweepInterrupted` to raise."""
+    for signum in handlers:  # a second signal must not interrupt the clean-up
+        signal.signal(signum, signal.SIG_IGN)
+    for cleanup in cleanups:
+        cleanup()
+    interrupted = _mark_interrupted(db_file, owner)
+    return SweepInterrupted(exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT, interrupted)
+
+
 # ---------------------------------------------------------------------- the sweep
 @dataclass
 class _Plan:
-    """What this sweep process will run: the claimable keys (longest first), their expected cost in
-    gradient evaluations, how many runs it may start, the torch threads per run, and the device the
-    runs ask for (``run.device``: the local engine spreads its workers over it)."""
+    """The claimable keys (longest first), their cost in gradient evaluations, how many runs to start,
+    torch threads per run, and the runs' ``run.device`` (spread over the workers)."""
 
     db_file: str
     todo: list[str]
@@ -705,10 +686,8 @@ def _plan(sweep: SweepConfig, points: list[GridPoint], retry_failed: bool, max_r
 
 
 class _Progress:
-    """One bar over the whole sweep, advanced by each finished run's expected gradient evaluations
-    (so the ETA does not take the first, longest runs as typical), and one printed line per
-    finished run. The bar is absent when stderr is not a terminal (logs get the lines only); its
-    total is this process's share at most: with another sweep on the same database it may end early."""
+    """One bar over the sweep, advanced by each finished run's expected gradient evaluations (a fair
+    ETA), and one line per finished run; no bar when stderr is not a terminal."""
 
     def __init__(self, sweep: SweepConfig, plan: _Plan) -> None:
         from tqdm.auto import tqdm
@@ -732,16 +711,13 @@ class _Progress:
 
 
 def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | None = None) -> dict[str, int]:
-    """Run every grid point of ``sweep`` that is not done yet; returns counts by final status.
+    """Run every grid point of ``sweep`` not done yet; returns counts ``done``, ``failed`` (trained
+    here), ``skipped`` (done before) and ``elsewhere`` (left to another process on the database).
 
-    Counts: ``done`` and ``failed`` (runs this call trained), ``skipped`` (already done before),
-    ``elsewhere`` (left to another sweep process working on the same database). The whole sweep is
-    checked (:func:`expand_grid`) before anything is written. ``max_runs`` stops after that many
-    runs were started (for tests and partial runs). With ``workers > 1`` the runs go to that many
-    spawned worker processes, each using ``threads_per_worker`` torch threads (default:
-    :func:`tiltedsam._threads.choose_threads` for that many processes). SIGINT/SIGTERM (in the main
-    thread) raise :class:`SweepInterrupted` after the workers are stopped and the runs in flight are
-    marked ``interrupted``.
+    The sweep is checked (:func:`expand_grid`) before anything is written; ``max_runs`` stops after
+    that many runs started. ``workers > 1`` spawns that many processes with ``threads_per_worker``
+    threads each (default :func:`tiltedsam._threads.choose_threads`). SIGINT/SIGTERM raise
+    :class:`SweepInterrupted` once the workers stopped and the runs in flight are ``interrupted``.
     """
     points = expand_grid(sweep)  # checks the whole sweep before anything is written
     from .filesystems import warn_if_network_filesystem
@@ -752,10 +728,7 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
     owner = _owner_id()
     heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
     heartbeat.start()
-    handlers: dict[int, Any] = {}
-    if _in_main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handlers[signum] = signal.signal(signum, _raise_interrupt)
+    handlers = _catch_signals()
     workers: list[_Worker] = []
     connection = None
     try:
@@ -777,20 +750,14 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
         else:
             _run_on_workers(sweep, plan, owner, claim, progress, workers, connection)
     except KeyboardInterrupt as exc:  # SweepInterrupted (SIGINT/SIGTERM) or a plain Ctrl-C
-        for signum in handlers:  # a second signal must not interrupt the clean-up
-            signal.signal(signum, signal.SIG_IGN)
-        _stop_workers(workers)
-        heartbeat.stop()
-        interrupted = _mark_interrupted(plan.db_file, owner)
-        signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
-        raise SweepInterrupted(signum, interrupted) from None
+        raise _interrupted(exc, handlers, plan.db_file, owner, lambda: _stop_workers(workers),
+                           heartbeat.stop) from None
     finally:
         _stop_workers(workers, grace=1.0)
         heartbeat.stop()
         if connection is not None:
             connection.close()
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        _restore_signals(handlers)
         progress.bar.close()
     counts = progress.counts
     counts["elsewhere"] = max(0, len(plan.todo) - counts["done"] - counts["failed"]) if max_runs is None else 0
@@ -799,10 +766,8 @@ def run_sweep(sweep: SweepConfig, *, retry_failed: bool = True, max_runs: int | 
 
 def _run_on_workers(sweep: SweepConfig, plan: _Plan, owner: str, claim: Callable[[], str | None],
                     progress: _Progress, workers: list[_Worker], connection: sqlite3.Connection) -> None:
-    """Hand claimed runs to ``sweep.workers`` spawned processes (appended to ``workers``) until
-    nothing is left to claim and every worker is idle; a worker that dies fails its run and is
-    replaced (on the same device) while runs remain. On a machine with several GPUs each worker
-    gets its own (:func:`.engines.local.worker_devices`)."""
+    """Hand claimed runs to ``sweep.workers`` spawned processes (one GPU each where there are several)
+    until nothing is left; a worker that dies fails its run and is replaced while runs remain."""
     from .engines.local import worker_devices
 
     context = get_context("spawn")
@@ -878,32 +843,13 @@ def _run_line(db_file: str, key: str, status: str, done: int, total: int) -> str
             f"{r.get('threads', '?')} thread(s)")
 
 
-def _decode(text: str) -> Any:
-    """A config or setting column: JSON with ``"inf"``/``"-inf"``/``"nan"`` strings for non-finite floats."""
-    from .config import _nonfinite_from_strings
-
-    return _nonfinite_from_strings(json.loads(text))
-
-
 def failed_runs(connection: sqlite3.Connection, only_keys: set[str] | None = None) -> list[dict[str, Any]]:
     """Runs that failed or were interrupted: label, seed, setting, status and the error's last line."""
-    out = []
-    for r in connection.execute("SELECT run_key, label, seed, setting, status, error FROM runs "
-                                "WHERE status IN ('failed', 'interrupted') ORDER BY rowid"):
-        if only_keys is not None and r["run_key"] not in only_keys:
-            continue
-        lines = [line.strip() for line in (r["error"] or "").strip().splitlines() if line.strip()]
-        out.append({"run_key": r["run_key"], "label": r["label"], "seed": r["seed"],
-                    "setting": _decode(r["setting"]), "status": r["status"],
-                    "error": lines[-1] if lines else ""})
-    return out
+    return failed_runs_checked(connection, only_keys)
 
 
 def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:
-    """The run's ``result.json``; for a schema-2 database whose run directory lacks it, the copy the
-    database kept; None when neither exists."""
-    from .rundir import read_result
-
+    """The run's ``result.json``, else a schema-2 database's copy, else None."""
     if (Path(row["run_dir"]) / "result.json").is_file():
         return read_result(row["run_dir"])
     legacy = row["result"] if "result" in row.keys() else None
@@ -911,12 +857,12 @@ def _run_result(row: sqlite3.Row) -> dict[str, Any] | None:
 
 
 def iter_results(connection: sqlite3.Connection) -> Iterator[dict[str, Any]]:
-    """Finished runs: label, optimizer, seed, setting, config, run_dir and result (read from the run
-    directory) as Python objects."""
+    """Finished runs: label, optimizer, seed, setting, config, run_dir and result, decoded."""
     for r in connection.execute("SELECT * FROM runs WHERE status='done' ORDER BY rowid"):
         result = _run_result(r)
         if result is None:  # its run directory was removed: nothing left to report
             continue
         yield {"run_key": r["run_key"], "label": r["label"], "optimizer": r["optimizer"], "seed": r["seed"],
-               "setting": _decode(r["setting"]), "config": _decode(r["config"]),
+               "setting": _nonfinite_from_strings(json.loads(r["setting"])),
+               "config": _nonfinite_from_strings(json.loads(r["config"])),
                "result": result, "run_dir": r["run_dir"]}

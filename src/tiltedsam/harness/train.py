@@ -1,26 +1,16 @@
-"""One training run: :func:`train`, built from steps that each do one thing.
-
-    setup          config -> run directory (fresh, or resumed from its checkpoint) -> data splits ->
-                   model -> optimizer (by registry name) -> budget in steps     (:func:`_start_run`)
-    one epoch      shuffle (own generator) -> optimizer.step(closure) per batch  (:func:`_train_epoch`)
-    evaluate       loss at θ on a fixed training subset, val and test -> a metrics row
-                                                                               (:func:`_evaluate_epoch`)
-    record         metrics.csv, then the checkpoint, atomically                 (:func:`_record_epoch`)
-    write result   result.json: final-epoch and best-validation-epoch test accuracy, time, gradient
-                   evaluations                                                  (:func:`_finish_run`)
-
-The run directory's files and their formats live in :mod:`.rundir`; a run's data comes from
-:func:`.rundata.load_run_data`. ``resume=True`` continues from the checkpoint and reproduces an
-uninterrupted run exactly: model, optimizer (with its noise generator), the global RNGs and the
-shuffling generator are all restored, and the epochs so far are read back from ``metrics.csv``.
-
-Distributed training slots in through :class:`World` (rank, world size, a sampler for the training
-split, a reduction for metrics, main-process-only output); this module itself runs one process.
+"""One training run, :func:`train`: setup (run directory, data, model, optimizer, budget:
+:func:`_start_run`), epochs of ``optimizer.step(closure)`` (:func:`_train_epoch`), evaluation (loss
+at θ on a fixed training subset, val, test: :func:`_evaluate_epoch`), metrics.csv then the checkpoint
+(:func:`_record_epoch`), result.json (:func:`_finish_run`). File formats live in :mod:`.rundir`,
+data in :mod:`.rundata`. ``resume=True`` reproduces an uninterrupted run exactly (model, optimizer,
+global RNGs and the shuffling generator are restored; epochs are read back from ``metrics.csv``).
+Distributed training slots in through :class:`World`; this module itself runs one process.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -39,10 +29,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import _json
 from .._atomic import remove_stale_temporaries
+from .._threads import configure_threads
+from .._version import __version__
+from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
+from ..optim.registry import (ALIASES, REGISTRY, create_optimizer, equal_compute_steps, grad_evals_per_step,
+                              resolve_base_optimizer)
+from ..optim.schedules import TiltScheduler
+from ..tilt import NonFiniteLossError
 from .checkpoint_checks import check_resume_state
 from .checkpoints import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, atomic_write_text, from_dict, identity_dict, run_key, save_config, to_dict
+from .data import LengthGroupedSampler
 from .dropout import StepRngReplay
+from .models import build_model, check_model_options
 from .tasks import evaluation_loss, summary_metrics, task_metrics, training_loss
 from .rundata import dataset_kwargs, load_run_data
 from .rundir import (ACCURACY_UNIT, METRIC_COLUMNS, RESULT_FORMAT, finite_mean, read_metrics, read_result,
@@ -63,11 +62,8 @@ class RunInterrupted(RuntimeError):
 
 
 class RunDiverged(RuntimeError):
-    """Raised by :func:`train` when the training loss (or the evaluated model) is no longer finite.
-
-    The run stops at once: no checkpoint or result of the diverged state is written (the last
-    checkpoint, of the last finite epoch, stays), and the sweep marks the run ``failed``.
-    """
+    """Raised by :func:`train` when the training loss (or the model) is no longer finite; nothing of
+    the diverged state is written (the last finite epoch's checkpoint stays)."""
 
 
 #: refuse models whose parameters alone would take more than this fraction of the machine's memory
@@ -76,11 +72,8 @@ MAX_MODEL_BYTES_FRACTION = 0.5
 
 @dataclass
 class World:
-    """The process group a run lives in. One process: rank 0 of 1.
-
-    A distributed launcher replaces :meth:`train_sampler` (a ``DistributedSampler``) and
-    :meth:`reduce_mean` (an all-reduce); only the main process writes files and shows progress.
-    """
+    """The process group a run lives in; here one process, rank 0 of 1 (a distributed launcher
+    overrides the hooks; only the main process writes files and shows progress)."""
 
     rank: int = 0
     world_size: int = 1
@@ -150,17 +143,8 @@ class Budget:
         return value if isinstance(value, int) else round(value, 6)
 
 
-def optimizer_settings(config: RunConfig) -> dict[str, Any]:
-    return dict(config.optimizer.settings)
-
-
 def base_optimizer_kwargs(config: RunConfig) -> dict[str, Any]:
-    """``lr``, ``weight_decay`` and, for base optimizers that have one (SGD), ``momentum``: Adam and
-    AdamW take no ``momentum`` (their ``betas`` go in ``optimizer.settings``)."""
-    import inspect
-
-    from ..optim.registry import resolve_base_optimizer
-
+    """``lr``, ``weight_decay`` and ``momentum`` where the base optimizer takes one (not Adam/AdamW)."""
     kwargs = {"lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}
     if "momentum" in inspect.signature(resolve_base_optimizer(config.optimizer.base).__init__).parameters:
         kwargs["momentum"] = config.optimizer.momentum
@@ -193,19 +177,12 @@ def check_device(requested: str) -> torch.device:
 
 def _registry_name(name: str) -> str:
     """The registry's name for ``name`` (``"erm"`` -> ``"sgd"``): aliases resolve through the registry."""
-    from ..optim.registry import ALIASES
-
     return ALIASES.get(name.lower(), name.lower())
 
 
 def check_optimizer_settings(config: RunConfig) -> None:
-    """Unknown keys of ``optimizer.settings`` are named (not left to a ``TypeError`` of the base
-    optimizer's ``__init__``), and bad values give :class:`ConfigError`: the optimizer is built
-    once on a one-element dummy parameter."""
-    import inspect
-
-    from ..optim.registry import REGISTRY, create_optimizer, resolve_base_optimizer
-
+    """:class:`ConfigError` naming unknown ``optimizer.settings`` keys, or bad values (the optimizer is
+    built once on a one-element dummy parameter)."""
     name = config.optimizer.name
     key = _registry_name(name)
     if key not in REGISTRY:
@@ -229,7 +206,7 @@ def check_optimizer_settings(config: RunConfig) -> None:
     dummy = torch.zeros(1, requires_grad=True)
     try:
         create_optimizer(name, [dummy], base_optimizer=config.optimizer.base, seed=config.seed,
-                         **base_optimizer_kwargs(config), **optimizer_settings(config))
+                         **base_optimizer_kwargs(config), **config.optimizer.settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optimizer {name!r} rejects its settings {config.optimizer.settings}: "
                           f"{' '.join(str(exc).split())}") from None
@@ -241,7 +218,10 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
     if stop_after_epochs is not None and (isinstance(stop_after_epochs, bool) or stop_after_epochs < 1):
         raise ConfigError(f"stop_after_epochs = {stop_after_epochs!r} is invalid; allowed: an integer >= 1")
     check_device(config.run.device)
-    _check_model_options(config)
+    try:
+        check_model_options(config.model.name, config.model.options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     check_optimizer_settings(config)
     try:
         resolve_budget(config, steps_per_epoch=1)
@@ -249,20 +229,9 @@ def check_run(config: RunConfig, stop_after_epochs: int | None = None) -> None:
         raise ConfigError(f"budget: {' '.join(str(exc).split())}") from None
 
 
-def _check_model_options(config: RunConfig) -> None:
-    from .models import check_model_options
-
-    try:
-        check_model_options(config.model.name, config.model.options)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def _check_model_size(config: RunConfig, data: Any) -> None:
     """Build the model on the ``meta`` device (no memory) and refuse it when its parameters alone
     would take more than :data:`MAX_MODEL_BYTES_FRACTION` of the machine's memory."""
-    from .models import build_model
-
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the run's RNG stream is untouched
             model = build_model(config.model.name, data, **config.model.options)
@@ -281,18 +250,13 @@ def _check_model_size(config: RunConfig, data: Any) -> None:
 
 
 def resolve_budget(config: RunConfig, steps_per_epoch: int) -> Budget:
-    """Turn ``config.budget`` into a number of steps.
-
-    ``epochs``: ``amount * steps_per_epoch``; ``steps``: ``amount``; ``grad_evals``: the largest
-    number of steps whose gradient evaluations fit in ``amount``. When the budget is another
-    optimizer's (``budget.match_optimizer``, or the registry entry's own ``budget_reference``:
-    ESAM1 gets TSAM's), the amount counts that optimizer's steps, converted by
-    :func:`tiltedsam.optim.registry.equal_compute_steps`: SAM matched to TSAM (``s`` samples, 2
-    evaluations each) runs ``2 s / 2 = s`` times as many steps.
+    """``config.budget`` in steps: ``epochs`` -> ``amount * steps_per_epoch``, ``steps`` -> ``amount``,
+    ``grad_evals`` -> the most steps whose evaluations fit in ``amount``. Another optimizer's budget
+    (``budget.match_optimizer`` or the entry's ``budget_reference``) counts that optimizer's steps,
+    converted by :func:`tiltedsam.optim.registry.equal_compute_steps` (SAM matched to TSAM with ``s``
+    samples runs ``s`` times as many steps).
     """
-    from ..optim.registry import REGISTRY, equal_compute_steps, grad_evals_per_step
-
-    budget, name, settings = config.budget, config.optimizer.name, optimizer_settings(config)
+    budget, name, settings = config.budget, config.optimizer.name, dict(config.optimizer.settings)
     own_evals = grad_evals_per_step(name, **settings)
     reference = budget.match_optimizer or REGISTRY[_registry_name(name)].budget_reference
     if reference is not None:
@@ -324,8 +288,6 @@ def make_tilt_scheduler(config: RunConfig, optimizer: Any, total_steps: int) -> 
     if not hasattr(optimizer, "tilt"):
         raise ValueError(f"optimizer.tilt_schedule={kind!r} needs an optimizer with a tilt (TSAM), "
                          f"got {config.optimizer.name!r}")
-    from ..optim.schedules import TiltScheduler
-
     return TiltScheduler(optimizer, kind=kind, total_steps=total_steps)
 
 
@@ -424,19 +386,16 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
     Args:
         resume: continue from ``out_dir/checkpoint.pt`` if it exists (its config must match).
-        stop_after_epochs: stop (raise :class:`RunInterrupted`) once this many epochs are done in
-            total, after writing the checkpoint; simulates an interruption.
+        stop_after_epochs: raise :class:`RunInterrupted` once this many epochs are done and
+            checkpointed (simulates an interruption).
         on_epoch: called with each new metrics row once it is on disk (main process only).
 
-    Raises :class:`ConfigError` for a config that cannot run here (device, optimizer settings,
-    model size), :class:`CheckpointError` for a checkpoint that is corrupt, not plain data or of
-    another config, and :class:`RunDiverged` when the training loss stops being finite (whether or
-    not the optimizer itself raises :class:`tiltedsam.tilt.NonFiniteLossError`).
+    Raises :class:`ConfigError` for a config that cannot run here, :class:`CheckpointError` for a
+    corrupt checkpoint or one of another config, :class:`RunDiverged` for a non-finite training loss.
     """
     from tqdm.auto import tqdm
 
     world = world or World()
-    check_run(config, stop_after_epochs)
     run = _start_run(config, world, resume)
     # disable=None: no bar when stderr is not a terminal (a redirected log gets no carriage-return flood)
     run.progress = tqdm(total=run.budget.total_steps, initial=run.step, desc=config.display_label, unit="step",
@@ -459,17 +418,11 @@ def train(config: RunConfig, *, resume: bool = False, stop_after_epochs: int | N
 
 # ---------------------------------------------------------------------- setup
 def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume: bool) -> dict[str, Any] | None:
-    """Create the run directory; return its checkpoint when resuming (checked to be of ``config``),
-    else None. A fresh run refuses a directory that already holds one."""
-    run_dir = Path(config.run.out_dir)
-    if world.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"run.out_dir = {str(run_dir)!r} cannot be used as a run directory: "
-                              f"{exc.strerror or exc}") from None
-        if resume:  # leftovers of a write that a killed process never finished
-            remove_stale_temporaries(run_dir)
+    """The run directory's checkpoint (of ``config``) when resuming, else None; a fresh run refuses a
+    directory that already holds one."""
+    run_dir = Path(config.run.out_dir)  # created (and locked) by the main process's train wrapper
+    if world.is_main and resume:  # leftovers of a write that a killed process never finished
+        remove_stale_temporaries(run_dir)
     if resume and (run_dir / CHECKPOINT_NAME).is_file():
         checkpoint = load_checkpoint(run_dir, map_location=device)
         saved = from_dict(RunConfig, checkpoint["config"])
@@ -485,12 +438,8 @@ def _open_run_dir(config: RunConfig, world: World, device: torch.device, resume:
 
 
 def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
-    """Build data, model, optimizer, loader and budget (seeded, so the same config builds the same
-    run), restore them from the checkpoint when resuming, and write the run's start files."""
-    from .._threads import configure_threads
-    from ..optim.registry import create_optimizer
-    from .models import build_model
-
+    """Build data, model, optimizer, loader and budget (seeded), restore them when resuming, and write
+    the run's start files."""
     device = world.device(config.run.device)
     # run.num_threads = 0: the shared policy (cores / processes, minus what other work keeps busy)
     threads = configure_threads(config.run.num_threads or None, processes=world.world_size)
@@ -505,13 +454,11 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
     net = world.wrap_model(model)  # DDP under torch.distributed; `model` itself is saved and evaluated
     optimizer = create_optimizer(
         config.optimizer.name, model.parameters(), base_optimizer=config.optimizer.base, model=net,
-        seed=config.seed, **base_optimizer_kwargs(config), **optimizer_settings(config))
+        seed=config.seed, **base_optimizer_kwargs(config), **config.optimizer.settings)
     loader_generator = torch.Generator().manual_seed(config.seed)
     train_sampler = world.train_sampler(data.train, loader_generator)
     if getattr(model, "length_bucketing", False) and world.world_size == 1:
         # length bucketing: batches of similar sentence lengths for a model that trims to the longest
-        from .data import LengthGroupedSampler
-
         lengths = (data.train.inputs != int(data.info.get("pad_index", 0))).sum(1)
         train_sampler = LengthGroupedSampler(lengths, config.batch_size, loader_generator)
     train_loader = DataLoader(data.train, batch_size=world.local_batch_size(config.batch_size), sampler=train_sampler)
@@ -531,10 +478,8 @@ def _start_run(config: RunConfig, world: World, resume: bool) -> _Run:
 
 
 def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
-    """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint; the epochs so far from
-    metrics.csv (written before the checkpoint, so it holds at least ``epoch`` rows)."""
-    # structure checked against this run (a valid checksum is not enough), then restored; the world
-    # loads the weights (a sharded run's from its torch.distributed.checkpoint folder)
+    """Model, optimizer, tilt schedule, RNGs and counters from the checkpoint (its structure checked
+    against this run); the epochs so far from metrics.csv (written before the checkpoint)."""
     check_resume_state(checkpoint, run.run_dir / CHECKPOINT_NAME, run.budget, run.model, run.optimizer,
                        _restore_rng_states, run.loader_generator, run.tilt_scheduler,
                        load_training_state=lambda: run.world.load_training_state(
@@ -557,8 +502,6 @@ def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
 
 
 def _write_start_files(run: _Run) -> None:
-    from .._version import __version__
-
     config, budget = run.config, run.budget
     save_config(config, run.run_dir)
     atomic_write_text(run.run_dir / "run.json", _json.dumps({
@@ -606,8 +549,6 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
 def _train_step(run: _Run, inputs: Tensor, targets: Tensor) -> dict[str, Any]:
     """One ``optimizer.step(closure)``; returns the mini-batch loss/accuracy at the step's first point.
     Raises :class:`RunDiverged` on a non-finite loss."""
-    from ..tilt import NonFiniteLossError
-
     first: dict[str, Any] = {}
 
     def closure(evaluation) -> Tensor:
@@ -671,8 +612,6 @@ def _evaluate_epoch(run: _Run, sums: dict[str, Any], epoch_start: float) -> dict
 def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
     """Warn once about a degenerate tilt, append the row to metrics.csv, then write the checkpoint
     (in this order: a crash between the two leaves an extra row that resume drops)."""
-    from ..optim.diagnostics import TiltDiagnosticWarning, ess_message
-
     message = ess_message(row["effective_sample_size"], run.num_samples)
     if message and run.ess_warning is None:  # once per run
         run.ess_warning = f"epoch {run.epoch}: {message}"
@@ -699,8 +638,6 @@ def _record_epoch(run: _Run, row: dict[str, Any], on_epoch: Callable[[dict[str, 
 
 def _finish_run(run: _Run) -> dict[str, Any]:
     """The result dict, written to result.json by the main process."""
-    from .._version import __version__
-
     config, budget = run.config, run.budget
     ess = finite_mean([r["effective_sample_size"] for r in run.rows]) if run.num_samples else None
     result = {

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 __all__ = ["random_pad_crop", "random_horizontal_flip", "random_resized_crop", "ImageTransform"]
 
 
-def random_pad_crop(
-    images: torch.Tensor, padding: int, *, fill: float = 0.0, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_pad_crop(images: torch.Tensor, padding: int, *, fill: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Pad every side by ``padding`` pixels with ``fill`` and cut a random crop of the original size.
 
     Each image gets its own offset ``(dy, dx)`` drawn uniformly from ``{0, ..., 2*padding}^2``.
@@ -45,9 +44,8 @@ def random_pad_crop(
     return cropped.permute(0, 3, 1, 2).contiguous()
 
 
-def random_horizontal_flip(
-    images: torch.Tensor, probability: float = 0.5, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_horizontal_flip(images: torch.Tensor, probability: float = 0.5, *,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right independently with the given probability."""
     flip = torch.rand(images.shape[0], generator=generator) < probability
     if not bool(flip.any()):
@@ -57,15 +55,9 @@ def random_horizontal_flip(
     return out
 
 
-def random_resized_crop(
-    images: torch.Tensor,
-    size: tuple[int, int],
-    *,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_probability: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def random_resized_crop(images: torch.Tensor, size: tuple[int, int], *, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_probability: float = 0.0,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop of random area and aspect ratio, resampled bilinearly to ``size``.
 
     For each image an area fraction ``a ~ U(scale)`` and a log-uniform aspect ratio ``r`` (width/height)
@@ -124,13 +116,8 @@ class ImageTransform:
         if self.scale is not None:
             out = out * self.scale
         if self.resized_crop is not None:
-            out = random_resized_crop(
-                out,
-                (out.shape[-2], out.shape[-1]),
-                scale=self.resized_crop,
-                flip_probability=0.5 if self.flip else 0.0,
-                generator=generator,
-            )
+            out = random_resized_crop(out, (out.shape[-2], out.shape[-1]), scale=self.resized_crop,
+                                      flip_probability=0.5 if self.flip else 0.0, generator=generator)
         else:
             if self.crop_padding > 0:
                 out = random_pad_crop(out, self.crop_padding, fill=self.fill, generator=generator)

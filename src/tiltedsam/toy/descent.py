@@ -24,16 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..tilt import tilted_weights
-from .objectives import (
-    GAUSSIAN_STD_FRACTION,
-    _check_measure,
-    _check_rho,
-    _resolve_tilt,
-    _sam_gradient,
-    _tsam_gradient,
-    neighbourhood_stats,
-    objective,
-)
+from .objectives import (GAUSSIAN_STD_FRACTION, _check_measure, _check_rho, _resolve_tilt, _sam_gradient,
+                         _tsam_gradient, neighbourhood_stats, objective)
 from .problems import ToyProblem, as_problem
 
 __all__ = ["DESCENT_KINDS", "Run", "Trajectory", "descend", "descend_many", "sample_perturbations"]
@@ -123,19 +115,9 @@ def _check_run(run: Run) -> Run:
     return Run(kind, tilt, num_samples)
 
 
-def descend(
-    problem: str | ToyProblem | Callable,
-    kind: str,
-    start: float,
-    lr: float,
-    steps: int,
-    rho: float,
-    tilt: float | None = None,
-    *,
-    measure: str = "uniform",
-    num_samples: int | None = None,
-    seed: int = 0,
-) -> Trajectory:
+def descend(problem: str | ToyProblem | Callable, kind: str, start: float, lr: float, steps: int, rho: float,
+            tilt: float | None = None, *, measure: str = "uniform", num_samples: int | None = None,
+            seed: int = 0) -> Trajectory:
     r"""Run ``steps`` steps of gradient descent on the ``kind`` objective from ``start``.
 
     ``kind`` is ``"erm"``, ``"sam"``, ``"tsam"`` (exact gradients unless ``num_samples`` is given) or
@@ -148,18 +130,8 @@ def descend(
     return descend_many(problem, [run], start, lr, steps, rho, measure=measure, seed=seed)[0]
 
 
-def descend_many(
-    problem: str | ToyProblem | Callable,
-    runs: Sequence[Run | tuple],
-    start: float,
-    lr: float,
-    steps: int,
-    rho: float,
-    *,
-    measure: str = "uniform",
-    seed: int = 0,
-    progress: bool = False,
-) -> list[Trajectory]:
+def descend_many(problem: str | ToyProblem | Callable, runs: Sequence[Run | tuple], start: float, lr: float, steps: int,
+                 rho: float, *, measure: str = "uniform", seed: int = 0, progress: bool = False) -> list[Trajectory]:
     """Several :func:`descend` runs from the same start, stepped together (same results, less time).
 
     Runs of a kind are evaluated in one vectorised call per step (all exact TSAM tilts together).
@@ -238,24 +210,13 @@ def descend_many(
     for i, run in enumerate(runs):
         objective_kind = "sam" if run.kind == "sam-ascent" else run.kind
         trajectories.append(
-            Trajectory(
-                problem=problem.name,
-                kind=run.kind,
-                rho=rho,
-                tilt=run.tilt,
-                lr=lr,
-                steps=int(steps),
-                start=start,
-                measure=measure,
-                num_samples=run.num_samples,
-                seed=None if run.num_samples is None else int(seed),
-                thetas=thetas[:, i].copy(),
-                final_theta=float(final[i]),
-                final_loss=float(problem.value(final[i])),
-                final_objective=float(objective(problem, objective_kind, final[i], rho, run.tilt, measure)),
-                neighbourhood_mean=float(np.atleast_1d(means)[i]),
-                neighbourhood_variance=float(np.atleast_1d(variances)[i]),
-            )
+            Trajectory(problem=problem.name, kind=run.kind, rho=rho, tilt=run.tilt, lr=lr, steps=int(steps),
+                       start=start, measure=measure, num_samples=run.num_samples,
+                       seed=None if run.num_samples is None else int(seed), thetas=thetas[:, i].copy(),
+                       final_theta=float(final[i]), final_loss=float(problem.value(final[i])),
+                       final_objective=float(objective(problem, objective_kind, final[i], rho, run.tilt, measure)),
+                       neighbourhood_mean=float(np.atleast_1d(means)[i]),
+                       neighbourhood_variance=float(np.atleast_1d(variances)[i]))
         )
     return trajectories
 

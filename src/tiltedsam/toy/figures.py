@@ -25,15 +25,7 @@ from .descent import Run, Trajectory, _format_number, descend_many
 from .objectives import Minimiser, global_minimiser, neighbourhood_stats, objective
 from .problems import ToyProblem, as_problem
 
-__all__ = [
-    "FIG1_TILTS",
-    "FIG1_SAMPLES",
-    "SWEEP_RHOS",
-    "ToyReport",
-    "run_fig1",
-    "run_objective_sweep",
-    "markdown_table",
-]
+__all__ = ["FIG1_TILTS", "FIG1_SAMPLES", "SWEEP_RHOS", "ToyReport", "run_fig1", "run_objective_sweep", "markdown_table"]
 
 #: defaults of Fig. 1: the tilts of the paper's experiments (App. C.1) plus t = 10
 FIG1_TILTS = (0.0, 1.0, 5.0, 10.0, 20.0, 100.0)
@@ -190,21 +182,10 @@ def _explain_plateau(ax, problem: ToyProblem, trajectory: Trajectory) -> None:
                 arrowprops={"arrowstyle": "->", "color": "0.4", "lw": 0.8})
 
 
-def run_fig1(
-    out_dir: str | Path,
-    *,
-    problem: str | ToyProblem = "fig1",
-    rho: float = 0.2,
-    lr: float = 0.005,
-    steps: int = 2000,
-    start: float = 0.5,
-    tilts: Sequence[float] = FIG1_TILTS,
-    samples: Sequence[int] = FIG1_SAMPLES,
-    seed: int = 0,
-    repeats: int = 1,
-    measure: str = "uniform",
-    progress: bool = False,
-) -> ToyReport:
+def run_fig1(out_dir: str | Path, *, problem: str | ToyProblem = "fig1", rho: float = 0.2, lr: float = 0.005,
+             steps: int = 2000, start: float = 0.5, tilts: Sequence[float] = FIG1_TILTS,
+             samples: Sequence[int] = FIG1_SAMPLES, seed: int = 0, repeats: int = 1, measure: str = "uniform",
+             progress: bool = False) -> ToyReport:
     """Fig. 1: gradient descent on ERM, SAM (exact, and the ascent-step algorithm) and TSAM.
 
     Writes ``fig1.png`` (one panel per exact-gradient run: ``L``, the objective, the trajectory, the
@@ -225,9 +206,8 @@ def run_fig1(
     tilts = [float(t) for t in tilts]
     exact_runs = [Run("erm"), Run("sam"), Run("sam-ascent")] + [Run("tsam", t) for t in tilts]
     sampled_runs = [Run("tsam", t, int(s)) for s in samples for t in tilts]
-    trajectories = descend_many(
-        problem, exact_runs + sampled_runs, start, lr, steps, rho, measure=measure, seed=seed, progress=progress
-    )
+    trajectories = descend_many(problem, exact_runs + sampled_runs, start, lr, steps, rho, measure=measure, seed=seed,
+                                progress=progress)
     exact, sampled = trajectories[: len(exact_runs)], trajectories[len(exact_runs) :]
 
     objectives = [("erm", None), ("sam", None)] + [("tsam", t) for t in tilts]
@@ -271,9 +251,8 @@ def run_fig1(
         finals = {run: [] for run in sampled_runs}
         variances = {run: [] for run in sampled_runs}
         for extra_seed in range(seed, seed + repeats):
-            batch = sampled if extra_seed == seed else descend_many(
-                problem, sampled_runs, start, lr, steps, rho, measure=measure, seed=extra_seed, progress=progress
-            )
+            batch = sampled if extra_seed == seed else descend_many(problem, sampled_runs, start, lr, steps, rho,
+                                                                    measure=measure, seed=extra_seed, progress=progress)
             for run, trajectory in zip(sampled_runs, batch):
                 finals[run].append(trajectory.final_theta)
                 variances[run].append(trajectory.neighbourhood_variance)
@@ -302,16 +281,9 @@ def run_fig1(
 # ----------------------------------------------------------------------------- Fig. 5 and 6
 
 
-def run_objective_sweep(
-    out_dir: str | Path,
-    name: str,
-    kind: str,
-    *,
-    problem: str | ToyProblem = "fig5",
-    rhos: Sequence[float] = SWEEP_RHOS,
-    tilts: Sequence[float] = (),
-    measure: str = "uniform",
-) -> ToyReport:
+def run_objective_sweep(out_dir: str | Path, name: str, kind: str, *, problem: str | ToyProblem = "fig5",
+                        rhos: Sequence[float] = SWEEP_RHOS, tilts: Sequence[float] = (),
+                        measure: str = "uniform") -> ToyReport:
     """Fig. 5 (``kind="sam"``) or Fig. 6 (``kind="tsam"``, one curve per tilt): the objective per ``rho``.
 
     One panel per ``rho``: ``L`` in blue, the objective(s) in red, each objective's global

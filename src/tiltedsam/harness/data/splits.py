@@ -39,15 +39,9 @@ class InMemoryDataset(Dataset):
     positions whose label was changed (empty without noise).
     """
 
-    def __init__(
-        self,
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        clean_labels: torch.Tensor | None = None,
-        flipped_index: torch.Tensor | None = None,
-    ):
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, *,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 clean_labels: torch.Tensor | None = None, flipped_index: torch.Tensor | None = None):
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(f"inputs and labels differ in length: {inputs.shape[0]} vs {labels.shape[0]}")
         self.inputs = inputs
@@ -65,9 +59,8 @@ class InMemoryDataset(Dataset):
             item = self.transform(item.unsqueeze(0)).squeeze(0)
         return item, self.labels[index]
 
-    def get_batch(
-        self, index: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, index: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (transformed) and labels of the examples at ``index`` (a 1-D long tensor)."""
         batch = self.inputs[index]
         if self.transform is not None:
@@ -123,9 +116,8 @@ class DatasetSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def apply_label_noise(
-    labels: torch.Tensor, rate: float, num_classes: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_label_noise(labels: torch.Tensor, rate: float, num_classes: int,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric label noise: replace exactly ``round(rate * n)`` labels by another class, uniformly.
 
     The positions are a uniformly random subset of size ``k = round(rate * n)`` (without replacement);
@@ -153,9 +145,8 @@ def apply_label_noise(
     return noisy, flipped_index
 
 
-def split_indices(
-    num_examples: int, *, val_fraction: float, test_fraction: float, split_seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_indices(num_examples: int, *, val_fraction: float, test_fraction: float,
+                  split_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded random split of ``range(num_examples)`` into (train, val, test) index tensors.
 
     ``round(test_fraction * n)`` test and ``round(val_fraction * n)`` validation examples are the first
@@ -164,9 +155,7 @@ def split_indices(
     _check_fraction("test_fraction", test_fraction, allow_zero=True)
     _check_fraction("val_fraction", val_fraction, allow_zero=True)
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
-        )
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
     permutation = torch.randperm(num_examples, generator=torch.Generator().manual_seed(int(split_seed)))
     num_test = int(round(test_fraction * num_examples))
     num_val = int(round(val_fraction * num_examples))
@@ -238,28 +227,17 @@ def _channel_stats(images: torch.Tensor, scale: float) -> tuple[list[float], lis
     return mean.tolist(), std.tolist()
 
 
-def _noisy_split(
-    labels: torch.Tensor, request: _Request, num_classes: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _noisy_split(labels: torch.Tensor, request: _Request, num_classes: int,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if request.label_noise == 0.0:
         return labels, torch.empty(0, dtype=torch.long)
     return apply_label_noise(labels, request.label_noise, num_classes, seed)
 
 
-def _assemble(
-    request: _Request,
-    *,
-    pool_inputs: torch.Tensor,
-    pool_labels: torch.Tensor,
-    num_classes: int,
-    class_names: list[str],
-    source: str,
-    test_inputs: torch.Tensor | None = None,
-    test_labels: torch.Tensor | None = None,
-    augmentation: dict | None = None,
-    standardise: bool = True,
-    extra_info: dict | None = None,
-) -> DataSplits:
+def _assemble(request: _Request, *, pool_inputs: torch.Tensor, pool_labels: torch.Tensor, num_classes: int,
+              class_names: list[str], source: str, test_inputs: torch.Tensor | None = None,
+              test_labels: torch.Tensor | None = None, augmentation: dict | None = None, standardise: bool = True,
+              extra_info: dict | None = None) -> DataSplits:
     """Split the pool, standardise images with training statistics, add label noise, wrap in datasets.
 
     ``pool_inputs``: ``uint8`` images (kept as ``uint8``; scaling and normalisation happen per batch in
@@ -274,18 +252,15 @@ def _assemble(
                 f"test_fraction must be None for {request.name!r}, which has an official test split; "
                 f"got {request.test_fraction}"
             )
-        train_idx, val_idx, _ = split_indices(
-            pool_index.numel(), val_fraction=request.val_fraction, test_fraction=0.0, split_seed=request.split_seed
-        )
+        train_idx, val_idx, _ = split_indices(pool_index.numel(), val_fraction=request.val_fraction, test_fraction=0.0,
+                                              split_seed=request.split_seed)
         test_index = _subsample(test_inputs.shape[0], request.limit, request.split_seed + 1)
         test_x, test_y = test_inputs[test_index], test_labels[test_index]
         test_fraction = None
     else:
         test_fraction = DEFAULT_TEST_FRACTION if request.test_fraction is None else request.test_fraction
-        train_idx, val_idx, test_idx = split_indices(
-            pool_index.numel(), val_fraction=request.val_fraction, test_fraction=test_fraction,
-            split_seed=request.split_seed,
-        )
+        train_idx, val_idx, test_idx = split_indices(pool_index.numel(), val_fraction=request.val_fraction,
+                                                     test_fraction=test_fraction, split_seed=request.split_seed)
         test_x, test_y = pool_inputs[pool_index[test_idx]], pool_labels[pool_index[test_idx]]
     train_x, train_y = pool_inputs[pool_index[train_idx]], pool_labels[pool_index[train_idx]]
     val_x, val_y = pool_inputs[pool_index[val_idx]], pool_labels[pool_index[val_idx]]
@@ -352,10 +327,8 @@ def _assemble(
         "input_dtype": str(train_x.dtype).replace("torch.", ""),
     }
     info.update(extra_info or {})
-    return DataSplits(
-        name=request.name, train=train, val=val, test=test, num_classes=num_classes,
-        input_shape=tuple(int(s) for s in train_x.shape[1:]), info=info,
-    )
+    return DataSplits(name=request.name, train=train, val=val, test=test, num_classes=num_classes,
+                      input_shape=tuple(int(s) for s in train_x.shape[1:]), info=info)
 
 
 

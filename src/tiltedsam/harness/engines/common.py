@@ -1,18 +1,13 @@
 """What every sweep engine shares: run one key in its run directory, and record the outcome in the index.
 
-An engine (local worker processes, Ray, SLURM) decides *where* a run trains; the run itself is always
-:func:`run_in_directory`: rebuild the resolved config, hold the run directory's lock
-(:class:`..runlock.RunDirectoryLock`, taken in the process that trains), resume from its checkpoint
-when there is one (``train(resume=True)`` is exact), and return a small picklable *outcome*. The run
-directory is the single home of the run's epochs (``metrics.csv``) and result (``result.json``); a
-trial never touches the sweep database. On a cluster only the driver writes the index
-(:func:`record_outcome`: status, error, finish time; never a copy of the epochs or the result).
+An engine (local processes, Ray, SLURM) decides *where* a run trains; the run itself is always
+:func:`run_in_directory`: rebuild the config, hold the run directory's lock, resume from its
+checkpoint (exact) and return a small picklable *outcome*. A trial never touches the sweep database;
+only the driver writes the index (:func:`record_outcome`: status, error, finish time).
 
-Failures come in two kinds. A deterministic one (the run diverged, the config cannot run, the
-checkpoint is refused) would fail again anywhere: it is returned as ``{"status": "failed", "error":
-one line}`` and recorded once, not retried. Anything else (the process was killed, the node vanished,
-an unexpected exception) propagates, so the engine's retry machinery can run the key again; the retry
-resumes from the last epoch's checkpoint.
+A deterministic failure (divergence, a config that cannot run, a refused checkpoint) is returned as
+``{"status": "failed", "error": one line}`` and not retried; anything else (a killed process, a
+vanished node) propagates, so the engine's retries run the key again from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -34,11 +29,9 @@ __all__ = ["check_cluster_settings", "lock_run_directory", "run_in_directory", "
 
 
 def lock_run_directory(run_dir: str | os.PathLike[str], wait: float = 0.0, owner: str | None = None) -> Any:
-    """Take ``run_dir``'s :class:`..runlock.RunDirectoryLock` (created if missing), trying again for
-    up to ``wait`` seconds while another process holds it: on a network file system the lock of a
-    vanished node lasts until the server's lease expires, and a retried run must not fail on it.
-    Returns the held lock (release it, or use it as a context manager); raises
-    :class:`..runlock.RunDirectoryBusy` when it is still held after ``wait``."""
+    """Take ``run_dir``'s :class:`..runlock.RunDirectoryLock` (created if missing), retrying for up to
+    ``wait`` seconds (a vanished node's lock on a network file system lasts until its lease expires).
+    Returns the held lock; :class:`..runlock.RunDirectoryBusy` when it is still held after ``wait``."""
     from ..runlock import RunDirectoryBusy, RunDirectoryLock
 
     run_dir = Path(run_dir)
@@ -102,9 +95,8 @@ def run_in_directory(config_data: dict[str, Any], *, num_threads: int = 0, devic
 
 
 def record_outcome(connection: sqlite3.Connection, key: str, owner: str, outcome: dict[str, Any]) -> str:
-    """Write ``outcome`` (from :func:`run_in_directory`) into the sweep index, only where ``owner``
-    still holds the run: the status, the finish time and (failed) the error; the run's epochs and
-    result stay in its run directory. Returns the status written. Only the driver calls this."""
+    """Write ``outcome`` (status, finish time, error) into the sweep index where ``owner`` still holds
+    the run; returns the status. Only the driver calls this."""
     if outcome["status"] == "done":
         connection.execute("UPDATE runs SET status='done', finished=?, error=NULL WHERE run_key=? AND owner=?",
                            (time.time(), key, owner))
@@ -147,9 +139,8 @@ class SweepPlan:
 
 
 def progress_of(sweep: Any, plan: SweepPlan, claimed: list[str]) -> Any:
-    """The local engine's progress (:class:`..sweep._Progress`: one bar weighted by gradient
-    evaluations, one line per finished run, the counts) over the ``claimed`` runs; ``elsewhere``
-    counts the runs left to another sweep process."""
+    """The local engine's :class:`..sweep._Progress` over the ``claimed`` runs; ``elsewhere`` counts the
+    runs left to another sweep process."""
     from dataclasses import replace
 
     from ..sweep import _Progress
@@ -160,9 +151,8 @@ def progress_of(sweep: Any, plan: SweepPlan, claimed: list[str]) -> Any:
 
 
 def plan_sweep(sweep: Any, retry_failed: bool = True) -> SweepPlan:
-    """Check the whole sweep, write ``sweep.json``, register the grid in the index and list what is
-    left to do: the local engine's own set-up (:func:`..sweep.expand_grid`, :func:`..sweep._plan`).
-    No network-file-system warning: a cluster's run directories are on one by design."""
+    """The local engine's set-up (:func:`..sweep.expand_grid`, :func:`..sweep._plan`) without its
+    network-file-system warning (a cluster's run directories are on one by design)."""
     from ..sweep import _plan, expand_grid
 
     points = expand_grid(sweep)  # checks every point before anything is written

@@ -28,21 +28,19 @@ checkpoint and takes a run that had finished its ``result.json`` as done without
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
+from ..sweep import SweepError, _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
+from .common import check_cluster_settings, claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
 
 __all__ = ["run_sweep_on_ray", "check_shared_directory", "import_ray"]
 
 
 def import_ray() -> Any:
     """``ray``, or :class:`SweepError` saying how to install it."""
-    from ..sweep import SweepError
-
     try:
         import ray
     except ImportError:
@@ -67,8 +65,6 @@ def check_shared_directory(ray: Any, out_dir: str | os.PathLike[str]) -> None:
     """Raise :class:`SweepError` unless every alive node of the cluster sees ``out_dir``: a token file
     written here must be readable by a task pinned to each node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ..sweep import SweepError
 
     out = Path(out_dir).resolve()
     token = out / f".shared-check-{uuid.uuid4().hex[:12]}"
@@ -100,10 +96,6 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
     (default ``sweep.lease_seconds``). ``epoch_hook(config, metrics_row)`` runs in the task after
     each epoch (tests use it to kill a trial at a chosen point).
     """
-    from .common import check_cluster_settings
-    from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
-                         _raise_interrupt)
-
     ray = import_ray()
     check_cluster_settings(sweep)
     plan = plan_sweep(sweep, retry_failed)
@@ -121,8 +113,6 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             else:
                 ray.init(num_cpus=num_cpus, **init)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            from ..sweep import SweepError
-
             where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
             raise SweepError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
     handlers: dict[int, Any] = {}
@@ -135,9 +125,7 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
         progress = progress_of(sweep, plan, claimed)
         heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
         heartbeat.start()
-        if _in_main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                handlers[signum] = signal.signal(signum, _raise_interrupt)
+        handlers = _catch_signals()
         device = "cuda" if sweep.gpus_per_run else None
         task = ray.remote(num_cpus=sweep.cpus_per_run, num_gpus=sweep.gpus_per_run, max_retries=sweep.max_retries,
                           retry_exceptions=False)(_ray_trial)
@@ -155,20 +143,18 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
                 status = record_outcome(connection, key, owner, outcome)
                 progress.finished(key, status)
     except KeyboardInterrupt as exc:
-        for signum in handlers:  # a second signal must not interrupt the clean-up
-            signal.signal(signum, signal.SIG_IGN)
-        for ref in refs:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished or gone: nothing to cancel
-                pass
-        if heartbeat is not None:
-            heartbeat.stop()
-        if started_ray:
-            ray.shutdown()
-        interrupted = _mark_interrupted(plan.db_file, owner)
-        signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
-        raise SweepInterrupted(signum, interrupted) from None
+        def stop() -> None:
+            for ref in refs:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone: nothing to cancel
+                    pass
+            if heartbeat is not None:
+                heartbeat.stop()
+            if started_ray:
+                ray.shutdown()
+
+        raise _interrupted(exc, handlers, plan.db_file, owner, stop) from None
     finally:
         if heartbeat is not None:
             heartbeat.stop()
@@ -176,8 +162,7 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
             connection.close()
         if started_ray and ray.is_initialized():
             ray.shutdown()
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        _restore_signals(handlers)
         if progress is not None:
             progress.bar.close()
     return progress.counts
@@ -186,8 +171,6 @@ def run_sweep_on_ray(sweep: Any, *, address: str | None = None, retry_failed: bo
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """:class:`SweepError` unless ``HOST:PORT`` accepts a TCP connection (``ray.init`` would keep
     retrying an unreachable head for minutes)."""
-    from ..sweep import SweepError
-
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise SweepError(f"--address {address!r} is invalid; allowed: auto or HOST:PORT (the head's GCS port, "

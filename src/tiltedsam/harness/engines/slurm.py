@@ -17,14 +17,15 @@ local executor (one process per task, on this machine), which is how it is teste
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ... import _json
 from ..._atomic import atomic_write
-from .common import claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
+from ..config import ConfigError
+from ..sweep import SweepError, _catch_signals, _connect, _Heartbeat, _interrupted, _owner_id, _restore_signals
+from .common import check_cluster_settings, claim_keys, plan_sweep, progress_of, record_outcome, run_in_directory
 
 __all__ = ["run_sweep_on_slurm", "SlurmTrial", "import_submitit"]
 
@@ -34,8 +35,6 @@ _ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
 
 def import_submitit() -> Any:
     """``submitit``, or :class:`SweepError` saying how to install it."""
-    from ..sweep import SweepError
-
     try:
         import submitit
     except ImportError:
@@ -85,11 +84,6 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
     here (tests), ``"debug"`` in this process. ``partition``/``time_minutes``/``max_parallel``: the
     partition, the time limit per run (default 60 minutes) and how many array tasks run at once.
     ``on_submitted(jobs by run key)`` is called once the jobs are submitted (tests use it)."""
-    from .common import check_cluster_settings
-    from ..config import ConfigError
-    from ..sweep import (SweepInterrupted, _connect, _Heartbeat, _in_main_thread, _mark_interrupted, _owner_id,
-                         _raise_interrupt)
-
     submitit = import_submitit()
     check_cluster_settings(sweep)
     if time_minutes is not None and time_minutes < 1:
@@ -123,9 +117,7 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
         progress = progress_of(sweep, plan, claimed)
         heartbeat = _Heartbeat(plan.db_file, owner, interval=max(0.2, sweep.lease_seconds / 4))
         heartbeat.start()
-        if _in_main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                handlers[signum] = signal.signal(signum, _raise_interrupt)
+        handlers = _catch_signals()
         known = _load_job_ids(sweep.out_dir)
         to_submit = []
         for key in claimed:  # a job of an earlier driver that is still queued or running: attach to it
@@ -155,25 +147,22 @@ def run_sweep_on_slurm(sweep: Any, *, retry_failed: bool = True, partition: str 
                 status = record_outcome(connection, key, owner, _outcome_of(job))
                 progress.finished(key, status)
     except KeyboardInterrupt as exc:
-        for signum in handlers:
-            signal.signal(signum, signal.SIG_IGN)
-        for job in jobs.values():
-            try:
-                job.cancel(check=False)
-            except Exception:  # noqa: BLE001 - finished or unknown to the scheduler: nothing to cancel
-                pass
-        if heartbeat is not None:
-            heartbeat.stop()
-        interrupted = _mark_interrupted(plan.db_file, owner)
-        signum = exc.signum if isinstance(exc, SweepInterrupted) else signal.SIGINT
-        raise SweepInterrupted(signum, interrupted) from None
+        def stop() -> None:
+            for job in jobs.values():
+                try:
+                    job.cancel(check=False)
+                except Exception:  # noqa: BLE001 - finished or unknown to the scheduler: nothing to cancel
+                    pass
+            if heartbeat is not None:
+                heartbeat.stop()
+
+        raise _interrupted(exc, handlers, plan.db_file, owner, stop) from None
     finally:
         if heartbeat is not None:
             heartbeat.stop()
         if connection is not None:
             connection.close()
-        for signum, previous in handlers.items():
-            signal.signal(signum, previous)
+        _restore_signals(handlers)
         if progress is not None:
             progress.bar.close()
     return progress.counts
