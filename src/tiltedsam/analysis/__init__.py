@@ -14,13 +14,37 @@ This package does not import :mod:`tiltedsam.harness`.
 
 from ._common import MODES, preserved_model_state, take_batches
 from .cross_objective import CrossObjectiveTable, ObjectiveLosses, cross_objective, cross_objective_table
-from .hessian import (HessianEigenResult, HessianOperator, HessianTraceResult, hessian_eigenvalues, hessian_trace,
-                      lanczos)
+from .hessian import (
+    HessianEigenResult,
+    HessianOperator,
+    HessianTraceResult,
+    hessian_eigenvalues,
+    hessian_trace,
+    lanczos,
+)
 from .neighborhood import NeighborhoodLossResult, SigmaStatistics, TiltedStatistics, neighborhood_loss
 from .report import ReportSettings, analyze_models, plot_neighborhood_curves, write_flatness_report
 
-__all__ = ["MODES", "preserved_model_state", "take_batches", "neighborhood_loss", "NeighborhoodLossResult",
-           "SigmaStatistics", "TiltedStatistics", "hessian_eigenvalues", "HessianEigenResult", "hessian_trace",
-           "HessianTraceResult", "HessianOperator", "lanczos", "cross_objective", "cross_objective_table",
-           "ObjectiveLosses", "CrossObjectiveTable", "ReportSettings", "analyze_models", "write_flatness_report",
-           "plot_neighborhood_curves"]
+__all__ = [
+    "MODES",
+    "preserved_model_state",
+    "take_batches",
+    "neighborhood_loss",
+    "NeighborhoodLossResult",
+    "SigmaStatistics",
+    "TiltedStatistics",
+    "hessian_eigenvalues",
+    "HessianEigenResult",
+    "hessian_trace",
+    "HessianTraceResult",
+    "HessianOperator",
+    "lanczos",
+    "cross_objective",
+    "cross_objective_table",
+    "ObjectiveLosses",
+    "CrossObjectiveTable",
+    "ReportSettings",
+    "analyze_models",
+    "write_flatness_report",
+    "plot_neighborhood_curves",
+]

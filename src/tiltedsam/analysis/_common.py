@@ -17,8 +17,20 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MODES", "LossFn", "Batch", "preserved_model_state", "trainable_parameters", "as_batches", "take_batches",
-           "mean_loss", "mean_gradient", "check_positive_int", "check_mode", "progress_bar"]
+__all__ = [
+    "MODES",
+    "LossFn",
+    "Batch",
+    "preserved_model_state",
+    "trainable_parameters",
+    "as_batches",
+    "take_batches",
+    "mean_loss",
+    "mean_gradient",
+    "check_positive_int",
+    "check_mode",
+    "progress_bar",
+]
 
 MODES = ("eval", "train")
 Mode = Literal["eval", "train"]

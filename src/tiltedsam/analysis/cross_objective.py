@@ -46,8 +46,19 @@ from torch import Tensor, nn
 
 from ..functional import NOISE_KINDS, NORM_EPS, draw_noise, global_norm
 from ..tilt import check_tilt, effective_sample_size, tilted_mean, tilted_weights
-from ._common import (ResultMixin, LossFn, as_batches, check_mode, check_nonnegative_float, check_positive_int,
-                      mean_gradient, mean_loss, preserved_model_state, progress_bar, trainable_parameters)
+from ._common import (
+    ResultMixin,
+    LossFn,
+    as_batches,
+    check_mode,
+    check_nonnegative_float,
+    check_positive_int,
+    mean_gradient,
+    mean_loss,
+    preserved_model_state,
+    progress_bar,
+    trainable_parameters,
+)
 from .neighborhood import bootstrap_standard_errors
 
 __all__ = ["cross_objective", "ObjectiveLosses", "cross_objective_table", "CrossObjectiveTable", "OBJECTIVES",
@@ -159,13 +170,23 @@ def cross_objective(model: nn.Module, loss_fn: LossFn, data: Any, *, rho: float 
             bar.close()
     flat = losses.flatten()
     tsam = float(tilted_mean(flat, tilt))
-    tsam_se = float(bootstrap_standard_errors(losses, lambda v: tilted_mean(v.flatten(-2), tilt).unsqueeze(-1),
-                                              num_bootstrap, torch.Generator().manual_seed(seed + 1))[0])
-    return ObjectiveLosses(erm=erm, sam=sam, tsam=tsam, tsam_se=tsam_se, tsam_expected=float(flat.mean()),
-                           tsam_effective_sample_size=float(effective_sample_size(tilted_weights(flat, tilt))),
-                           sam_step=sam_step, gradient_norm=gradient_norm,
-                           num_loss_evaluations=1 + (ascent_steps if gradient_norm > 0 and rho > 0 else 0) + num_draws,
-                           sampler=sampler, seconds=time.perf_counter() - start)
+    tsam_se = float(bootstrap_standard_errors(
+        losses, lambda v: tilted_mean(v.flatten(-2), tilt).unsqueeze(-1), num_bootstrap,
+        torch.Generator().manual_seed(seed + 1),
+    )[0])
+    return ObjectiveLosses(
+        erm=erm,
+        sam=sam,
+        tsam=tsam,
+        tsam_se=tsam_se,
+        tsam_expected=float(flat.mean()),
+        tsam_effective_sample_size=float(effective_sample_size(tilted_weights(flat, tilt))),
+        sam_step=sam_step,
+        gradient_norm=gradient_norm,
+        num_loss_evaluations=1 + (ascent_steps if gradient_norm > 0 and rho > 0 else 0) + num_draws,
+        sampler=sampler,
+        seconds=time.perf_counter() - start,
+    )
 
 
 @dataclass

@@ -21,11 +21,30 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._common import (ResultMixin, LossFn, _scalar_loss, as_batches, call_model, check_mode, check_positive_int,
-                      preserved_model_state, progress_bar, trainable_parameters, weighted_batches)
+from ._common import (
+    ResultMixin,
+    LossFn,
+    _scalar_loss,
+    as_batches,
+    call_model,
+    check_mode,
+    check_positive_int,
+    preserved_model_state,
+    progress_bar,
+    trainable_parameters,
+    weighted_batches,
+)
 
-__all__ = ["HessianOperator", "lanczos", "LanczosResult", "hessian_eigenvalues", "HessianEigenResult", "hessian_trace",
-           "HessianTraceResult", "TRACE_METHODS"]
+__all__ = [
+    "HessianOperator",
+    "lanczos",
+    "LanczosResult",
+    "hessian_eigenvalues",
+    "HessianEigenResult",
+    "hessian_trace",
+    "HessianTraceResult",
+    "TRACE_METHODS",
+]
 
 TRACE_METHODS = ("hutchinson", "hutch++")
 
@@ -97,8 +116,10 @@ class HessianOperator:
             if not used:
                 continue
             with torch.enable_grad():
-                products = torch.autograd.grad([g for g, _ in used], self.params, grad_outputs=[v for _, v in used],
-                                               retain_graph=self._single_batch, allow_unused=True)
+                products = torch.autograd.grad(
+                    [g for g, _ in used], self.params, grad_outputs=[v for _, v in used],
+                    retain_graph=self._single_batch, allow_unused=True,
+                )
             flat = torch.cat([
                 torch.zeros(n, device=self.device, dtype=self.dtype) if h is None else h.reshape(-1)
                 for h, n in zip(products, self.sizes)
@@ -274,13 +295,23 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Any, k: int = 5
         low_values, low_residuals, low_vectors = pairs(bottom)
         operator.release()
     scale = max([abs(v) for v in top_values + low_values] + [torch.finfo(torch.float64).tiny])
-    return HessianEigenResult(eigenvalues=top_values, residuals=top_residuals,
-                              relative_residuals=[r / scale for r in top_residuals], smallest_eigenvalues=low_values,
-                              smallest_residuals=low_residuals, iterations=m, converged=run.converged,
-                              num_hessian_vector_products=operator.num_products, tol=tol, mode=mode, seed=seed,
-                              num_parameters=operator.dim, seconds=time.perf_counter() - start,
-                              eigenvectors=top_vectors.detach() if return_eigenvectors else None,
-                              smallest_eigenvectors=low_vectors.detach() if return_eigenvectors and smallest else None)
+    return HessianEigenResult(
+        eigenvalues=top_values,
+        residuals=top_residuals,
+        relative_residuals=[r / scale for r in top_residuals],
+        smallest_eigenvalues=low_values,
+        smallest_residuals=low_residuals,
+        iterations=m,
+        converged=run.converged,
+        num_hessian_vector_products=operator.num_products,
+        tol=tol,
+        mode=mode,
+        seed=seed,
+        num_parameters=operator.dim,
+        seconds=time.perf_counter() - start,
+        eigenvectors=top_vectors.detach() if return_eigenvectors else None,
+        smallest_eigenvectors=low_vectors.detach() if return_eigenvectors and smallest else None,
+    )
 
 
 @dataclass
@@ -356,6 +387,13 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, data: Any, *, num_samples: 
         operator.release()
     estimate = exact_part + float(forms.mean())
     standard_error = float(forms.std() / math.sqrt(forms.numel())) if forms.numel() > 1 else math.nan
-    return HessianTraceResult(estimate=estimate, standard_error=standard_error, method=method,
-                              num_samples=operator.num_products, mode=mode, seed=seed, num_parameters=operator.dim,
-                              seconds=time.perf_counter() - start)
+    return HessianTraceResult(
+        estimate=estimate,
+        standard_error=standard_error,
+        method=method,
+        num_samples=operator.num_products,
+        mode=mode,
+        seed=seed,
+        num_parameters=operator.dim,
+        seconds=time.perf_counter() - start,
+    )

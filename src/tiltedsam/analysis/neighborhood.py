@@ -18,11 +18,27 @@ from torch import Tensor, nn
 
 from ..functional import draw_noise
 from ..tilt import check_tilt, tilted_mean, tilted_stats
-from ._common import (ResultMixin, LossFn, as_batches, check_mode, check_nonnegative_float, check_positive_int,
-                      mean_loss, preserved_model_state, progress_bar, trainable_parameters)
+from ._common import (
+    ResultMixin,
+    LossFn,
+    as_batches,
+    check_mode,
+    check_nonnegative_float,
+    check_positive_int,
+    mean_loss,
+    preserved_model_state,
+    progress_bar,
+    trainable_parameters,
+)
 
-__all__ = ["neighborhood_loss", "NeighborhoodLossResult", "SigmaStatistics", "TiltedStatistics", "sample_mean_variance",
-           "bootstrap_standard_errors"]
+__all__ = [
+    "neighborhood_loss",
+    "NeighborhoodLossResult",
+    "SigmaStatistics",
+    "TiltedStatistics",
+    "sample_mean_variance",
+    "bootstrap_standard_errors",
+]
 
 
 @dataclass
@@ -185,8 +201,15 @@ def neighborhood_loss(model: nn.Module, loss_fn: LossFn, data: Any, sigmas: Sequ
                 results.append(_summarise(sigma, torch.tensor(losses, dtype=torch.float64), tilts, num_bootstrap, seed))
         finally:
             bar.close()
-    return NeighborhoodLossResult(clean_loss=clean_loss, statistics=results, num_draws=num_draws, mode=mode, seed=seed,
-                                  num_parameters=sum(p.numel() for p in chosen), seconds=time.perf_counter() - start)
+    return NeighborhoodLossResult(
+        clean_loss=clean_loss,
+        statistics=results,
+        num_draws=num_draws,
+        mode=mode,
+        seed=seed,
+        num_parameters=sum(p.numel() for p in chosen),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _summarise(sigma: float, losses: Tensor, tilts: list[float], num_bootstrap: int, seed: int) -> SigmaStatistics:
@@ -195,14 +218,21 @@ def _summarise(sigma: float, losses: Tensor, tilts: list[float], num_bootstrap: 
     if tilts:
         point = _tilted_summary(losses, tilts)
         generator = torch.Generator().manual_seed(seed + 1)
-        errors = bootstrap_standard_errors(losses.unsqueeze(-1), lambda v: _tilted_summary(v.flatten(-2), tilts),
-                                           num_bootstrap, generator)
+        errors = bootstrap_standard_errors(
+            losses.unsqueeze(-1), lambda v: _tilted_summary(v.flatten(-2), tilts), num_bootstrap, generator
+        )
         for i, t in enumerate(tilts):
             ess = float(tilted_stats(losses - losses[0], t).effective_sample_size)
             stats.tilted.append(
-                TiltedStatistics(tilt=t, mean=float(point[i, 0]), mean_se=float(errors[i, 0]),
-                                 variance=float(point[i, 1]), variance_se=float(errors[i, 1]),
-                                 objective=float(point[i, 2]), objective_se=float(errors[i, 2]),
-                                 effective_sample_size=ess)
+                TiltedStatistics(
+                    tilt=t,
+                    mean=float(point[i, 0]),
+                    mean_se=float(errors[i, 0]),
+                    variance=float(point[i, 1]),
+                    variance_se=float(errors[i, 1]),
+                    objective=float(point[i, 2]),
+                    objective_se=float(errors[i, 2]),
+                    effective_sample_size=ess,
+                )
             )
     return stats

@@ -29,8 +29,15 @@ from .cross_objective import CrossObjectiveTable, ObjectiveLosses, cross_objecti
 from .hessian import TRACE_METHODS, hessian_eigenvalues, hessian_trace
 from .neighborhood import _check_sigmas, _check_tilts, neighborhood_loss
 
-__all__ = ["ANALYSES", "REPORT_FORMAT", "ReportSettings", "analyze_models", "render_markdown",
-           "plot_neighborhood_curves", "write_flatness_report"]
+__all__ = [
+    "ANALYSES",
+    "REPORT_FORMAT",
+    "ReportSettings",
+    "analyze_models",
+    "render_markdown",
+    "plot_neighborhood_curves",
+    "write_flatness_report",
+]
 
 ANALYSES = ("neighborhood", "hessian", "trace", "cross_objective")
 REPORT_FORMAT = "tiltedsam.flatness-report/1"
@@ -188,10 +195,12 @@ def analyze_models(models: Mapping[str, tuple[Any, Any, Any, Any]], settings: Re
             for split in SPLITS:
                 if data[split] is None:
                     continue
-                losses = cross_objective(model, loss_fn, data[split], rho=settings.sam_rho,
-                                         ascent_steps=settings.sam_ascent_steps, tilt=settings.tsam_tilt,
-                                         radius=settings.tsam_radius, noise=settings.tsam_noise,
-                                         sampler=settings.tsam_sampler, num_draws=settings.cross_draws, **common)
+                losses = cross_objective(
+                    model, loss_fn, data[split], rho=settings.sam_rho, ascent_steps=settings.sam_ascent_steps,
+                    tilt=settings.tsam_tilt, radius=settings.tsam_radius, noise=settings.tsam_noise,
+                    sampler=settings.tsam_sampler,
+                    num_draws=settings.cross_draws, **common,
+                )
                 entry_report["cross_objective"][split] = losses.to_dict()
                 timings["cross_objective"] += losses.seconds
             tick("cross_objective")

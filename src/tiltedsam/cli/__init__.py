@@ -24,8 +24,10 @@ COMMAND_MODULES = ["compare", "train", "sweep", "report", "analyze", "toy", "exa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ErrorLineParser(prog="tiltedsam",
-                             description="Tilted SAM (TSAM): train, compare and analyse sharpness-aware optimizers.")
+    parser = ErrorLineParser(
+        prog="tiltedsam",
+        description="Tilted SAM (TSAM): train, compare and analyse sharpness-aware optimizers.",
+    )
     parser.add_argument("--version", action="version", version=f"tiltedsam {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

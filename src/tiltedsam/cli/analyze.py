@@ -86,15 +86,16 @@ def run(args: argparse.Namespace) -> int:
     threads = configure_threads(args.threads)
 
     try:
-        settings = ReportSettings(sigmas=tuple(args.sigmas), num_draws=args.num_draws,
-                                  tilts=tuple(args.tilt) if args.tilt else ReportSettings.tilts, k=args.k,
-                                  smallest=args.smallest, lanczos_max_iter=args.lanczos_iters,
-                                  lanczos_tol=args.lanczos_tol, trace_samples=args.trace_samples,
-                                  trace_method=args.trace_method, sam_rho=args.sam_rho, tsam_tilt=args.tsam_tilt,
-                                  tsam_radius=args.tsam_radius, tsam_noise=args.tsam_noise,
-                                  tsam_sampler=args.tsam_sampler, cross_draws=args.cross_draws,
-                                  max_batches=args.max_batches, mode=args.mode, seed=args.seed, analyses=args.only,
-                                  progress=False if args.no_progress else None)
+        settings = ReportSettings(
+            sigmas=tuple(args.sigmas), num_draws=args.num_draws,
+            tilts=tuple(args.tilt) if args.tilt else ReportSettings.tilts, k=args.k, smallest=args.smallest,
+            lanczos_max_iter=args.lanczos_iters, lanczos_tol=args.lanczos_tol, trace_samples=args.trace_samples,
+            trace_method=args.trace_method, sam_rho=args.sam_rho, tsam_tilt=args.tsam_tilt,
+            tsam_radius=args.tsam_radius, tsam_noise=args.tsam_noise,
+            tsam_sampler=args.tsam_sampler, cross_draws=args.cross_draws,
+            max_batches=args.max_batches, mode=args.mode, seed=args.seed, analyses=args.only,
+            progress=False if args.no_progress else None,
+        )
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"tiltedsam analyze: {exc}") from exc
     try:

@@ -125,14 +125,28 @@ def run(args: argparse.Namespace) -> int:
                 max_tilt=args.max_tilt, samples=tuple(FIG1_SAMPLES if args.samples is None else args.samples),
                 seed=args.seed, measure=args.measure)
         elif name == "fig1":
-            report = run_fig1(args.out, rho=args.rho, lr=args.lr, steps=args.steps, start=args.start,
-                              tilts=FIG1_TILTS if args.tilts is None else args.tilts,
-                              samples=FIG1_SAMPLES if args.samples is None else args.samples, seed=args.seed,
-                              repeats=args.repeats, measure=args.measure, progress=True)
+            report = run_fig1(
+                args.out,
+                rho=args.rho,
+                lr=args.lr,
+                steps=args.steps,
+                start=args.start,
+                tilts=FIG1_TILTS if args.tilts is None else args.tilts,
+                samples=FIG1_SAMPLES if args.samples is None else args.samples,
+                seed=args.seed,
+                repeats=args.repeats,
+                measure=args.measure,
+                progress=True,
+            )
         else:
-            report = run_objective_sweep(args.out, name, "sam" if name == "fig5" else "tsam",
-                                         rhos=SWEEP_RHOS if args.rhos is None else args.rhos,
-                                         tilts=(0.01,) if args.tilts is None else args.tilts, measure=args.measure)
+            report = run_objective_sweep(
+                args.out,
+                name,
+                "sam" if name == "fig5" else "tsam",
+                rhos=SWEEP_RHOS if args.rhos is None else args.rhos,
+                tilts=(0.01,) if args.tilts is None else args.tilts,
+                measure=args.measure,
+            )
         for title, table in report.tables.items():
             print(f"## {title}\n\n{table}\n")
         print(f"{name}: wrote {', '.join(str(f) for f in report.files)} in {report.seconds:.1f} s\n")

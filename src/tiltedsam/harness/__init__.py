@@ -9,5 +9,13 @@ inside the loaders that need them, and matplotlib only by the plotting modules.
 from .data import DATASETS, DataSplits, InMemoryDataset, apply_label_noise, load_dataset
 from .models import MODELS, build_model, count_parameters
 
-__all__ = ["DATASETS", "DataSplits", "InMemoryDataset", "apply_label_noise", "load_dataset", "MODELS", "build_model",
-           "count_parameters"]
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "InMemoryDataset",
+    "apply_label_noise",
+    "load_dataset",
+    "MODELS",
+    "build_model",
+    "count_parameters",
+]

@@ -32,10 +32,12 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 from .. import _json
 from .._atomic import atomic_write as atomic_write_text
 
-__all__ = ["ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig", "BudgetConfig", "ExecutionConfig",
-           "RunConfig", "BUDGET_KINDS", "from_dict", "to_dict", "load_config", "save_config", "apply_overrides",
-           "parse_override", "run_key", "identity_dict", "to_toml", "atomic_write_text", "check_name",
-           "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_NODES", "MAX_SEED"]
+__all__ = [
+    "ConfigError", "DataConfig", "ModelConfig", "OptimizerConfig", "BudgetConfig", "ExecutionConfig",
+    "RunConfig", "BUDGET_KINDS", "from_dict", "to_dict", "load_config", "save_config", "apply_overrides",
+    "parse_override", "run_key", "identity_dict", "to_toml", "atomic_write_text", "check_name",
+    "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_NODES", "MAX_SEED",
+]
 
 BUDGET_KINDS = ("epochs", "steps", "grad_evals")
 

@@ -32,8 +32,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "count_parameters", "MLP", "SmallCNN", "CifarResNet", "BasicBlock",
-           "WideResNet", "WideBasicBlock", "TextCNN", "TextBagOfWords"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "count_parameters",
+    "MLP",
+    "SmallCNN",
+    "CifarResNet",
+    "BasicBlock",
+    "WideResNet",
+    "WideBasicBlock",
+    "TextCNN",
+    "TextBagOfWords",
+]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -107,8 +119,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -305,13 +318,16 @@ def _build_wrn16_8(data: Any, *, depth: int = 16, widen_factor: int = 8, dropout
 
 def _build_text_cnn(data: Any, *, embed_dim: int = 64, num_filters: int = 64, kernel_sizes: Sequence[int] = (3, 4, 5),
                     dropout: float = 0.5) -> nn.Module:
-    return TextCNN(_vocab_size(data, "text_cnn"), data.num_classes, embed_dim, num_filters, tuple(kernel_sizes),
-                   dropout, int(data.info.get("pad_index", 0)))
+    return TextCNN(
+        _vocab_size(data, "text_cnn"), data.num_classes, embed_dim, num_filters, tuple(kernel_sizes), dropout,
+        int(data.info.get("pad_index", 0)),
+    )
 
 
 def _build_text_bow(data: Any, *, embed_dim: int = 64, hidden_size: int = 64) -> nn.Module:
-    return TextBagOfWords(_vocab_size(data, "text_bow"), data.num_classes, embed_dim, hidden_size,
-                          int(data.info.get("pad_index", 0)))
+    return TextBagOfWords(
+        _vocab_size(data, "text_bow"), data.num_classes, embed_dim, hidden_size, int(data.info.get("pad_index", 0))
+    )
 
 
 def _build_minilm(data: Any, *, train_layers: int = 1, dropout: float = 0.1, task: str = "classification",

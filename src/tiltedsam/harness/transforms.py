@@ -116,8 +116,13 @@ class ImageTransform:
         if self.scale is not None:
             out = out * self.scale
         if self.resized_crop is not None:
-            out = random_resized_crop(out, (out.shape[-2], out.shape[-1]), scale=self.resized_crop,
-                                      flip_probability=0.5 if self.flip else 0.0, generator=generator)
+            out = random_resized_crop(
+                out,
+                (out.shape[-2], out.shape[-1]),
+                scale=self.resized_crop,
+                flip_probability=0.5 if self.flip else 0.0,
+                generator=generator,
+            )
         else:
             if self.crop_padding > 0:
                 out = random_pad_crop(out, self.crop_padding, fill=self.fill, generator=generator)

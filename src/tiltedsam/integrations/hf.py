@@ -96,9 +96,11 @@ class PerturbationTrainer(_transformers.Trainer):
         if self.args.n_gpu > 1:
             raise ValueError("PerturbationTrainer supports one device per process (DDP), not DataParallel (n_gpu > 1)")
         # fp16's GradScaler may overflow: then the step is skipped and the scale lowered, as usual
-        completed = run_evaluations(optimizer, micro_batches, functools.partial(self._micro_batch_loss, model),
-                                    self.accelerator.backward, functools.partial(self.accelerator.no_sync, model),
-                                    stop_on_nonfinite_gradients=self.accelerator.scaler is not None)
+        completed = run_evaluations(
+            optimizer, micro_batches, functools.partial(self._micro_batch_loss, model),
+            self.accelerator.backward, functools.partial(self.accelerator.no_sync, model),
+            stop_on_nonfinite_gradients=self.accelerator.scaler is not None,
+        )
         if not completed:  # the Trainer's optimizer.step() finds the inf/NaN gradient and skips the step
             return torch.tensor(float("nan"), device=self.args.device)
         self._combined_step.mark_ready()  # type: ignore[union-attr]

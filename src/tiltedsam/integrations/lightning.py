@@ -31,8 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .common import (check_perturbation_optimizer, combined_gradient_step, diagnostics_of, require_extra,
-                     run_evaluations)
+from .common import (
+    check_perturbation_optimizer,
+    combined_gradient_step,
+    diagnostics_of,
+    require_extra,
+    run_evaluations,
+)
 
 require_extra("lightning.pytorch", "lightning")
 

@@ -9,10 +9,33 @@
 """
 
 from .descent import DESCENT_KINDS, Run, Trajectory, descend, descend_many
-from .objectives import (KINDS, MEASURES, Minimiser, global_minimiser, gradient, neighbourhood_stats, objective,
-                         sam_maximiser)
+from .objectives import (
+    KINDS,
+    MEASURES,
+    Minimiser,
+    global_minimiser,
+    gradient,
+    neighbourhood_stats,
+    objective,
+    sam_maximiser,
+)
 from .problems import PROBLEMS, ToyProblem, as_problem
 
-__all__ = ["KINDS", "MEASURES", "DESCENT_KINDS", "PROBLEMS", "ToyProblem", "as_problem", "objective", "gradient",
-           "sam_maximiser", "neighbourhood_stats", "global_minimiser", "Minimiser", "Run", "Trajectory", "descend",
-           "descend_many"]
+__all__ = [
+    "KINDS",
+    "MEASURES",
+    "DESCENT_KINDS",
+    "PROBLEMS",
+    "ToyProblem",
+    "as_problem",
+    "objective",
+    "gradient",
+    "sam_maximiser",
+    "neighbourhood_stats",
+    "global_minimiser",
+    "Minimiser",
+    "Run",
+    "Trajectory",
+    "descend",
+    "descend_many",
+]

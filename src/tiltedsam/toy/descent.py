@@ -24,8 +24,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..tilt import tilted_weights
-from .objectives import (GAUSSIAN_STD_FRACTION, _check_measure, _check_rho, _resolve_tilt, _sam_gradient,
-                         _tsam_gradient, neighbourhood_stats, objective)
+from .objectives import (
+    GAUSSIAN_STD_FRACTION,
+    _check_measure,
+    _check_rho,
+    _resolve_tilt,
+    _sam_gradient,
+    _tsam_gradient,
+    neighbourhood_stats,
+    objective,
+)
 from .problems import ToyProblem, as_problem
 
 __all__ = ["DESCENT_KINDS", "Run", "Trajectory", "descend", "descend_many", "sample_perturbations"]
@@ -210,13 +218,24 @@ def descend_many(problem: str | ToyProblem | Callable, runs: Sequence[Run | tupl
     for i, run in enumerate(runs):
         objective_kind = "sam" if run.kind == "sam-ascent" else run.kind
         trajectories.append(
-            Trajectory(problem=problem.name, kind=run.kind, rho=rho, tilt=run.tilt, lr=lr, steps=int(steps),
-                       start=start, measure=measure, num_samples=run.num_samples,
-                       seed=None if run.num_samples is None else int(seed), thetas=thetas[:, i].copy(),
-                       final_theta=float(final[i]), final_loss=float(problem.value(final[i])),
-                       final_objective=float(objective(problem, objective_kind, final[i], rho, run.tilt, measure)),
-                       neighbourhood_mean=float(np.atleast_1d(means)[i]),
-                       neighbourhood_variance=float(np.atleast_1d(variances)[i]))
+            Trajectory(
+                problem=problem.name,
+                kind=run.kind,
+                rho=rho,
+                tilt=run.tilt,
+                lr=lr,
+                steps=int(steps),
+                start=start,
+                measure=measure,
+                num_samples=run.num_samples,
+                seed=None if run.num_samples is None else int(seed),
+                thetas=thetas[:, i].copy(),
+                final_theta=float(final[i]),
+                final_loss=float(problem.value(final[i])),
+                final_objective=float(objective(problem, objective_kind, final[i], rho, run.tilt, measure)),
+                neighbourhood_mean=float(np.atleast_1d(means)[i]),
+                neighbourhood_variance=float(np.atleast_1d(variances)[i]),
+            )
         )
     return trajectories
 

@@ -25,7 +25,15 @@ from .descent import Run, Trajectory, _format_number, descend_many
 from .objectives import Minimiser, global_minimiser, neighbourhood_stats, objective
 from .problems import ToyProblem, as_problem
 
-__all__ = ["FIG1_TILTS", "FIG1_SAMPLES", "SWEEP_RHOS", "ToyReport", "run_fig1", "run_objective_sweep", "markdown_table"]
+__all__ = [
+    "FIG1_TILTS",
+    "FIG1_SAMPLES",
+    "SWEEP_RHOS",
+    "ToyReport",
+    "run_fig1",
+    "run_objective_sweep",
+    "markdown_table",
+]
 
 #: defaults of Fig. 1: the tilts of the paper's experiments (App. C.1) plus t = 10
 FIG1_TILTS = (0.0, 1.0, 5.0, 10.0, 20.0, 100.0)
@@ -206,8 +214,9 @@ def run_fig1(out_dir: str | Path, *, problem: str | ToyProblem = "fig1", rho: fl
     tilts = [float(t) for t in tilts]
     exact_runs = [Run("erm"), Run("sam"), Run("sam-ascent")] + [Run("tsam", t) for t in tilts]
     sampled_runs = [Run("tsam", t, int(s)) for s in samples for t in tilts]
-    trajectories = descend_many(problem, exact_runs + sampled_runs, start, lr, steps, rho, measure=measure, seed=seed,
-                                progress=progress)
+    trajectories = descend_many(
+        problem, exact_runs + sampled_runs, start, lr, steps, rho, measure=measure, seed=seed, progress=progress
+    )
     exact, sampled = trajectories[: len(exact_runs)], trajectories[len(exact_runs) :]
 
     objectives = [("erm", None), ("sam", None)] + [("tsam", t) for t in tilts]
@@ -251,8 +260,9 @@ def run_fig1(out_dir: str | Path, *, problem: str | ToyProblem = "fig1", rho: fl
         finals = {run: [] for run in sampled_runs}
         variances = {run: [] for run in sampled_runs}
         for extra_seed in range(seed, seed + repeats):
-            batch = sampled if extra_seed == seed else descend_many(problem, sampled_runs, start, lr, steps, rho,
-                                                                    measure=measure, seed=extra_seed, progress=progress)
+            batch = sampled if extra_seed == seed else descend_many(
+                problem, sampled_runs, start, lr, steps, rho, measure=measure, seed=extra_seed, progress=progress
+            )
             for run, trajectory in zip(sampled_runs, batch):
                 finals[run].append(trajectory.final_theta)
                 variances[run].append(trajectory.neighbourhood_variance)

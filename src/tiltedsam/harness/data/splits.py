@@ -155,7 +155,9 @@ def split_indices(num_examples: int, *, val_fraction: float, test_fraction: floa
     _check_fraction("test_fraction", test_fraction, allow_zero=True)
     _check_fraction("val_fraction", val_fraction, allow_zero=True)
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
     permutation = torch.randperm(num_examples, generator=torch.Generator().manual_seed(int(split_seed)))
     num_test = int(round(test_fraction * num_examples))
     num_val = int(round(val_fraction * num_examples))
@@ -252,15 +254,18 @@ def _assemble(request: _Request, *, pool_inputs: torch.Tensor, pool_labels: torc
                 f"test_fraction must be None for {request.name!r}, which has an official test split; "
                 f"got {request.test_fraction}"
             )
-        train_idx, val_idx, _ = split_indices(pool_index.numel(), val_fraction=request.val_fraction, test_fraction=0.0,
-                                              split_seed=request.split_seed)
+        train_idx, val_idx, _ = split_indices(
+            pool_index.numel(), val_fraction=request.val_fraction, test_fraction=0.0, split_seed=request.split_seed
+        )
         test_index = _subsample(test_inputs.shape[0], request.limit, request.split_seed + 1)
         test_x, test_y = test_inputs[test_index], test_labels[test_index]
         test_fraction = None
     else:
         test_fraction = DEFAULT_TEST_FRACTION if request.test_fraction is None else request.test_fraction
-        train_idx, val_idx, test_idx = split_indices(pool_index.numel(), val_fraction=request.val_fraction,
-                                                     test_fraction=test_fraction, split_seed=request.split_seed)
+        train_idx, val_idx, test_idx = split_indices(
+            pool_index.numel(), val_fraction=request.val_fraction, test_fraction=test_fraction,
+            split_seed=request.split_seed,
+        )
         test_x, test_y = pool_inputs[pool_index[test_idx]], pool_labels[pool_index[test_idx]]
     train_x, train_y = pool_inputs[pool_index[train_idx]], pool_labels[pool_index[train_idx]]
     val_x, val_y = pool_inputs[pool_index[val_idx]], pool_labels[pool_index[val_idx]]
@@ -327,8 +332,10 @@ def _assemble(request: _Request, *, pool_inputs: torch.Tensor, pool_labels: torc
         "input_dtype": str(train_x.dtype).replace("torch.", ""),
     }
     info.update(extra_info or {})
-    return DataSplits(name=request.name, train=train, val=val, test=test, num_classes=num_classes,
-                      input_shape=tuple(int(s) for s in train_x.shape[1:]), info=info)
+    return DataSplits(
+        name=request.name, train=train, val=val, test=test, num_classes=num_classes,
+        input_shape=tuple(int(s) for s in train_x.shape[1:]), info=info,
+    )
 
 
 

