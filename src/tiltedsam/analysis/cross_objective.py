@@ -100,11 +100,26 @@ def _check_noise(noise: str) -> str:
     return noise
 
 
-def cross_objective(model: nn.Module, loss_fn: LossFn, data: Any, *, rho: float = 0.05, ascent_steps: int = 4,
-                    tilt: float = 20.0, radius: float | None = None, noise: str = "uniform", sampler: str = "ball",
-                    num_draws: int = 32, antithetic: bool = True, seed: int = 0, mode: str = "eval",
-                    params: Sequence[Tensor] | None = None, max_batches: int | None = None, num_bootstrap: int = 200,
-                    progress: bool | None = None) -> ObjectiveLosses:
+def cross_objective(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    rho: float = 0.05,
+    ascent_steps: int = 4,
+    tilt: float = 20.0,
+    radius: float | None = None,
+    noise: str = "uniform",
+    sampler: str = "ball",
+    num_draws: int = 32,
+    antithetic: bool = True,
+    seed: int = 0,
+    mode: str = "eval",
+    params: Sequence[Tensor] | None = None,
+    max_batches: int | None = None,
+    num_bootstrap: int = 200,
+    progress: bool | None = None,
+) -> ObjectiveLosses:
     r"""ERM, SAM and TSAM losses of ``model`` on ``data`` (see the module docstring for the definitions).
 
     Costs one gradient and ``1 + ascent_steps + num_draws`` loss evaluations over ``data`` (plus one
@@ -224,8 +239,10 @@ class CrossObjectiveTable:
         return "\n\n".join(blocks) + "\n"
 
 
-def cross_objective_table(models: Mapping[str, tuple[nn.Module, LossFn, Any, Any]],
-                          **settings: Any) -> CrossObjectiveTable:
+def cross_objective_table(
+    models: Mapping[str, tuple[nn.Module, LossFn, Any, Any]],
+    **settings: Any,
+) -> CrossObjectiveTable:
     """Table 3 for several models: ``models`` maps a label to ``(model, loss_fn, train_data, test_data)``
     (``test_data`` may be ``None``); ``settings`` go to :func:`cross_objective` (same seed for every
     model, so models of one architecture are measured under the same perturbations)."""

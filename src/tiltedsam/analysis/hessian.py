@@ -146,10 +146,19 @@ class LanczosResult:
     converged: bool
 
 
-def lanczos(matvec: Callable[[Tensor], Tensor], dim: int, *, num_largest: int, num_smallest: int = 0,
-            max_iter: int = 100, tol: float = 1e-4, generator: torch.Generator | None = None,
-            dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-            progress: bool | None = None) -> LanczosResult:
+def lanczos(
+    matvec: Callable[[Tensor], Tensor],
+    dim: int,
+    *,
+    num_largest: int,
+    num_smallest: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    progress: bool | None = None,
+) -> LanczosResult:
     r"""Lanczos tridiagonalisation of a symmetric operator with full re-orthogonalisation.
 
     Builds an orthonormal basis :math:`Q_m` of the Krylov space :math:`\mathcal K_m(H, q_1)` and the
@@ -252,10 +261,22 @@ class HessianEigenResult(ResultMixin):
         return out
 
 
-def hessian_eigenvalues(model: nn.Module, loss_fn: LossFn, data: Any, k: int = 5, *, smallest: int = 0,
-                        max_iter: int = 100, tol: float = 1e-4, seed: int = 0, mode: str = "eval",
-                        params: Sequence[Tensor] | None = None, max_batches: int | None = None,
-                        return_eigenvectors: bool = False, progress: bool | None = None) -> HessianEigenResult:
+def hessian_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    k: int = 5,
+    *,
+    smallest: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    mode: str = "eval",
+    params: Sequence[Tensor] | None = None,
+    max_batches: int | None = None,
+    return_eigenvectors: bool = False,
+    progress: bool | None = None,
+) -> HessianEigenResult:
     r"""Top-``k`` eigenvalues of the loss Hessian :math:`\nabla^2 L(\theta)` (descending), by Lanczos.
 
     ``smallest=j`` also returns the ``j`` algebraically smallest (most negative) eigenvalues from the
@@ -331,9 +352,19 @@ def _rademacher(dim: int, count: int, generator: torch.Generator, dtype: torch.d
     return (signs.to(device, dtype) * 2 - 1)
 
 
-def hessian_trace(model: nn.Module, loss_fn: LossFn, data: Any, *, num_samples: int = 60, method: str = "hutch++",
-                  seed: int = 0, mode: str = "eval", params: Sequence[Tensor] | None = None,
-                  max_batches: int | None = None, progress: bool | None = None) -> HessianTraceResult:
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    num_samples: int = 60,
+    method: str = "hutch++",
+    seed: int = 0,
+    mode: str = "eval",
+    params: Sequence[Tensor] | None = None,
+    max_batches: int | None = None,
+    progress: bool | None = None,
+) -> HessianTraceResult:
     r"""Trace of the loss Hessian with a standard error, from ``num_samples`` Hessian-vector products.
 
     * ``"hutchinson"``: :math:`\widehat{\mathrm{tr}} = \frac1n \sum_i z_i^\top H z_i` with Rademacher

@@ -106,8 +106,9 @@ def sample_mean_variance(values: Tensor) -> tuple[float, float, float, float]:
     return mean, math.sqrt(variance / n), variance, math.sqrt(var_of_variance)
 
 
-def bootstrap_standard_errors(values: Tensor, statistic: Callable[[Tensor], Tensor], num_bootstrap: int,
-                              generator: torch.Generator) -> Tensor:
+def bootstrap_standard_errors(
+    values: Tensor, statistic: Callable[[Tensor], Tensor], num_bootstrap: int, generator: torch.Generator
+) -> Tensor:
     """Bootstrap standard errors of ``statistic`` (maps ``(..., n_units, unit_size)`` to ``(..., k)``).
 
     ``values`` is ``(n_units, unit_size)``: units (single draws, or antithetic pairs) are resampled
@@ -148,10 +149,21 @@ def _check_tilts(tilt: Any) -> list[float]:
     return [check_tilt(tilt, "tilt")]
 
 
-def neighborhood_loss(model: nn.Module, loss_fn: LossFn, data: Any, sigmas: Sequence[float] | float, num_draws: int,
-                      tilt: float | Sequence[float] | None = None, *, seed: int = 0, mode: str = "eval",
-                      params: Sequence[Tensor] | None = None, max_batches: int | None = None, num_bootstrap: int = 200,
-                      progress: bool | None = None) -> NeighborhoodLossResult:
+def neighborhood_loss(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    sigmas: Sequence[float] | float,
+    num_draws: int,
+    tilt: float | Sequence[float] | None = None,
+    *,
+    seed: int = 0,
+    mode: str = "eval",
+    params: Sequence[Tensor] | None = None,
+    max_batches: int | None = None,
+    num_bootstrap: int = 200,
+    progress: bool | None = None,
+) -> NeighborhoodLossResult:
     r"""Mean and variance of :math:`L(\theta^* + \epsilon)`, :math:`\epsilon \sim \mathcal N(0, \sigma^2 I)`.
 
     For each ``sigma`` it draws ``num_draws`` perturbations of all trainable parameters (or ``params``)

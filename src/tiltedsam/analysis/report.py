@@ -121,8 +121,12 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def analyze_models(models: Mapping[str, tuple[Any, Any, Any, Any]], settings: ReportSettings | None = None, *,
-                   metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def analyze_models(
+    models: Mapping[str, tuple[Any, Any, Any, Any]],
+    settings: ReportSettings | None = None,
+    *,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run the selected analyses on every model and return the report as a JSON-ready dict.
 
     ``models`` maps a label to ``(model, loss_fn, train_data, test_data)``; ``test_data`` may be None
@@ -356,9 +360,13 @@ def plot_neighborhood_curves(report: Mapping[str, Any], path: str | os.PathLike[
     return _atomic_write(Path(path), buffer.getvalue())
 
 
-def write_flatness_report(models: Mapping[str, tuple[Any, Any, Any, Any]], out_dir: str | os.PathLike[str],
-                          settings: ReportSettings | None = None, *,
-                          metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def write_flatness_report(
+    models: Mapping[str, tuple[Any, Any, Any, Any]],
+    out_dir: str | os.PathLike[str],
+    settings: ReportSettings | None = None,
+    *,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Analyse ``models`` (label -> (model, loss_fn, train_data, test_data)) and write ``report.json``,
     ``report.md`` and ``fig2.png`` into ``out_dir`` (created if needed; each file atomically).
     Returns the report dict, with the written paths under ``"files"``."""

@@ -80,8 +80,9 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """3x3 conv blocks (widths ``channels``) and a linear head; quick on a CPU for 8x8 to 32x32 images."""
 
-    def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int] = (16, 32, 64, 128),
-                 batch_norm: bool = True):
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: Sequence[int] = (16, 32, 64, 128), batch_norm: bool = True
+    ):
         super().__init__()
         if len(channels) < 1:
             raise ValueError(f"channels must name at least one width, got {channels}")
@@ -132,8 +133,13 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for small images: 3x3 stride-1 stem, no max-pool, four stages of BasicBlocks."""
 
-    def __init__(self, in_channels: int, num_classes: int, blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
-                 widths: Sequence[int] = (64, 128, 256, 512)):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+    ):
         super().__init__()
         if len(blocks_per_stage) != len(widths):
             raise ValueError(f"blocks_per_stage {blocks_per_stage} and widths {widths} differ in length")
@@ -241,8 +247,16 @@ def _init_resnet_weights(model: nn.Module) -> nn.Module:
 class TextCNN(nn.Module):
     """Sentence classifier: embeddings -> parallel Conv1d (one per width) -> ReLU -> max over time."""
 
-    def __init__(self, vocab_size: int, num_classes: int, embed_dim: int = 64, num_filters: int = 64,
-                 kernel_sizes: Sequence[int] = (3, 4, 5), dropout: float = 0.5, pad_index: int = 0):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: int = 64,
+        num_filters: int = 64,
+        kernel_sizes: Sequence[int] = (3, 4, 5),
+        dropout: float = 0.5,
+        pad_index: int = 0,
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_index)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, num_filters, k) for k in kernel_sizes)
@@ -316,8 +330,9 @@ def _build_wrn16_8(data: Any, *, depth: int = 16, widen_factor: int = 8, dropout
     return _init_resnet_weights(WideResNet(in_channels, data.num_classes, depth, widen_factor, dropout))
 
 
-def _build_text_cnn(data: Any, *, embed_dim: int = 64, num_filters: int = 64, kernel_sizes: Sequence[int] = (3, 4, 5),
-                    dropout: float = 0.5) -> nn.Module:
+def _build_text_cnn(
+    data: Any, *, embed_dim: int = 64, num_filters: int = 64, kernel_sizes: Sequence[int] = (3, 4, 5), dropout: float = 0.5
+) -> nn.Module:
     return TextCNN(
         _vocab_size(data, "text_cnn"), data.num_classes, embed_dim, num_filters, tuple(kernel_sizes), dropout,
         int(data.info.get("pad_index", 0)),
@@ -330,9 +345,10 @@ def _build_text_bow(data: Any, *, embed_dim: int = 64, hidden_size: int = 64) ->
     )
 
 
-def _build_minilm(data: Any, *, train_layers: int = 1, dropout: float = 0.1, task: str = "classification",
-                  autocast: bool = True, cache_dir: str | None = None, precompute: bool = True,
-                  length_bucketing: bool = True) -> nn.Module:
+def _build_minilm(
+    data: Any, *, train_layers: int = 1, dropout: float = 0.1, task: str = "classification", autocast: bool = True,
+    cache_dir: str | None = None, precompute: bool = True, length_bucketing: bool = True,
+) -> nn.Module:
     # transformers is imported here, never at module import: the core and the default tests stay free of it.
     from .minilm import MiniLMClassifier, load_minilm_encoder
 

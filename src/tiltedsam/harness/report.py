@@ -379,8 +379,9 @@ def _curves(runs: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]])
     return dict(series)
 
 
-def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference: str, markdown_tables: dict[str, Any],
-              summary: dict[str, Any], plot_by_t: bool, epilogue: Callable[[dict[str, Any]], str] | None) -> str:
+def _markdown(loaded: _SweepRuns, title: str | None, order: list[str], reference: str,
+              markdown_tables: dict[str, Any], summary: dict[str, Any], plot_by_t: bool,
+              epilogue: Callable[[dict[str, Any]], str] | None) -> str:
     """report.md: the settings line, the tables, the figures, the failed runs and the epilogue."""
     first = loaded.runs[0]["config"]
     noise = first["data"]["label_noise"]

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 __all__ = ["random_pad_crop", "random_horizontal_flip", "random_resized_crop", "ImageTransform"]
 
 
-def random_pad_crop(images: torch.Tensor, padding: int, *, fill: float = 0.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def random_pad_crop(
+    images: torch.Tensor, padding: int, *, fill: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Pad every side by ``padding`` pixels with ``fill`` and cut a random crop of the original size.
 
     Each image gets its own offset ``(dy, dx)`` drawn uniformly from ``{0, ..., 2*padding}^2``.
@@ -44,8 +45,9 @@ def random_pad_crop(images: torch.Tensor, padding: int, *, fill: float = 0.0,
     return cropped.permute(0, 3, 1, 2).contiguous()
 
 
-def random_horizontal_flip(images: torch.Tensor, probability: float = 0.5, *,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def random_horizontal_flip(
+    images: torch.Tensor, probability: float = 0.5, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Mirror each image left-right independently with the given probability."""
     flip = torch.rand(images.shape[0], generator=generator) < probability
     if not bool(flip.any()):
@@ -55,9 +57,15 @@ def random_horizontal_flip(images: torch.Tensor, probability: float = 0.5, *,
     return out
 
 
-def random_resized_crop(images: torch.Tensor, size: tuple[int, int], *, scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_probability: float = 0.0,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+def random_resized_crop(
+    images: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_probability: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Random crop of random area and aspect ratio, resampled bilinearly to ``size``.
 
     For each image an area fraction ``a ~ U(scale)`` and a log-uniform aspect ratio ``r`` (width/height)

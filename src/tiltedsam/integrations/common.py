@@ -55,10 +55,14 @@ def check_perturbation_optimizer(optimizer: Any, where: str) -> PerturbationOpti
     return optimizer
 
 
-def run_evaluations(optimizer: PerturbationOptimizer, micro_batches: Sequence[Any],
-                    contribution: Callable[[Any, Any], Tensor], backward: Callable[[Tensor], None],
-                    no_sync: Callable[[], ContextManager[Any]] | None = None,
-                    stop_on_nonfinite_gradients: bool = False) -> bool:
+def run_evaluations(
+    optimizer: PerturbationOptimizer,
+    micro_batches: Sequence[Any],
+    contribution: Callable[[Any, Any], Tensor],
+    backward: Callable[[Tensor], None],
+    no_sync: Callable[[], ContextManager[Any]] | None = None,
+    stop_on_nonfinite_gradients: bool = False,
+) -> bool:
     r"""Run every evaluation of one step of ``optimizer`` over all ``micro_batches``.
 
     At each point :math:`\theta'` the optimizer asks for (``manual_step(apply=False)``), the loss it

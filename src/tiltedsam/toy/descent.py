@@ -123,9 +123,19 @@ def _check_run(run: Run) -> Run:
     return Run(kind, tilt, num_samples)
 
 
-def descend(problem: str | ToyProblem | Callable, kind: str, start: float, lr: float, steps: int, rho: float,
-            tilt: float | None = None, *, measure: str = "uniform", num_samples: int | None = None,
-            seed: int = 0) -> Trajectory:
+def descend(
+    problem: str | ToyProblem | Callable,
+    kind: str,
+    start: float,
+    lr: float,
+    steps: int,
+    rho: float,
+    tilt: float | None = None,
+    *,
+    measure: str = "uniform",
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> Trajectory:
     r"""Run ``steps`` steps of gradient descent on the ``kind`` objective from ``start``.
 
     ``kind`` is ``"erm"``, ``"sam"``, ``"tsam"`` (exact gradients unless ``num_samples`` is given) or
@@ -138,8 +148,18 @@ def descend(problem: str | ToyProblem | Callable, kind: str, start: float, lr: f
     return descend_many(problem, [run], start, lr, steps, rho, measure=measure, seed=seed)[0]
 
 
-def descend_many(problem: str | ToyProblem | Callable, runs: Sequence[Run | tuple], start: float, lr: float, steps: int,
-                 rho: float, *, measure: str = "uniform", seed: int = 0, progress: bool = False) -> list[Trajectory]:
+def descend_many(
+    problem: str | ToyProblem | Callable,
+    runs: Sequence[Run | tuple],
+    start: float,
+    lr: float,
+    steps: int,
+    rho: float,
+    *,
+    measure: str = "uniform",
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Trajectory]:
     """Several :func:`descend` runs from the same start, stepped together (same results, less time).
 
     Runs of a kind are evaluated in one vectorised call per step (all exact TSAM tilts together).

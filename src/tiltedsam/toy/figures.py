@@ -190,10 +190,21 @@ def _explain_plateau(ax, problem: ToyProblem, trajectory: Trajectory) -> None:
                 arrowprops={"arrowstyle": "->", "color": "0.4", "lw": 0.8})
 
 
-def run_fig1(out_dir: str | Path, *, problem: str | ToyProblem = "fig1", rho: float = 0.2, lr: float = 0.005,
-             steps: int = 2000, start: float = 0.5, tilts: Sequence[float] = FIG1_TILTS,
-             samples: Sequence[int] = FIG1_SAMPLES, seed: int = 0, repeats: int = 1, measure: str = "uniform",
-             progress: bool = False) -> ToyReport:
+def run_fig1(
+    out_dir: str | Path,
+    *,
+    problem: str | ToyProblem = "fig1",
+    rho: float = 0.2,
+    lr: float = 0.005,
+    steps: int = 2000,
+    start: float = 0.5,
+    tilts: Sequence[float] = FIG1_TILTS,
+    samples: Sequence[int] = FIG1_SAMPLES,
+    seed: int = 0,
+    repeats: int = 1,
+    measure: str = "uniform",
+    progress: bool = False,
+) -> ToyReport:
     """Fig. 1: gradient descent on ERM, SAM (exact, and the ascent-step algorithm) and TSAM.
 
     Writes ``fig1.png`` (one panel per exact-gradient run: ``L``, the objective, the trajectory, the
@@ -291,9 +302,16 @@ def run_fig1(out_dir: str | Path, *, problem: str | ToyProblem = "fig1", rho: fl
 # ----------------------------------------------------------------------------- Fig. 5 and 6
 
 
-def run_objective_sweep(out_dir: str | Path, name: str, kind: str, *, problem: str | ToyProblem = "fig5",
-                        rhos: Sequence[float] = SWEEP_RHOS, tilts: Sequence[float] = (),
-                        measure: str = "uniform") -> ToyReport:
+def run_objective_sweep(
+    out_dir: str | Path,
+    name: str,
+    kind: str,
+    *,
+    problem: str | ToyProblem = "fig5",
+    rhos: Sequence[float] = SWEEP_RHOS,
+    tilts: Sequence[float] = (),
+    measure: str = "uniform",
+) -> ToyReport:
     """Fig. 5 (``kind="sam"``) or Fig. 6 (``kind="tsam"``, one curve per tilt): the objective per ``rho``.
 
     One panel per ``rho``: ``L`` in blue, the objective(s) in red, each objective's global

@@ -139,8 +139,9 @@ def _density(eps: np.ndarray, rho: float, measure: str) -> np.ndarray:
     return np.exp(-0.5 * (eps / std) ** 2) / (std * math.sqrt(2 * math.pi) * mass)
 
 
-def quadrature(problem: ToyProblem, theta: np.ndarray, rho: float,
-               measure: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+def quadrature(
+    problem: ToyProblem, theta: np.ndarray, rho: float, measure: str = "uniform"
+) -> tuple[np.ndarray, np.ndarray]:
     r"""Nodes ``x = theta + eps_k`` and weights ``q_k`` (rows sum to one) with
     :math:`\sum_k q_k f(x_k) \approx \mathbb E_{\epsilon\sim\mu} f(\theta+\epsilon)`.
 
@@ -301,8 +302,9 @@ def _sam_gradient(problem: ToyProblem, theta: np.ndarray, rho: float) -> np.ndar
 # ----------------------------------------------------------------------------- SAM inner maximum
 
 
-def _zoom_argmax(function: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray, grid_points: int,
-                 rounds: int) -> tuple[np.ndarray, np.ndarray]:
+def _zoom_argmax(
+    function: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray, grid_points: int, rounds: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise ``argmax`` of ``function`` on ``[lo, hi]``: dense grid, then ``rounds`` zooms.
 
     Each zoom lays ``ZOOM_POINTS`` points on the bracket between the best point's two neighbours
@@ -332,7 +334,9 @@ def _zoom_argmax(function: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, h
     return best_x, best_value
 
 
-def sam_maximiser(problem: str | ToyProblem | Callable, theta, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sam_maximiser(
+    problem: str | ToyProblem | Callable, theta, rho: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""The SAM inner problem :math:`\max_{|\epsilon|\le\rho} L(\theta+\epsilon)` for each ``theta``.
 
     Returns ``(value, maximiser, at_edge)`` as arrays shaped like ``theta``: the maximum, the point
@@ -363,8 +367,14 @@ def sam_maximiser(problem: str | ToyProblem | Callable, theta, rho: float) -> tu
 # ----------------------------------------------------------------------------- objectives
 
 
-def objective(problem: str | ToyProblem | Callable, kind: Kind, theta, rho: float, tilt: float | None = None,
-              measure: str = "uniform") -> np.ndarray | float:
+def objective(
+    problem: str | ToyProblem | Callable,
+    kind: Kind,
+    theta,
+    rho: float,
+    tilt: float | None = None,
+    measure: str = "uniform",
+) -> np.ndarray | float:
     r"""Exact ``kind`` objective of ``problem`` at ``theta`` (a float or an array of any shape).
 
     ``"erm"``: :math:`L(\theta)` (``rho`` and ``tilt`` unused). ``"sam"``:
@@ -382,8 +392,14 @@ def objective(problem: str | ToyProblem | Callable, kind: Kind, theta, rho: floa
     return _shaped(_tsam_values(problem, flat, rho, np.full(len(flat), tilt), measure), shape)
 
 
-def gradient(problem: str | ToyProblem | Callable, kind: Kind, theta, rho: float, tilt: float | None = None,
-             measure: str = "uniform") -> np.ndarray | float:
+def gradient(
+    problem: str | ToyProblem | Callable,
+    kind: Kind,
+    theta,
+    rho: float,
+    tilt: float | None = None,
+    measure: str = "uniform",
+) -> np.ndarray | float:
     r"""Exact derivative of :func:`objective` with respect to ``theta``.
 
     TSAM (Eq. 4): :math:`\nabla L^t(\theta) = \mathbb E[w^t(\theta+\epsilon)\,L'(\theta+\epsilon)]`,
@@ -408,8 +424,13 @@ def gradient(problem: str | ToyProblem | Callable, kind: Kind, theta, rho: float
     return _shaped(_tsam_gradient(problem, flat, rho, np.full(len(flat), tilt), measure), shape)
 
 
-def neighbourhood_stats(problem: str | ToyProblem | Callable, theta, rho: float, tilt: float = 0.0,
-                        measure: str = "uniform") -> tuple[np.ndarray | float, np.ndarray | float]:
+def neighbourhood_stats(
+    problem: str | ToyProblem | Callable,
+    theta,
+    rho: float,
+    tilt: float = 0.0,
+    measure: str = "uniform",
+) -> tuple[np.ndarray | float, np.ndarray | float]:
     r"""t-weighted mean and variance (Def. 2) of :math:`L(\theta+\epsilon)`, :math:`\epsilon\sim\mu`.
 
     With ``tilt = 0`` the variance is the neighbourhood variance that Def. 3 (t-sharpness) compares
@@ -448,9 +469,17 @@ class Minimiser:
     loss: float  # L(theta)
 
 
-def global_minimiser(problem: str | ToyProblem | Callable, kind: Kind, rho: float, tilt: float | None = None,
-                     measure: str = "uniform", *, domain: tuple[float, float] | None = None, grid_points: int = 1001,
-                     rounds: int = 10) -> Minimiser:
+def global_minimiser(
+    problem: str | ToyProblem | Callable,
+    kind: Kind,
+    rho: float,
+    tilt: float | None = None,
+    measure: str = "uniform",
+    *,
+    domain: tuple[float, float] | None = None,
+    grid_points: int = 1001,
+    rounds: int = 10,
+) -> Minimiser:
     """Global minimiser of :func:`objective` on ``domain`` (default: the problem's).
 
     A ``grid_points`` grid over the domain, then ``rounds`` zooms around the best point (the same

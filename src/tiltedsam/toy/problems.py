@@ -167,8 +167,13 @@ def _vectorised(function: Callable) -> ArrayFunction:
     return call
 
 
-def as_problem(problem: str | ToyProblem | Callable, *, derivative: Callable | None = None,
-               domain: tuple[float, float] | None = None, breakpoints: tuple[float, ...] = ()) -> ToyProblem:
+def as_problem(
+    problem: str | ToyProblem | Callable,
+    *,
+    derivative: Callable | None = None,
+    domain: tuple[float, float] | None = None,
+    breakpoints: tuple[float, ...] = (),
+) -> ToyProblem:
     """Resolve ``problem``: a name in :data:`PROBLEMS`, a :class:`ToyProblem`, or a 1-D callable.
 
     A callable may take numpy arrays (preferred: fast) or plain floats (then it is called

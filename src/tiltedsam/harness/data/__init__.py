@@ -109,10 +109,21 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def load_dataset(name: str, *, seed: int = 0, label_noise: float = 0.0, val_fraction: float = 0.1,
-                 test_fraction: float | None = None, clean_validation: bool = False, data_dir: str | None = None,
-                 augment: bool = False, limit: int | None = None, split_seed: int = 0, noise_seed: int | None = None,
-                 **options: Any) -> DataSplits:
+def load_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    label_noise: float = 0.0,
+    val_fraction: float = 0.1,
+    test_fraction: float | None = None,
+    clean_validation: bool = False,
+    data_dir: str | None = None,
+    augment: bool = False,
+    limit: int | None = None,
+    split_seed: int = 0,
+    noise_seed: int | None = None,
+    **options: Any,
+) -> DataSplits:
     """Load data set ``name`` with a fixed split, optional symmetric label noise and augmentation.
 
     ``seed`` seeds the label noise (unless ``noise_seed`` is given); the split depends only on

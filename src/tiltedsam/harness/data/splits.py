@@ -39,9 +39,15 @@ class InMemoryDataset(Dataset):
     positions whose label was changed (empty without noise).
     """
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, *,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 clean_labels: torch.Tensor | None = None, flipped_index: torch.Tensor | None = None):
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clean_labels: torch.Tensor | None = None,
+        flipped_index: torch.Tensor | None = None,
+    ):
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(f"inputs and labels differ in length: {inputs.shape[0]} vs {labels.shape[0]}")
         self.inputs = inputs
@@ -59,8 +65,9 @@ class InMemoryDataset(Dataset):
             item = self.transform(item.unsqueeze(0)).squeeze(0)
         return item, self.labels[index]
 
-    def get_batch(self, index: torch.Tensor,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (transformed) and labels of the examples at ``index`` (a 1-D long tensor)."""
         batch = self.inputs[index]
         if self.transform is not None:
@@ -116,8 +123,9 @@ class DatasetSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def apply_label_noise(labels: torch.Tensor, rate: float, num_classes: int,
-                      seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_label_noise(
+    labels: torch.Tensor, rate: float, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric label noise: replace exactly ``round(rate * n)`` labels by another class, uniformly.
 
     The positions are a uniformly random subset of size ``k = round(rate * n)`` (without replacement);
@@ -145,8 +153,9 @@ def apply_label_noise(labels: torch.Tensor, rate: float, num_classes: int,
     return noisy, flipped_index
 
 
-def split_indices(num_examples: int, *, val_fraction: float, test_fraction: float,
-                  split_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_indices(
+    num_examples: int, *, val_fraction: float, test_fraction: float, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Seeded random split of ``range(num_examples)`` into (train, val, test) index tensors.
 
     ``round(test_fraction * n)`` test and ``round(val_fraction * n)`` validation examples are the first
@@ -229,17 +238,28 @@ def _channel_stats(images: torch.Tensor, scale: float) -> tuple[list[float], lis
     return mean.tolist(), std.tolist()
 
 
-def _noisy_split(labels: torch.Tensor, request: _Request, num_classes: int,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _noisy_split(
+    labels: torch.Tensor, request: _Request, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     if request.label_noise == 0.0:
         return labels, torch.empty(0, dtype=torch.long)
     return apply_label_noise(labels, request.label_noise, num_classes, seed)
 
 
-def _assemble(request: _Request, *, pool_inputs: torch.Tensor, pool_labels: torch.Tensor, num_classes: int,
-              class_names: list[str], source: str, test_inputs: torch.Tensor | None = None,
-              test_labels: torch.Tensor | None = None, augmentation: dict | None = None, standardise: bool = True,
-              extra_info: dict | None = None) -> DataSplits:
+def _assemble(
+    request: _Request,
+    *,
+    pool_inputs: torch.Tensor,
+    pool_labels: torch.Tensor,
+    num_classes: int,
+    class_names: list[str],
+    source: str,
+    test_inputs: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
+    augmentation: dict | None = None,
+    standardise: bool = True,
+    extra_info: dict | None = None,
+) -> DataSplits:
     """Split the pool, standardise images with training statistics, add label noise, wrap in datasets.
 
     ``pool_inputs``: ``uint8`` images (kept as ``uint8``; scaling and normalisation happen per batch in

@@ -83,8 +83,10 @@ def read_rotten_tomatoes(path: str | os.PathLike | None = None) -> tuple[list[st
     return texts, torch.tensor(labels, dtype=torch.long)
 
 
-def _load_rotten_tomatoes(request: _Request, *, seq_len: int | None = None, min_count: int = 2,
-                          max_vocab_size: int = 20000, tokenizer: str = "words", **options: Any) -> DataSplits:
+def _load_rotten_tomatoes(
+    request: _Request, *, seq_len: int | None = None, min_count: int = 2, max_vocab_size: int = 20000,
+    tokenizer: str = "words", **options: Any
+) -> DataSplits:
     _reject_options(request.name, options)
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {tokenizer!r}")
@@ -153,10 +155,11 @@ def encode_wordpiece(examples: list[tuple[str, ...]], seq_len: int) -> torch.Ten
     return encoded["input_ids"].to(torch.long)
 
 
-def _assemble_wordpiece(request: _Request, examples: list[tuple[str, ...]], labels: torch.Tensor, *, num_classes: int,
-                        class_names: list[str], source: str, seq_len: int,
-                        test_examples: list[tuple[str, ...]] | None = None, test_labels: torch.Tensor | None = None,
-                        extra_info: dict | None = None) -> DataSplits:
+def _assemble_wordpiece(
+    request: _Request, examples: list[tuple[str, ...]], labels: torch.Tensor, *, num_classes: int,
+    class_names: list[str], source: str, seq_len: int, test_examples: list[tuple[str, ...]] | None = None,
+    test_labels: torch.Tensor | None = None, extra_info: dict | None = None,
+) -> DataSplits:
     """Split on positions (as the word-level loader does), then encode each split with WordPiece."""
     positions = torch.arange(len(examples)).unsqueeze(1)
     test_positions = None if test_examples is None else torch.arange(len(test_examples)).unsqueeze(1)

@@ -248,7 +248,9 @@ def _dtd_split(data_dir: Path, partition: int) -> tuple[list[tuple[Path, int]], 
     return read(names[0]) + read(names[1]), read(names[2]), class_names
 
 
-def read_image_folder(data_dir: str | os.PathLike, *, image_size: int = 64, dtd_partition: int = 1) -> dict[str, Any]:
+def read_image_folder(
+    data_dir: str | os.PathLike, *, image_size: int = 64, dtd_partition: int = 1
+) -> dict[str, Any]:
     """Read an image-classification folder into ``uint8`` tensors ``(N, 3, image_size, image_size)``.
 
     Layouts, tried in order:
@@ -307,8 +309,10 @@ def _image_files_direct(root: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir())
 
 
-def _load_imagefolder(request: _Request, *, image_size: int = 64, dtd_partition: int = 1,
-                      crop_scale: tuple[float, float] = (0.08, 1.0), **options: Any) -> DataSplits:
+def _load_imagefolder(
+    request: _Request, *, image_size: int = 64, dtd_partition: int = 1,
+    crop_scale: tuple[float, float] = (0.08, 1.0), **options: Any,
+) -> DataSplits:
     _reject_options(request.name, options)
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
