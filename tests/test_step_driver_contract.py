@@ -1,0 +1,120 @@
+"""The step driver every optimizer shares: which closures receive the evaluation, the warnings and errors a
+user's loop gets (naming the optimizer, the evaluation and what to do), the settings it reads from a
+constructor, and what a state dict needs to load."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import closure_for, tiny_classifier
+from tiltedsam.optim import SAM, TSAM
+from tiltedsam.optim.base import Evaluation, PerturbationOptimizer, Point, Request, check_param_group, closure_takes_evaluation
+
+
+def test_a_builtin_without_a_signature_is_called_without_the_evaluation():
+    assert closure_takes_evaluation(max) is False  # inspect.signature(max) raises: keep closure()
+    assert closure_takes_evaluation(lambda evaluation: 0) is True
+    assert closure_takes_evaluation(lambda backward=True: 0) is False
+
+
+def test_slicing_no_tensors_is_an_error_that_says_what_is_needed():
+    evaluation = Evaluation(0, Request(Point.NOISE, batch_fraction=0.5))
+    with pytest.raises(ValueError) as excinfo:
+        evaluation.batch()
+    assert str(excinfo.value).startswith("Evaluation.batch needs at least one tensor")
+    rows = torch.arange(5)
+    assert evaluation.batch(rows).tolist() == [0, 1, 2]  # ceil(0.5 * 5) rows
+
+
+def test_unset_settings_of_a_param_group_are_not_checked():
+    check_param_group({"params": [torch.zeros(())], "lr": None, "momentum": None, "betas": None})
+    with pytest.raises(TypeError) as excinfo:  # a known numeric setting that is a string is named
+        check_param_group({"lr": "fast"})
+    assert "lr" in str(excinfo.value) and "'fast'" in str(excinfo.value)
+
+
+def test_an_unknown_keyword_is_named_with_the_settings_the_optimizer_takes():
+    model, _, _ = tiny_classifier()
+    with pytest.raises(TypeError) as excinfo:
+        SAM(model.parameters(), torch.optim.SGD, lr=0.1, rhoo=0.05)
+    message = str(excinfo.value)
+    assert "'rhoo'" in message and "SGD" in message
+    own = message.split("SAM takes ", 1)[1].split(";", 1)[0].split(", ")
+    assert {"rho", "model", "seed", "distributed", "nonfinite"} <= set(own)
+    base = message.split("SGD takes ", 1)[1].split(", ")
+    assert {"lr", "momentum", "weight_decay"} <= set(base) and "params" not in base
+
+
+class _Plumbed(PerturbationOptimizer):
+    """A subclass whose constructor takes every plumbing keyword next to its one own setting."""
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, *, gamma: float = 0.5, model=None, seed=None,
+                 distributed=None, nonfinite="raise", sampler_options=None, parallel_samples=False, **kw):
+        super().__init__(params, base_optimizer, {"gamma": gamma}, model=model, seed=seed, **kw)
+
+
+def test_setting_defaults_are_the_own_keyword_only_settings_without_the_plumbing():
+    assert _Plumbed.setting_defaults() == {"gamma": 0.5}
+
+
+def test_an_optimizer_over_frozen_parameters_only_says_so_on_step():
+    model, x, y = tiny_classifier()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    optimizer = SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05)
+    with pytest.raises(ValueError) as excinfo:
+        optimizer.step(closure_for(model, x, y))
+    message = str(excinfo.value)
+    assert message.startswith("SAM.step: none of its 4 parameters requires a gradient (requires_grad=False")
+    assert "unfreeze some parameters or give the optimizer the trainable ones" in message
+
+
+def test_a_closure_without_backward_is_named_with_the_optimizer_and_the_evaluation():
+    model, x, y = tiny_classifier()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05)
+    with pytest.raises(RuntimeError) as excinfo:
+        optimizer.step(lambda: nn.functional.cross_entropy(model(x), y))
+    message = str(excinfo.value)
+    assert message.startswith("SAM: evaluation 0 ('clean')")
+    assert "must call loss.backward() before returning the loss" in message
+
+
+def test_a_full_batch_closure_without_argument_gets_no_warning():
+    model, x, y = tiny_classifier()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer.step(closure_for(model, x, y))
+
+
+def test_sub_batch_ascent_with_an_argumentless_closure_warns_once_at_the_callers_line():
+    model, x, y = tiny_classifier()
+    optimizer = TSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05, num_samples=2, seed=0,
+                     ascent_fraction=0.5)
+    closure = closure_for(model, x, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer.step(closure)
+        optimizer.step(closure)
+    relevant = [w for w in caught if "whole batch" in str(w.message)]
+    assert len(relevant) == 1
+    assert "fraction 0.5" in str(relevant[0].message)
+    assert "saves nothing); define closure(evaluation) and slice with evaluation.batch(x, y)" in str(relevant[0].message)
+    assert relevant[0].filename == __file__  # attributed to the user's optimizer.step(...) line
+
+
+def test_a_state_dict_without_optimizer_specific_extras_loads():
+    model, x, y = tiny_classifier()
+    optimizer = TSAM(model.parameters(), torch.optim.SGD, lr=0.1, num_samples=2, seed=0)
+    optimizer.step(closure_for(model, x, y))
+    state = optimizer.state_dict()
+    del state["extra"]
+    fresh = TSAM(model.parameters(), torch.optim.SGD, lr=0.1, num_samples=2, seed=1)
+    fresh.load_state_dict(state)
+    assert fresh.step_count == 1 and fresh.seed == 0
+    fresh.step(closure_for(model, x, y))
+    assert fresh.step_count == 2
