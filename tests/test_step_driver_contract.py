@@ -4,6 +4,7 @@ constructor, and what a state dict needs to load."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -12,7 +13,8 @@ from torch import nn
 
 from conftest import closure_for, tiny_classifier
 from tiltedsam.optim import SAM, TSAM
-from tiltedsam.optim.base import Evaluation, PerturbationOptimizer, Point, Request, check_param_group, closure_takes_evaluation
+from tiltedsam.optim.base import (Evaluation, PerturbationOptimizer, Point, Request, check_param_group,
+                                  closure_takes_evaluation, resolve_base_optimizer)
 
 
 def test_a_builtin_without_a_signature_is_called_without_the_evaluation():
@@ -118,3 +120,59 @@ def test_a_state_dict_without_optimizer_specific_extras_loads():
     assert fresh.step_count == 1 and fresh.seed == 0
     fresh.step(closure_for(model, x, y))
     assert fresh.step_count == 2
+
+
+# ---------------------------------------------------------------- the base optimizer
+def test_a_base_optimizer_name_is_case_insensitive():
+    assert resolve_base_optimizer("SGD") is torch.optim.SGD
+    assert resolve_base_optimizer("AdamW") is torch.optim.AdamW
+    factory = lambda groups, **kwargs: torch.optim.SGD(groups, **kwargs)  # noqa: E731
+    assert resolve_base_optimizer(factory) is factory
+    assert resolve_base_optimizer(torch.optim.RMSprop) is torch.optim.RMSprop
+
+
+def test_an_unknown_base_optimizer_name_lists_the_known_ones():
+    with pytest.raises(ValueError) as excinfo:
+        resolve_base_optimizer("sgdd")
+    message = str(excinfo.value)
+    assert "'sgdd'" in message and "['adam', 'adamw', 'sgd']" in message
+    assert "['adam', 'adamw', 'sgd'] (or pass a torch.optim.Optimizer class)" in message
+
+
+@pytest.mark.parametrize("bad, named", [(3, "3"), (nn.Linear, "Linear"), (dict, "dict")])
+def test_a_base_optimizer_that_is_no_optimizer_is_a_type_error_naming_it(bad, named):
+    with pytest.raises(TypeError) as excinfo:
+        resolve_base_optimizer(bad)
+    message = str(excinfo.value)
+    assert named in message and "['adam', 'adamw', 'sgd']" in message and "torch.optim.Optimizer class" in message
+
+
+def test_an_optimizer_instance_is_refused_with_what_to_pass_instead():
+    instance = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError) as excinfo:
+        resolve_base_optimizer(instance)
+    message = str(excinfo.value)
+    assert "optimizer *class* (e.g. torch.optim.SGD)" in message and "got SGD instance" in message
+
+
+def test_several_unknown_keywords_are_all_named_also_for_a_factory_without_a_name():
+    model, _, _ = tiny_classifier()
+    factory = functools.partial(torch.optim.SGD, momentum=0.0)
+    with pytest.raises(TypeError) as excinfo:
+        SAM(model.parameters(), factory, lr=0.1, tiltt=2, rhoo=0.05)
+    message = str(excinfo.value)
+    assert "'rhoo', 'tiltt' for SAM on base optimizer partial;" in message
+    own = message.split("SAM takes ", 1)[1].split(";", 1)[0].split(", ")
+    assert own == sorted(own) and {"distributed", "nonfinite", "rho"} <= set(own)
+    base = message.split("partial takes ", 1)[1].split(", ")
+    assert base == sorted(base) and {"lr", "momentum"} <= set(base)
+
+
+def test_a_factory_taking_any_keyword_is_left_to_report_its_own_errors():
+    model, _, _ = tiny_classifier()
+
+    def factory(groups, **kwargs):
+        raise LookupError(f"factory got {sorted(kwargs)}")
+
+    with pytest.raises(LookupError, match=r"factory got \['lr', 'whatever'\]"):
+        SAM(model.parameters(), factory, lr=0.1, whatever=1)
