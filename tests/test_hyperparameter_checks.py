@@ -208,13 +208,14 @@ def test_the_uniform_weights_warning_starts_at_exactly_99_percent_of_s():
     s = 100
     message = ess_message(99.0, s)  # 0.99 * s exactly: uniform (the bound is inclusive)
     assert message is not None and "mean ESS 99.000 of s=100" in message and "uniform" in message
-    assert "raise t, noise_radius or rho until ESS drops" in message
-    assert "tilt_for_ess" in message and "docs/tuning.md" in message
+    assert "no effect (TSAM = average of s noisy SAM gradients)" in message
+    assert "raise t, noise_radius or rho until ESS drops, e.g. calibrate t to ESS ≈ s/2 with tiltedsam.tilt.tilt_for_ess" in message
+    assert "losses (docs/tuning.md, docs/label-noise.md)" in message
     assert ess_message(98.9, s) is None
 
 
 def test_the_one_sample_warning_starts_at_ess_1_05():
     message = ess_message(1.05, 8)
     assert message is not None and "one sample takes all the weight" in message and "lower t" in message
-    assert "docs/tuning.md" in message
+    assert "for one noisy point); lower t (docs/tuning.md)" in message
     assert ess_message(1.06, 8) is None
