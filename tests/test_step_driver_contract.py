@@ -176,3 +176,53 @@ def test_a_factory_taking_any_keyword_is_left_to_report_its_own_errors():
 
     with pytest.raises(LookupError, match=r"factory got \['lr', 'whatever'\]"):
         SAM(model.parameters(), factory, lr=0.1, whatever=1)
+
+
+# ---------------------------------------------------------------- the constructor's own checks
+def test_the_nonfinite_policy_defaults_to_raise_and_a_refusal_says_why():
+    model, _, _ = tiny_classifier()
+    assert SAM(model.parameters(), torch.optim.SGD, lr=0.1).nonfinite == "raise"
+    with pytest.raises(ValueError) as excinfo:
+        SAM(model.parameters(), torch.optim.SGD, lr=0.1, nonfinite="ignore")
+    message = str(excinfo.value)
+    assert "nonfinite must be one of ['raise'] for SAM, got 'ignore': SAM updates from points it cannot drop" in message
+    with pytest.raises(ValueError) as excinfo:
+        SAM(model.parameters(), torch.optim.SGD, lr=0.1, nonfinite="skip")
+    assert str(excinfo.value).endswith("for SAM, got 'skip'")  # not a known policy at all: no reason to add
+
+
+def test_the_seed_is_a_non_negative_integer():
+    model, _, _ = tiny_classifier()
+    assert SAM(model.parameters(), torch.optim.SGD, lr=0.1, seed=0).seed == 0
+    for bad in (-1, 1.5, True, "7"):
+        with pytest.raises(ValueError) as excinfo:
+            SAM(model.parameters(), torch.optim.SGD, lr=0.1, seed=bad)
+        assert f"seed must be an integer >= 0, got {bad!r}" in str(excinfo.value)
+
+
+def test_a_missing_seed_is_drawn_from_torchs_global_generator():
+    model, _, _ = tiny_classifier()
+    seeds = []
+    for manual in range(5):
+        torch.manual_seed(manual)
+        first = SAM(model.parameters(), torch.optim.SGD, lr=0.1).seed
+        torch.manual_seed(manual)
+        assert SAM(model.parameters(), torch.optim.SGD, lr=0.1).seed == first  # reproducible
+        seeds.append(first)
+    assert len(set(seeds)) == 5 and all(isinstance(s, int) and s >= 0 for s in seeds)
+    assert max(seeds) > 2**32  # drawn from a 62-bit range, not a small one (P(fail) = 2^-150)
+
+
+def test_local_ascent_needs_a_model_and_names_the_optimizer_without_ascent_evaluations():
+    from tiltedsam.optim import ERM, DistributedSync
+
+    model, _, _ = tiny_classifier()
+    with pytest.raises(ValueError) as excinfo:
+        SAM(model.parameters(), torch.optim.SGD, lr=0.1, distributed=DistributedSync(local_ascent=True))
+    message = str(excinfo.value)
+    assert message.startswith("DistributedSync(local_ascent=True) needs model= (the DistributedDataParallel module)")
+    assert message.endswith("got model=NoneType for SAM")
+    SAM(model.parameters(), torch.optim.SGD, lr=0.1, model=model, distributed=DistributedSync(local_ascent=True))
+    with pytest.raises(ValueError) as excinfo:
+        ERM(model.parameters(), torch.optim.SGD, lr=0.1, model=model, distributed=DistributedSync(local_ascent=True))
+    assert str(excinfo.value).endswith("got model=Sequential for ERM, which has none")
