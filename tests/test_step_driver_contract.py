@@ -226,3 +226,15 @@ def test_local_ascent_needs_a_model_and_names_the_optimizer_without_ascent_evalu
     with pytest.raises(ValueError) as excinfo:
         ERM(model.parameters(), torch.optim.SGD, lr=0.1, model=model, distributed=DistributedSync(local_ascent=True))
     assert str(excinfo.value).endswith("got model=Sequential for ERM, which has none")
+
+
+# ---------------------------------------------------------------- parameter vectors
+def test_the_norm_of_no_gradient_is_a_zero_scalar_and_none_counts_as_zero():
+    from tiltedsam.functional import global_dot, global_norm
+
+    for empty in ([], [None, None]):
+        norm = global_norm(empty)
+        assert norm.shape == () and norm.item() == 0.0
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([[12.0]])
+    assert global_norm([a, None, b]).item() == pytest.approx(13.0, rel=1e-6)
+    assert global_dot([a, None, b], [a, b, None]) == 25.0
