@@ -70,3 +70,22 @@ def test_the_tilt_scheduler_names_a_bad_kind_and_an_infinite_cap():
     with pytest.raises(ValueError) as excinfo:
         TiltScheduler(auto, kind="constant", total_steps=10, tilt=math.inf)
     assert str(excinfo.value).startswith("tilt (the scheduled cap of a tilt='auto' optimizer) must be finite")
+
+
+def test_pgn_normalises_a_tiny_clean_gradient_by_its_norm_plus_epsilon():
+    # L(w) = c w with c = 1e-13: both gradients are c, ||g_clean|| = c; with lr = 1 the step is
+    # (1 - alpha) c / (c + 1e-12) + alpha c  (normalize_clean=True)
+    from tiltedsam.optim import PGN
+
+    c, alpha = 1e-13, 0.5
+    weight = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    optimizer = PGN([weight], torch.optim.SGD, lr=1.0, rho=0.1, alpha=alpha, normalize_clean=True)
+
+    def closure():
+        loss = c * weight.sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    expected = -((1 - alpha) * c / (c + 1e-12) + alpha * c)
+    assert weight.item() == pytest.approx(expected, rel=1e-9)
