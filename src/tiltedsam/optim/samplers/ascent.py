@@ -89,6 +89,10 @@ class AscentSampler(Sampler):
             return None
         return draw_noise(params, self.noise, self.noise_radius, generator, std=self.noise_std)
 
+    def evaluations_per_sample(self) -> int:
+        """Closure calls of one eager draw with its own direction (2); see :meth:`evaluations_per_step`."""
+        return 2 if self.direction == "per_sample" else 1
+
     def _step_cost(self, num_samples: int, refresh: bool) -> float:
         ascent = (num_samples if self.direction == "per_sample" else 1) * self.ascent_fraction
         return num_samples + (ascent if refresh else 0.0)
