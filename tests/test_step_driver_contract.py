@@ -93,7 +93,7 @@ def test_a_full_batch_closure_without_argument_gets_no_warning():
         optimizer.step(closure_for(model, x, y))
 
 
-def test_sub_batch_ascent_with_an_argumentless_closure_warns_once_at_the_callers_line():
+def _sub_batch_warnings_of_two_steps():
     model, x, y = tiny_classifier()
     optimizer = TSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05, num_samples=2, seed=0,
                      ascent_fraction=0.5)
@@ -102,11 +102,19 @@ def test_sub_batch_ascent_with_an_argumentless_closure_warns_once_at_the_callers
         warnings.simplefilter("always")
         optimizer.step(closure)
         optimizer.step(closure)
-    relevant = [w for w in caught if "whole batch" in str(w.message)]
+    return [w for w in caught if "whole batch" in str(w.message)]
+
+
+def test_sub_batch_ascent_with_an_argumentless_closure_warns_once():
+    relevant = _sub_batch_warnings_of_two_steps()
     assert len(relevant) == 1
     assert "fraction 0.5" in str(relevant[0].message)
     assert "saves nothing); define closure(evaluation) and slice with evaluation.batch(x, y)" in str(relevant[0].message)
-    assert relevant[0].filename == __file__  # attributed to the user's optimizer.step(...) line
+
+
+def test_the_sub_batch_warning_points_at_the_callers_line():
+    (warning,) = _sub_batch_warnings_of_two_steps()
+    assert warning.filename == __file__  # attributed to the user's optimizer.step(...) line
 
 
 def test_a_state_dict_without_optimizer_specific_extras_loads():
