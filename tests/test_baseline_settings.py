@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tiltedsam.optim import ERM, ESAM2, SAM, TSAM, TiltScheduler
+from tiltedsam.optim import ERM, ESAM2, RSAM, SAM, TSAM, TiltScheduler
 from tiltedsam.optim.base import Point
 
 
@@ -89,3 +89,9 @@ def test_pgn_normalises_a_tiny_clean_gradient_by_its_norm_plus_epsilon():
     optimizer.step(closure)
     expected = -((1 - alpha) * c / (c + 1e-12) + alpha * c)
     assert weight.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_rsam_accepts_any_non_negative_gradient_weight():
+    weight = nn.Parameter(torch.ones(2))
+    for grad_weight in (0.0, 0.5):  # lambda >= 0: below the authors' 2 as well
+        assert RSAM([weight], lr=0.1, grad_weight=grad_weight).hyperparameters["grad_weight"] == grad_weight

@@ -192,3 +192,25 @@ def test_lazy_ascent_refreshes_after_a_direction_it_could_not_normalise(directio
     direction_label = "noise" if direction == "per_sample" else "clean"
     assert direction_label in labels[0] and direction_label in labels[1]  # the second step refreshed
     assert optimizer.sampler.directions is not None  # and kept its finite directions
+
+
+def test_tilt_and_max_tilt_may_not_drop_below_an_explicit_sample_tilt() -> None:
+    optimizer = TSAM([_weight(0.0)], lr=0.1, tilt="auto", sample_tilt=2.0, max_tilt=5.0)
+    optimizer.max_tilt = 2.0  # t = delta is allowed (tau = 0: uniform weights)
+    assert optimizer.max_tilt == 2.0
+    with pytest.raises(ValueError) as raised:
+        optimizer.max_tilt = 1.5
+    assert "max_tilt=1.5" in str(raised.value) and "sample_tilt=2.0" in str(raised.value)
+    assert optimizer.max_tilt == 2.0  # a refused value changes nothing
+    optimizer.tilt = 3.0  # a fixed t at or above delta switches the rule off
+    assert optimizer.tilt == 3.0 and not optimizer.auto_tilt
+    with pytest.raises(ValueError, match=r"tilt=1\.0 .*sample_tilt=2\.0"):
+        optimizer.tilt = 1.0
+
+
+def test_switching_auto_back_on_checks_the_cap_against_sample_tilt() -> None:
+    optimizer = TSAM([_weight(0.0)], lr=0.1, tilt=3.0, sample_tilt=2.0, max_tilt=5.0)
+    optimizer.hyperparameters["max_tilt"] = 1.0  # a cap below delta, as an old state could hold
+    with pytest.raises(ValueError, match=r"max_tilt=1\.0 .*sample_tilt=2\.0"):
+        optimizer.tilt = "auto"
+    assert optimizer.tilt == 3.0
