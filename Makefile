@@ -19,7 +19,7 @@ test-fast: setup
 bench: setup
 	.venv/bin/python benchmarks/step_cost.py
 
-# mutation testing of tilt.py and optim/ (mutmut, pinned in the `mutation` extra): ~24 min at one thread,
+# mutation testing of tilt.py and optim/ (mutmut, pinned in the `mutation` extra): ~20 min at one worker,
 # prints the kill rate. Not in CI. A sample: make mutation MUTANTS='tiltedsam.optim.sam.*'
 mutation: setup
 	.venv/bin/mutmut --version 2>/dev/null | grep -q "3.8.1" || .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[mutation]"

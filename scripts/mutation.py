@@ -1,13 +1,14 @@
-"""Mutation testing of the math core and the optimizers: ``make mutation`` (not part of CI: ~24 min).
+"""Mutation testing of the math core and the optimizers: ``make mutation`` (not part of CI: ~11 min with two workers).
 
-Runs mutmut (pinned in the ``mutation`` extra) over ``src/tiltedsam/tilt.py`` and
-``src/tiltedsam/optim/*.py`` with the fast, targeted test selection configured in ``[tool.mutmut]`` of
-pyproject.toml, one worker and one thread, then prints the kill rate per file and overall, and writes
+Runs mutmut (pinned in the ``mutation`` extra) over ``tilt.py``, ``functional.py``, ``optim/`` and its
+samplers (the scope in ``[tool.mutmut]`` of pyproject.toml) with the fast, targeted test selection
+configured there, one thread per worker (``--workers``, default 1), then prints the kill rate per file and overall, and writes
 the survivors to ``mutants/survivors.txt`` (``mutmut show NAME`` prints a survivor's diff).
 
 Usage::
 
-    make mutation                                  # everything (about 24 min at 1 thread on the shared 2-core VM)
+    make mutation                                  # everything, one worker (about 20 min on an idle 2-core VM)
+    .venv/bin/python scripts/mutation.py --workers 2   # everything, two mutants at once (11 min there)
     make mutation MUTANTS='tiltedsam.tilt.*'       # a sample: mutmut name patterns (fnmatch)
     .venv/bin/python scripts/mutation.py --report  # only re-print the figures of the last run
 
