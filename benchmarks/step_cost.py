@@ -17,13 +17,20 @@ bytes in use before the step — Linux only).
     python benchmarks/step_cost.py --optimizers registered   # the defaults + every registered optimizer
     python benchmarks/step_cost.py --device cuda --model resnet18 --json step_cost.json   # the paper's scale
     python benchmarks/step_cost.py --all --baseline-src /tmp/baseline/src --rounds 5   # before/after a change
+    python benchmarks/step_cost.py --all --threads 1 --clock process --baseline-src /tmp/baseline/src \
+        --interleaved --rounds 10 --repeats 8 --warmup 2   # the same, both trees in one process per round
 
 ``--baseline-src DIR`` times another copy of the library (e.g. ``git archive <commit> src | tar -x -C DIR/..``)
 against this one: ``--rounds`` pairs of subprocesses, one per tree, the two of a pair running at the same
 time (so they share the machine's load), each a full round-robin run as above; it reports per optimizer
 the median ms/step of each tree, the geometric mean of the per-round ratios (this tree / baseline) and
 its one-sided 95% upper bound (t interval on the log ratios), and whether that bound excludes a
-slow-down of more than ``SLOWER_MARGIN``.
+slow-down of more than ``SLOWER_MARGIN``. With ``--interleaved`` a round is one process that imports the
+baseline tree under another name (``tiltedsam_baseline``) and times the two trees' steps of each
+optimizer back to back, alternating which goes first. On the 2-vCPU VM two simultaneous processes slow
+each other by whatever the other happens to run (shared cache and the host's scheduling: even identical
+SGD steps differed by 0.72-1.19x between the two trees per round), while steps back to back in one
+process share the same disturbance.
 
 ``tsam:parallel_samples=true`` times the EXPERIMENTAL batched step (``TSAM.step_batched``). On CUDA
 ``cudnn.benchmark`` is on, every timed step is bracketed by ``torch.cuda.synchronize()``, and the
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import ctypes
+import importlib
 import math
 import os
 import platform
@@ -117,12 +125,12 @@ def expand_specs(specs: list[str]) -> list[str]:
 
 
 def build(spec: str, device: str, seed: int = 0, model_name: str = "small_cnn", batch_size: int = 64,
-          classes: int = 10):
+          classes: int = 10, package: str = "tiltedsam"):
     """The optimizer for ``spec`` on a fresh model and a fixed random batch, and a function running one
     step (``step(watch)``: ``watch`` is called after each closure evaluation; the batched TSAM step
-    makes no closure calls)."""
+    makes no closure calls). ``package`` is the library copy the optimizer comes from (see ``--interleaved``)."""
     sys.path.insert(0, SOURCE[0])
-    from tiltedsam import create_optimizer
+    create_optimizer = importlib.import_module(package).create_optimizer
 
     torch.manual_seed(seed)
     spec, compiled = (spec[: -len(COMPILED)], True) if spec.endswith(COMPILED) else (spec, False)
@@ -228,6 +236,32 @@ def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, *
     return rows
 
 
+def time_interleaved(specs: list[str], device: str, warmup: int, repeats: int, baseline_package: str,
+                     **model_options) -> dict[str, dict[str, float]]:
+    """Median ms/step of each spec from this tree and from ``baseline_package`` (the other tree imported
+    under another name), timed in one process, the two steps of a spec back to back and their order
+    alternating between repeats, so that whatever slows the process slows both alike."""
+    trees = {"this": "tiltedsam", "baseline": baseline_package}
+    runs = {(spec, tree): build(spec, device, package=package, **model_options)
+            for spec in specs for tree, package in trees.items()}
+    for _, step in runs.values():
+        for _ in range(warmup):
+            step()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
+    for repeat in range(repeats):
+        for spec in specs:
+            for tree in (trees if repeat % 2 == 0 else reversed(list(trees))):
+                opt, step = runs[spec, tree]
+                period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
+                sync(device)
+                start = CLOCK[0]()
+                for _ in range(period):
+                    step()
+                sync(device)
+                times[spec, tree].append((CLOCK[0]() - start) / period)
+    return {tree: {spec: statistics.median(times[spec, tree]) * 1e3 for spec in specs} for tree in trees}
+
+
 def _finite_or_none(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -245,16 +279,42 @@ def results_json(rows: list[dict], meta: dict) -> str:
     return json.dumps(payload, indent=2, allow_nan=False) + "\n"
 
 
+def _interleaved_rounds(args: argparse.Namespace, passed: list[str], trees: dict[str, str],
+                        times: dict[str, dict[str, list[float]]]) -> None:
+    """``--interleaved``: each round is one process timing both trees back to back (the baseline tree is
+    imported as ``tiltedsam_baseline``); ``--jobs`` rounds run at once."""
+    passed = [a for a in passed if a != "--interleaved"]
+    with tempfile.TemporaryDirectory() as scratch:
+        os.symlink(os.path.join(trees["baseline"], "tiltedsam"), os.path.join(scratch, "tiltedsam_baseline"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([trees["this"], scratch])}
+        for first in range(0, args.rounds, args.jobs):
+            batch = range(first, min(first + args.jobs, args.rounds))
+            outputs = [os.path.join(scratch, f"round{r}.json") for r in batch]
+            runs = [subprocess.Popen([sys.executable, __file__, *passed, "--src", trees["this"], "--json", out,
+                                      "--against-package", "tiltedsam_baseline"], env=env, stdout=subprocess.DEVNULL)
+                    for out in outputs]
+            if any(run.wait() != 0 for run in runs):
+                raise SystemExit(f"a timing run failed in rounds {first + 1}-{batch[-1] + 1}")
+            for out in outputs:
+                with open(out) as handle:
+                    for tree, per_spec in json.load(handle).items():
+                        for spec, ms in per_spec.items():
+                            times[tree].setdefault(spec, []).append(ms)
+            print(f"round {batch[-1] + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+
 def compare_trees(args: argparse.Namespace, baseline: str) -> None:
     """Paired, simultaneous subprocess runs of this script on ``baseline`` and on ``src`` (module docstring)."""
     here = os.path.abspath(SOURCE[0])
     trees = {"baseline": os.path.abspath(baseline), "this": here}
     passed = [a for a in sys.argv[1:]]
-    for flag in ("--baseline-src", "--rounds", "--json"):  # options of this comparison, not of each run
+    for flag in ("--baseline-src", "--rounds", "--json", "--jobs"):  # options of this comparison, not of each run
         while flag in passed:
             del passed[passed.index(flag):passed.index(flag) + 2]
     times: dict[str, dict[str, list[float]]] = {"baseline": {}, "this": {}}
-    for round_ in range(args.rounds):
+    if args.interleaved:
+        _interleaved_rounds(args, passed, trees, times)
+    for round_ in range(0 if args.interleaved else args.rounds):
         # both trees run at the same time, so they share whatever else loads the machine
         with tempfile.TemporaryDirectory() as scratch:
             outputs = {tree: os.path.join(scratch, f"{tree}.json") for tree in trees}
@@ -321,6 +381,11 @@ def main() -> None:
     parser.add_argument("--baseline-src", default=None, metavar="DIR",
                         help="also time the library in DIR, in alternating subprocesses, and compare (see above)")
     parser.add_argument("--rounds", type=int, default=5, help="with --baseline-src: subprocess pairs to run")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="with --baseline-src: time both trees in one process per round, steps back to back "
+                             "(when simultaneous processes disturb each other)")
+    parser.add_argument("--jobs", type=int, default=2, help="with --interleaved: rounds run at once")
+    parser.add_argument("--against-package", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     SOURCE[0] = args.src
     if args.clock == "process":
@@ -331,6 +396,13 @@ def main() -> None:
         return compare_trees(args, args.baseline_src)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.against_package:  # one round of --interleaved
+        specs = expand_specs(list(args.optimizers or DEFAULT) + (BASELINES + CHEAP_VARIANTS if args.all else []))
+        medians = time_interleaved(specs, args.device, args.warmup, args.repeats, args.against_package,
+                                   model_name=args.model, batch_size=args.batch_size, classes=args.classes)
+        with open(args.json, "w") as handle:  # a scratch file of the parent's temporary folder
+            json.dump(medians, handle)
+        return None
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # pick the fastest convolution algorithms, as training would
     specs = expand_specs(list(args.optimizers or DEFAULT) + (BASELINES + CHEAP_VARIANTS if args.all else []))
