@@ -212,6 +212,18 @@ def measure_memory(step, device: str) -> tuple[float | None, float | None]:
 CLOCK = [time.perf_counter]
 
 
+def time_one_step(opt, step, device: str) -> float:
+    """Seconds per step on ``CLOCK``; lazy ascent costs more on its refresh steps, so a whole refresh
+    period is timed and divided by its length."""
+    period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
+    sync(device)
+    start = CLOCK[0]()
+    for _ in range(period):
+        step()
+    sync(device)
+    return (CLOCK[0]() - start) / period
+
+
 def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, **model_options) -> list[dict]:
     runs = [build(spec, device, **model_options) for spec in specs]
     for opt, step in runs:
@@ -220,14 +232,7 @@ def time_round_robin(specs: list[str], device: str, warmup: int, repeats: int, *
     times: list[list[float]] = [[] for _ in specs]
     for _ in range(repeats):
         for k, (opt, step) in enumerate(runs):
-            # lazy ascent costs more on its refresh steps: time whole refresh periods, per step
-            period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
-            sync(device)
-            start = CLOCK[0]()
-            for _ in range(period):
-                step()
-            sync(device)
-            times[k].append((CLOCK[0]() - start) / period)
+            times[k].append(time_one_step(opt, step, device))
     rows = []
     for spec, t, (opt, step) in zip(specs, times, runs):
         extra, peak = measure_memory(step, device)
@@ -251,14 +256,7 @@ def time_interleaved(specs: list[str], device: str, warmup: int, repeats: int, b
     for repeat in range(repeats):
         for spec in specs:
             for tree in (trees if repeat % 2 == 0 else reversed(list(trees))):
-                opt, step = runs[spec, tree]
-                period = getattr(getattr(opt, "sampler", None), "refresh_every", 1)
-                sync(device)
-                start = CLOCK[0]()
-                for _ in range(period):
-                    step()
-                sync(device)
-                times[spec, tree].append((CLOCK[0]() - start) / period)
+                times[spec, tree].append(time_one_step(*runs[spec, tree], device))
     return {tree: {spec: statistics.median(times[spec, tree]) * 1e3 for spec in specs} for tree in trees}
 
 
