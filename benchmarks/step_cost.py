@@ -390,6 +390,12 @@ def main() -> None:
         if args.device.startswith("cuda"):
             parser.error("--clock process measures CPU time; use the wall clock on cuda")
         CLOCK[0] = time.process_time
+    if args.baseline_src and not os.path.isdir(os.path.join(args.baseline_src, "tiltedsam")):
+        parser.error(f"--baseline-src {args.baseline_src!r} holds no tiltedsam package (give the other tree's src/)")
+    if args.interleaved and not args.baseline_src:
+        parser.error("--interleaved compares two trees: give --baseline-src DIR")
+    if args.rounds < 1 or args.jobs < 1:
+        parser.error(f"--rounds and --jobs must be at least 1, got {args.rounds} and {args.jobs}")
     if args.baseline_src:
         return compare_trees(args, args.baseline_src)
     if args.threads:

@@ -56,6 +56,10 @@ def main() -> None:
     parser.add_argument("--baseline-src", required=True, metavar="DIR", help="the other tree's src/ folder")
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
+    if not os.path.isdir(os.path.join(args.baseline_src, "tiltedsam")):
+        parser.error(f"--baseline-src {args.baseline_src!r} holds no tiltedsam package (give the other tree's src/)")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be at least 0, got {args.warmup}")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
         os.symlink(os.path.join(os.path.abspath(args.baseline_src), "tiltedsam"), os.path.join(scratch, "tiltedsam_baseline"))
